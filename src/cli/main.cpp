@@ -1,0 +1,118 @@
+// tailbox: tails log files into an SQLite outbox and delivers every line once.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/relay.hpp"
+#include "cli/status.hpp"
+#include "config/config.hpp"
+#include "dispatch/record_builder.hpp"
+#include "sinks/registry.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+namespace {
+
+constexpr const char* kHelp = R"(tailbox - ships log lines exactly once, through an SQLite outbox
+
+Usage:
+  tailbox run    -c FILE          tail the configured files and deliver their lines
+  tailbox check  -c FILE          validate the configuration and exit
+  tailbox check  -c FILE --outbox also run an integrity check on the outbox
+  tailbox status -c FILE [--json] backlog, dead rows, and each file's progress
+  tailbox --version | --help
+
+Options:
+  -c, --config FILE   the TOML configuration (see examples/tailbox.toml)
+  --log-level LEVEL   trace | debug | info | warn | error (overrides log_level)
+
+Examples:
+  tailbox check -c /etc/tailbox/tailbox.toml
+  tailbox run -c /etc/tailbox/tailbox.toml
+  tailbox status -c /etc/tailbox/tailbox.toml --json
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+)";
+
+int usage(const std::string& message) {
+  std::cerr << "tailbox: " << message << "\nRun `tailbox --help` for usage.\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) return usage("no command given");
+  if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << kHelp;
+    return 0;
+  }
+  if (args[0] == "--version" || args[0] == "version") {
+    std::cout << "tailbox " << TAILBOX_VERSION << "\n";
+    return 0;
+  }
+  const std::string command = args[0];
+  if (command != "run" && command != "check" && command != "status")
+    return usage("unknown command \"" + command + "\"");
+
+  std::string config_path, log_level;
+  bool json = false, outbox = false;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-c" || a == "--config") {
+      if (i + 1 >= args.size()) return usage(a + " needs a file");
+      config_path = args[++i];
+    } else if (a == "--log-level") {
+      if (i + 1 >= args.size()) return usage(a + " needs a level");
+      log_level = args[++i];
+    } else if (a == "--json" && command == "status") {
+      json = true;
+    } else if (a == "--outbox" && command == "check") {
+      outbox = true;
+    } else if (a == "--help" || a == "-h") {
+      std::cout << kHelp;
+      return 0;
+    } else {
+      return usage("unknown option \"" + a + "\" for " + command);
+    }
+  }
+  if (config_path.empty()) return usage(command + " needs -c FILE");
+
+  tailbox::config::Config cfg;
+  try {
+    cfg = tailbox::config::load_file(config_path);
+    if (!log_level.empty()) {
+      auto level = spdlog::level::from_str(log_level);
+      if (level == spdlog::level::off && log_level != "off")
+        return usage("unknown log level \"" + log_level + "\"");
+      cfg.log_level = log_level;
+    }
+    if (command != "status") {
+      // Validate everything that can be validated without touching anything.
+      tailbox::dispatch::RecordBuilder builder(cfg);
+      boost::asio::io_context probe;
+      tailbox::config::SinkConfig sink_copy = cfg.sink;
+      tailbox::sinks::make_sink(sink_copy, probe.get_executor());
+    }
+  } catch (const tailbox::config::ConfigError& e) {
+    std::cerr << "tailbox: configuration error: " << e.what() << "\n";
+    return 2;
+  }
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+
+  if (command == "check") {
+    std::cout << "configuration " << config_path << " is valid: " << cfg.sources.size()
+              << " source(s), sink \"" << cfg.sink.type << "\", outbox " << cfg.outbox.path << "\n";
+    return outbox ? tailbox::cli::check_outbox(cfg) : 0;
+  }
+  if (command == "status") return tailbox::cli::show_status(cfg, json);
+
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  return tailbox::cli::run_relay(std::move(cfg));
+}

@@ -1,0 +1,99 @@
+#include "cli/status.hpp"
+
+#include <sys/stat.h>
+
+#include <boost/json.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "core/clock.hpp"
+#include "outbox/outbox.hpp"
+
+namespace tailbox::cli {
+
+int show_status(const config::Config& cfg, bool json) {
+  std::unique_ptr<outbox::Outbox> ob;
+  try {
+    ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
+  } catch (const std::exception& e) {
+    std::cerr << "tailbox status: " << e.what() << "\n";
+    return 1;
+  }
+  outbox::Outbox::Summary s;
+  std::vector<outbox::TrackedFile> files;
+  try {
+    s = ob->summary();
+    files = ob->tracked_files();
+  } catch (const std::exception& e) {
+    std::cerr << "tailbox status: cannot read " << cfg.outbox.path << ": " << e.what() << "\n";
+    return 1;
+  }
+  int64_t now = unix_ms();
+  double oldest_age = s.oldest_pending_ms ? static_cast<double>(now - s.oldest_pending_ms) / 1000.0 : 0.0;
+
+  boost::json::array jfiles;
+  for (const auto& f : files) {
+    if (f.released) continue;
+    struct stat st {};
+    int64_t size = -1;
+    if (stat(f.path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_ino) == f.identity.inode)
+      size = st.st_size;
+    jfiles.push_back({{"source", f.source}, {"path", f.path}, {"uid", f.uid},
+                      {"read_offset", f.read_offset}, {"size", size},
+                      {"lag_bytes", size < 0 ? 0 : size - f.read_offset}});
+  }
+  boost::json::array jdead;
+  for (const auto& [err, n] : s.dead_by_error) jdead.push_back({{"error", err}, {"rows", n}});
+
+  if (json) {
+    boost::json::object o{{"outbox", cfg.outbox.path},
+                          {"pending_rows", s.pending},
+                          {"pending_bytes", s.pending_bytes},
+                          {"oldest_pending_age_seconds", oldest_age},
+                          {"dead_rows", s.dead},
+                          {"dead_by_error", jdead},
+                          {"files", jfiles}};
+    std::cout << boost::json::serialize(o) << "\n";
+    return 0;
+  }
+  std::printf("outbox   %s\n", cfg.outbox.path.c_str());
+  std::printf("pending  %lld rows, %lld bytes; oldest pending %.1f s ago\n",
+              static_cast<long long>(s.pending), static_cast<long long>(s.pending_bytes), oldest_age);
+  std::printf("dead     %lld rows\n", static_cast<long long>(s.dead));
+  for (const auto& [err, n] : s.dead_by_error)
+    std::printf("         %8lld  %s\n", static_cast<long long>(n), err.c_str());
+  std::printf("files    %zu followed\n", jfiles.size());
+  for (const auto& jf : jfiles) {
+    const auto& f = jf.as_object();
+    int64_t size = f.at("size").as_int64();
+    std::string sz = size < 0 ? std::string("(gone)") : std::to_string(size);
+    std::printf("  %-12s %s  read %lld of %s bytes\n", f.at("source").as_string().c_str(),
+                f.at("path").as_string().c_str(),
+                static_cast<long long>(f.at("read_offset").as_int64()), sz.c_str());
+  }
+  return 0;
+}
+
+int check_outbox(const config::Config& cfg) {
+  std::unique_ptr<outbox::Outbox> ob;
+  try {
+    ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
+    std::string result = ob->integrity_check();
+    if (result == "ok") {
+      std::printf("outbox %s: integrity ok\n", cfg.outbox.path.c_str());
+      return 0;
+    }
+    std::printf("outbox %s is damaged:\n%s\n", cfg.outbox.path.c_str(), result.c_str());
+  } catch (const std::exception& e) {
+    std::printf("outbox %s cannot be read: %s\n", cfg.outbox.path.c_str(), e.what());
+  }
+  std::printf(
+      "What to do: stop tailbox, keep a copy of the file (and its -wal, -shm), then either\n"
+      "  sqlite3 %s '.recover' | sqlite3 recovered.db   and point [outbox] path at recovered.db,\n"
+      "or move the outbox away to start empty (lines not yet delivered are then read again\n"
+      "only if read_from = \"head\"; the destination drops what it already has).\n",
+      cfg.outbox.path.c_str());
+  return 1;
+}
+
+}  // namespace tailbox::cli

@@ -1,0 +1,188 @@
+#include "config/config.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <set>
+#include <toml++/toml.h>
+
+namespace tailbox::config {
+namespace {
+
+int line_of(const toml::node& node) { return static_cast<int>(node.source().begin.line); }
+
+// Flattens one TOML table into Settings; nested tables are not allowed here.
+Settings to_settings(const std::string& prefix, const toml::table& table) {
+  std::map<std::string, SettingValue> values;
+  for (auto&& [key, node] : table) {
+    std::string name(key.str());
+    std::string where = prefix.empty() ? name : prefix + "." + name;
+    SettingValue value;
+    value.line = line_of(node);
+    if (auto s = node.value_exact<std::string>()) {
+      value.value = *s;
+    } else if (auto i = node.value_exact<int64_t>()) {
+      value.value = *i;
+    } else if (auto d = node.value_exact<double>()) {
+      value.value = *d;
+    } else if (auto b = node.value_exact<bool>()) {
+      value.value = *b;
+    } else if (const toml::array* arr = node.as_array()) {
+      std::vector<std::string> items;
+      for (const toml::node& item : *arr) {
+        auto s = item.value_exact<std::string>();
+        if (!s)
+          throw ConfigError(where + ": expected an array of strings (line " +
+                            std::to_string(line_of(item)) + ")");
+        items.push_back(*s);
+      }
+      value.value = std::move(items);
+    } else {
+      throw ConfigError(where + ": unsupported value (line " + std::to_string(value.line) + ")");
+    }
+    values.emplace(std::move(name), std::move(value));
+  }
+  return Settings(prefix, std::move(values), line_of(table));
+}
+
+const toml::table& table_at(const toml::table& root, const char* key) {
+  static const toml::table empty;
+  const toml::node* node = root.get(key);
+  if (!node) return empty;
+  const toml::table* t = node->as_table();
+  if (!t) throw ConfigError(std::string(key) + ": expected a table (line " +
+                            std::to_string(line_of(*node)) + ")");
+  return *t;
+}
+
+std::string default_host_id() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
+  return buf;
+}
+
+}  // namespace
+
+Config load_string(const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    throw ConfigError(origin + ": " + std::string(e.description()) + " (line " +
+                      std::to_string(e.source().begin.line) + ")");
+  }
+
+  Config cfg;
+  // Top level: scalars plus the known tables.
+  toml::table top;
+  for (auto&& [key, node] : root) {
+    std::string k(key.str());
+    if (k == "source" || k == "tail" || k == "outbox" || k == "delivery" || k == "sink") continue;
+    top.insert(key, node);
+  }
+  Settings s = to_settings("", top);
+  cfg.host_id = s.string("host_id", default_host_id());
+  if (cfg.host_id.empty() || cfg.host_id.find('/') != std::string::npos)
+    s.fail("host_id", "must be non-empty and must not contain '/'");
+  cfg.log_level = s.choice("log_level", "info", {"trace", "debug", "info", "warn", "error"});
+  s.finish();
+
+  // [[source]]
+  const toml::node* sources = root.get("source");
+  if (!sources) throw ConfigError("source: at least one [[source]] is required");
+  const toml::array* arr = sources->as_array();
+  if (!arr || !arr->is_array_of_tables())
+    throw ConfigError("source: must be written as [[source]] tables (line " +
+                      std::to_string(line_of(*sources)) + ")");
+  std::set<std::string> names;
+  for (const toml::node& node : *arr) {
+    const toml::table& t = *node.as_table();
+    Settings src = to_settings("source", t);
+    SourceConfig sc;
+    sc.name = src.required_string("name");
+    if (!names.insert(sc.name).second) src.fail("name", "\"" + sc.name + "\" is used twice");
+    sc.paths = src.string_list("paths", true);
+    sc.exclude = src.string_list("exclude", false);
+    sc.read_from = src.choice("read_from", "head", {"head", "tail"}) == "tail" ? ReadFrom::tail
+                                                                              : ReadFrom::head;
+    std::string parser = src.choice("parser", "raw", {"raw", "json", "regex"});
+    sc.parser = parser == "json" ? ParserKind::json
+                : parser == "regex" ? ParserKind::regex : ParserKind::raw;
+    sc.pattern = src.string("pattern", "");
+    if (sc.parser == ParserKind::regex && sc.pattern.empty())
+      src.fail("pattern", "is required when parser = \"regex\"");
+    if (sc.parser != ParserKind::regex && !sc.pattern.empty())
+      src.fail("pattern", "is only used with parser = \"regex\"");
+    sc.max_line_bytes = src.integer("max_line_bytes", sc.max_line_bytes, 256, 64LL << 20);
+    sc.partial_line_timeout = src.duration("partial_line_timeout", sc.partial_line_timeout);
+    src.finish();
+    cfg.sources.push_back(std::move(sc));
+  }
+  if (cfg.sources.empty()) throw ConfigError("source: at least one [[source]] is required");
+
+  {
+    Settings t = to_settings("tail", table_at(root, "tail"));
+    cfg.tail.poll_interval = t.duration("poll_interval", cfg.tail.poll_interval);
+    cfg.tail.read_interval = t.duration("read_interval", cfg.tail.read_interval);
+    if (cfg.tail.poll_interval.count() < 10) t.fail("poll_interval", "must be at least 10ms");
+    if (cfg.tail.read_interval.count() < 1) t.fail("read_interval", "must be at least 1ms");
+    cfg.tail.fingerprint_bytes = t.integer("fingerprint_bytes", cfg.tail.fingerprint_bytes, 16, 1 << 20);
+    cfg.tail.rotate_wait = t.duration("rotate_wait", cfg.tail.rotate_wait);
+    cfg.tail.read_chunk_bytes = t.integer("read_chunk_bytes", cfg.tail.read_chunk_bytes, 4096, 64 << 20);
+    t.finish();
+  }
+  {
+    Settings o = to_settings("outbox", table_at(root, "outbox"));
+    cfg.outbox.path = o.string("path", cfg.outbox.path);
+    if (cfg.outbox.path.empty()) o.fail("path", "must not be empty");
+    cfg.outbox.max_rows = o.integer("max_rows", cfg.outbox.max_rows, 100, int64_t{1} << 40);
+    cfg.outbox.max_bytes = o.integer("max_bytes", cfg.outbox.max_bytes, 1 << 16, int64_t{1} << 50);
+    std::string sync = o.choice("synchronous", "normal", {"off", "normal", "full"});
+    cfg.outbox.synchronous = sync == "off" ? Synchronous::off
+                             : sync == "full" ? Synchronous::full : Synchronous::normal;
+    o.finish();
+  }
+  {
+    Settings d = to_settings("delivery", table_at(root, "delivery"));
+    auto& dc = cfg.delivery;
+    dc.workers = static_cast<int>(d.integer("workers", dc.workers, 1, 256));
+    dc.batch_rows = d.integer("batch_rows", dc.batch_rows, 1, 100'000);
+    dc.batch_bytes = d.integer("batch_bytes", dc.batch_bytes, 1024, 256LL << 20);
+    dc.linger = d.duration("linger", dc.linger);
+    dc.backoff_min = d.duration("backoff_min", dc.backoff_min);
+    dc.backoff_max = d.duration("backoff_max", dc.backoff_max);
+    if (dc.backoff_min.count() < 1) d.fail("backoff_min", "must be at least 1ms");
+    if (dc.backoff_max < dc.backoff_min) d.fail("backoff_max", "must not be below backoff_min");
+    dc.jitter = d.number("jitter", dc.jitter, 0.0, 1.0);
+    dc.max_attempts = d.integer("max_attempts", dc.max_attempts, 0, 1'000'000);
+    dc.ordering = d.choice("ordering", "none", {"none", "per_file"}) == "per_file"
+                      ? Ordering::per_file : Ordering::none;
+    dc.shutdown_timeout = d.duration("shutdown_timeout", dc.shutdown_timeout);
+    d.finish();
+  }
+  {
+    const toml::node* node = root.get("sink");
+    if (!node) throw ConfigError("sink: a [sink] table is required");
+    Settings sk = to_settings("sink", table_at(root, "sink"));
+    cfg.sink.type = sk.required_string("type");
+    cfg.sink.settings = std::move(sk);  // the sink reads and finishes the rest
+  }
+  return cfg;
+}
+
+Config load_file(const std::string& path) {
+  std::string text;
+  {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+    std::fclose(f);
+  }
+  return load_string(text, path);
+}
+
+}  // namespace tailbox::config

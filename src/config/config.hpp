@@ -1,0 +1,81 @@
+// The configuration: plain structs with their defaults written beside each field,
+// loaded from TOML and validated once, at start-up (load() throws ConfigError
+// naming the key and line of the first mistake). Runtime state never lives here.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/settings.hpp"
+
+namespace tailbox::config {
+
+using std::chrono::milliseconds;
+
+enum class ReadFrom { head, tail };
+enum class ParserKind { raw, json, regex };
+enum class Ordering { none, per_file };
+enum class Synchronous { off, normal, full };
+
+struct SourceConfig {
+  std::string name;                        // required, unique
+  std::vector<std::string> paths;          // required: globs; "**" matches any depth
+  std::vector<std::string> exclude;        // globs matched against the full path
+  ReadFrom read_from = ReadFrom::head;     // where to start in a file seen for the first time
+  ParserKind parser = ParserKind::raw;
+  std::string pattern;                     // parser = "regex": named groups become fields
+  int64_t max_line_bytes = 1 << 20;        // longer lines are split into records of this size
+  milliseconds partial_line_timeout{0};    // 0: a last line without newline waits for it
+};
+
+struct TailConfig {
+  milliseconds poll_interval{1000};        // how often globs are expanded again
+  milliseconds read_interval{250};         // how often an idle file is checked for growth
+  int64_t fingerprint_bytes = 1024;        // bytes hashed into a file's identity
+  milliseconds rotate_wait{5000};          // a rotated-away file is released after this quiet time
+  int64_t read_chunk_bytes = 256 * 1024;   // one read; also one outbox transaction per file
+};
+
+struct OutboxConfig {
+  std::string path = "tailbox-outbox.db";
+  int64_t max_rows = 2'000'000;            // reading pauses at this backlog...
+  int64_t max_bytes = 1LL << 30;           // ...or this many payload bytes
+  Synchronous synchronous = Synchronous::normal;
+};
+
+struct DeliveryConfig {
+  int workers = 4;
+  int64_t batch_rows = 1000;
+  int64_t batch_bytes = 1 << 20;
+  milliseconds linger{50};                 // a batch that is not full waits this long for more
+  milliseconds backoff_min{200};
+  milliseconds backoff_max{30'000};
+  double jitter = 0.5;                     // delay is scaled by a random factor in [1-jitter, 1]
+  int64_t max_attempts = 0;                // 0: retryable failures never dead-letter a row
+  Ordering ordering = Ordering::none;
+  milliseconds shutdown_timeout{10'000};   // in-flight batches may finish for this long on stop
+};
+
+struct SinkConfig {
+  std::string type;                        // "sqlite" | "file"
+  Settings settings;                       // the rest of [sink], read by the sink itself
+};
+
+struct Config {
+  std::string host_id;                     // default: the machine's host name
+  std::vector<SourceConfig> sources;
+  TailConfig tail;
+  OutboxConfig outbox;
+  DeliveryConfig delivery;
+  SinkConfig sink;
+  std::string log_level = "info";
+};
+
+// Reads and validates a configuration file. Throws ConfigError.
+Config load_file(const std::string& path);
+// Same, from text; `origin` names it in messages.
+Config load_string(const std::string& text, const std::string& origin = "config");
+
+}  // namespace tailbox::config

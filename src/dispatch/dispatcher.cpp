@@ -1,0 +1,315 @@
+#include "dispatch/dispatcher.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <random>
+#include <unordered_set>
+
+#include "core/clock.hpp"
+#include "dispatch/record_builder.hpp"
+#include "dispatch/retry_policy.hpp"
+#include "outbox/async_outbox.hpp"
+#include "sinks/sink.hpp"
+
+namespace tailbox::dispatch {
+
+namespace asio = boost::asio;
+using std::chrono::milliseconds;
+using sinks::Delivery;
+
+namespace {
+
+struct Worker {
+  int index = 0;
+  asio::strand<asio::any_io_executor> strand;
+  asio::steady_timer timer;
+  std::atomic<bool> idle{false};
+  bool woken = false;            // worker strand only
+  std::mt19937_64 rng;
+
+  Worker(int i, asio::any_io_executor ex)
+      : index(i), strand(asio::make_strand(ex)), timer(strand), rng(std::random_device{}()) {}
+};
+
+std::vector<int64_t> ids_of(std::span<const outbox::LeasedRow> rows) {
+  std::vector<int64_t> ids;
+  ids.reserve(rows.size());
+  for (const auto& r : rows) ids.push_back(r.id);
+  return ids;
+}
+
+int64_t bytes_of(std::span<const outbox::LeasedRow> rows) {
+  int64_t n = 0;
+  for (const auto& r : rows) n += static_cast<int64_t>(r.payload.size());
+  return n;
+}
+
+}  // namespace
+
+struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
+  asio::any_io_executor executor;
+  const config::Config& cfg;
+  outbox::AsyncOutbox& outbox;
+  sinks::Sink& sink;
+  RecordBuilder builder;
+  RetryPolicy policy;
+  DispatchStats stats;
+  std::atomic<bool> stopping{false};
+  std::atomic<int> running{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  int lanes = 1;
+
+  // Outbox strand only.
+  std::vector<int64_t> cursor;                 // per lane: highest id handed out
+  std::vector<int64_t> last_rescan_ms;         // per lane
+  std::unordered_set<int64_t> leased;
+
+  Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o, sinks::Sink& s)
+      : executor(ex), cfg(c), outbox(o), sink(s), builder(c),
+        policy(c.delivery.backoff_min, c.delivery.backoff_max, c.delivery.jitter) {
+    int n = sink.serial() ? 1 : cfg.delivery.workers;
+    lanes = cfg.delivery.ordering == config::Ordering::per_file ? n : 1;
+    for (int i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(i, ex));
+    cursor.assign(static_cast<size_t>(lanes), 0);
+    last_rescan_ms.assign(static_cast<size_t>(lanes), unix_ms());
+  }
+
+  // Waits on the worker's timer; returns early on wake() or stop().
+  static asio::awaitable<void> sleep(Worker& w, milliseconds d) {
+    w.timer.expires_after(d);
+    boost::system::error_code ec;
+    co_await w.timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+
+  // Leases up to `max_rows` rows for lane; runs on the outbox strand.
+  asio::awaitable<std::vector<outbox::LeasedRow>> lease(int lane, int64_t max_rows,
+                                                        int64_t max_bytes) {
+    co_return co_await outbox.run([&](outbox::Outbox& o) {
+      std::vector<outbox::LeasedRow> out;
+      auto& cur = cursor[static_cast<size_t>(lane)];
+      for (int pass = 0; pass < 2 && out.empty(); ++pass) {
+        Status st;
+        auto rows = o.lease(cur, lane, lanes, max_rows, max_bytes, st);
+        if (!st) {
+          spdlog::warn("cannot lease rows from the outbox: {}", st.message());
+          break;
+        }
+        if (!rows.empty()) cur = rows.back().id;
+        for (auto& r : rows)
+          if (leased.insert(r.id).second) out.push_back(std::move(r));
+        if (!rows.empty() || pass == 1) break;
+        // Caught up. Now and then look again from the start: rows that were
+        // replayed (dead -> pending) sit behind the cursor.
+        int64_t now = unix_ms();
+        auto& last = last_rescan_ms[static_cast<size_t>(lane)];
+        if (now - last < 5000) break;
+        last = now;
+        cur = 0;
+      }
+      stats.in_flight += static_cast<int64_t>(out.size());
+      return out;
+    });
+  }
+
+  asio::awaitable<void> release(std::vector<int64_t> ids) {
+    co_await outbox.run([&](outbox::Outbox&) {
+      for (int64_t id : ids) leased.erase(id);
+      stats.in_flight -= static_cast<int64_t>(ids.size());
+      return 0;
+    });
+  }
+
+  // Deletes delivered rows. An ack that fails is retried: the rows are at the
+  // destination, and sending them again would only add work (or, for a serial
+  // sink, a duplicate). Returns false only when stopping.
+  asio::awaitable<bool> ack(Worker& w, std::span<const outbox::LeasedRow> rows,
+                            const std::optional<std::string>& state) {
+    std::vector<int64_t> ids = ids_of(rows);
+    int64_t bytes = bytes_of(rows);
+    for (int attempt = 1;; ++attempt) {
+      Status st = co_await outbox.run([&](outbox::Outbox& o) {
+        std::pair<std::string, std::string> s;
+        if (state) s = {sink.name(), *state};
+        Status r = o.ack(ids, bytes, state ? &s : nullptr);
+        if (r)
+          for (int64_t id : ids) leased.erase(id);
+        return r;
+      });
+      if (st) {
+        stats.in_flight -= static_cast<int64_t>(ids.size());
+        co_return true;
+      }
+      spdlog::error("cannot delete {} delivered rows from the outbox: {}; retrying", ids.size(),
+                    st.message());
+      if (stopping.load()) co_return false;
+      co_await sleep(w, policy.delay(attempt, w.rng));
+    }
+  }
+
+  // Delivers rows[i..] until each is acked or dead; splits rejected batches.
+  // Returns false when it gave up because of stop(): the rest stay pending.
+  asio::awaitable<bool> deliver(Worker& w, Batch& batch, size_t begin, size_t end) {
+    std::span<const outbox::LeasedRow> rows(batch.rows.data() + begin, end - begin);
+    std::span<const Record> records(batch.records.data() + begin, end - begin);
+    int attempt = 0;
+    for (;;) {
+      Delivery d = co_await sink.deliver(records);
+      if (d.outcome == Delivery::Outcome::delivered) {
+        if (!co_await ack(w, rows, d.state)) co_return false;
+        stats.delivered += static_cast<int64_t>(rows.size());
+        ++stats.batches;
+        stats.last_success_ms = unix_ms();
+        co_return true;
+      }
+      if (d.outcome == Delivery::Outcome::reject) {
+        if (rows.size() > 1) {
+          size_t mid = begin + (end - begin) / 2;
+          if (!co_await deliver(w, batch, begin, mid)) co_return false;
+          co_return co_await deliver(w, batch, mid, end);
+        }
+        spdlog::warn("{} rejected the line at offset {} of {}: {}; the row is dead-lettered",
+                     sink.name(), rows[0].offset, rows[0].info->path, d.detail);
+        std::vector<int64_t> ids = ids_of(rows);
+        Status st = co_await outbox.run([&](outbox::Outbox& o) { return o.bury(ids, d.detail); });
+        if (!st) spdlog::error("cannot dead-letter row {}: {}", ids[0], st.message());
+        ++stats.dead;
+        co_await release(ids);
+        co_return true;
+      }
+
+      // Retry: count the attempt, dead-letter rows past max_attempts, back off.
+      ++attempt;
+      ++stats.retried;
+      std::vector<int64_t> ids = ids_of(rows), dead;
+      co_await outbox.run([&](outbox::Outbox& o) {
+        return o.fail(ids, d.detail, cfg.delivery.max_attempts, dead);
+      });
+      milliseconds delay = std::max(policy.delay(attempt, w.rng), d.retry_after);
+      if (attempt == 1 || attempt % 10 == 0)
+        spdlog::warn("{} failed ({}), attempt {}; retrying {} rows in {} ms", sink.name(),
+                     d.detail, attempt, rows.size(), delay.count());
+      if (!dead.empty()) {
+        stats.dead += static_cast<int64_t>(dead.size());
+        spdlog::error("{} rows reached max_attempts = {} and are dead-lettered: {}", dead.size(),
+                      cfg.delivery.max_attempts, d.detail);
+        co_await release(dead);
+        if (dead.size() == rows.size()) co_return true;
+        // Keep the rows that are still alive together (partial: rare).
+        std::unordered_set<int64_t> gone(dead.begin(), dead.end());
+        size_t out = begin;
+        for (size_t i = begin; i < end; ++i)
+          if (!gone.count(batch.rows[i].id)) {
+            std::swap(batch.rows[out], batch.rows[i]);
+            ++out;
+          }
+        batch.rows.resize(out);
+        builder.build(batch);
+        end = out;
+        rows = std::span<const outbox::LeasedRow>(batch.rows.data() + begin, end - begin);
+        records = std::span<const Record>(batch.records.data() + begin, end - begin);
+      }
+      if (stopping.load()) co_return false;
+      co_await sleep(w, delay);
+      if (stopping.load()) co_return false;
+    }
+  }
+
+  asio::awaitable<void> work(Worker& w) {
+    const auto& dc = cfg.delivery;
+    const int lane = lanes > 1 ? w.index : 0;
+    milliseconds idle_wait{10};
+    Batch batch;
+    while (!stopping.load()) {
+      batch.rows = co_await lease(lane, dc.batch_rows, dc.batch_bytes);
+      if (batch.rows.empty()) {
+        // Nothing to do: sleep until wake() (new rows) or a growing timeout.
+        w.idle = true;
+        if (!w.woken) co_await sleep(w, idle_wait);
+        w.woken = false;
+        w.idle = false;
+        idle_wait = std::min(idle_wait * 2, milliseconds(1000));
+        continue;
+      }
+      idle_wait = milliseconds(10);
+      if (static_cast<int64_t>(batch.rows.size()) < dc.batch_rows && dc.linger.count() > 0 &&
+          !stopping.load()) {
+        // Not full: give the batch a moment to fill.
+        co_await sleep(w, dc.linger);
+        int64_t room_rows = dc.batch_rows - static_cast<int64_t>(batch.rows.size());
+        int64_t room_bytes = dc.batch_bytes - batch.payload_bytes();
+        if (room_bytes > 0 && !stopping.load()) {
+          auto more = co_await lease(lane, room_rows, room_bytes);
+          for (auto& r : more) batch.rows.push_back(std::move(r));
+        }
+      }
+      builder.build(batch);
+      bool done = co_await deliver(w, batch, 0, batch.rows.size());
+      if (!done) {
+        // Stopping with rows in hand: they stay pending for the next run.
+        std::vector<int64_t> ids = ids_of(batch.rows);
+        co_await release(ids);
+      }
+    }
+  }
+
+  void wake_all() {
+    for (auto& w : workers) {
+      if (!w->idle.load()) continue;
+      Worker* wp = w.get();
+      asio::post(wp->strand, [wp] {
+        wp->woken = true;
+        wp->timer.cancel();
+      });
+    }
+  }
+
+  void stop_all() {
+    stopping = true;
+    for (auto& w : workers) {
+      Worker* wp = w.get();
+      asio::post(wp->strand, [wp] { wp->timer.cancel(); });
+    }
+  }
+};
+
+Dispatcher::Dispatcher(asio::any_io_executor executor, const config::Config& config,
+                       outbox::AsyncOutbox& outbox, sinks::Sink& sink)
+    : impl_(std::make_shared<Impl>(executor, config, outbox, sink)) {}
+
+Dispatcher::~Dispatcher() = default;
+
+asio::awaitable<void> Dispatcher::run() {
+  auto impl = impl_;
+  for (auto& w : impl->workers) {
+    ++impl->running;
+    Worker* wp = w.get();
+    asio::co_spawn(wp->strand, impl->work(*wp), [impl](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          spdlog::error("delivery worker stopped: {}", ex.what());
+        }
+      }
+      --impl->running;
+    });
+  }
+  asio::steady_timer t(co_await asio::this_coro::executor);
+  while (impl->running.load() > 0) {
+    t.expires_after(milliseconds(10));
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+void Dispatcher::stop() { impl_->stop_all(); }
+void Dispatcher::wake() { impl_->wake_all(); }
+const DispatchStats& Dispatcher::stats() const { return impl_->stats; }
+
+}  // namespace tailbox::dispatch

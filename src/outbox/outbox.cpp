@@ -1,0 +1,471 @@
+#include "outbox/outbox.hpp"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <SQLiteCpp/SQLiteCpp.h>
+#include <cerrno>
+#include <cstring>
+#include <map>
+
+#include "core/clock.hpp"
+#include "outbox/statements.hpp"
+#include "schema_sql.hpp"
+
+namespace tailbox::outbox {
+namespace {
+
+Status from_exception(const SQLite::Exception& e) {
+  int code = e.getErrorCode() & 0xff;
+  Status::Code c = Status::Code::other;
+  if (code == SQLITE_FULL) c = Status::Code::full;
+  else if (code == SQLITE_IOERR || code == SQLITE_CANTOPEN) c = Status::Code::io_error;
+  else if (code == SQLITE_BUSY || code == SQLITE_LOCKED) c = Status::Code::busy;
+  else if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) c = Status::Code::corrupt;
+  return Status::error(c, e.what());
+}
+
+// Runs `body` and turns SQLite and hook exceptions into a Status.
+template <typename F>
+Status guarded(F&& body) {
+  try {
+    body();
+    return Status::ok();
+  } catch (const SQLite::Exception& e) {
+    return from_exception(e);
+  } catch (const std::exception& e) {
+    return Status::error(Status::Code::other, e.what());
+  }
+}
+
+const char* sync_pragma(config::Synchronous s) {
+  switch (s) {
+    case config::Synchronous::off: return "PRAGMA synchronous = OFF";
+    case config::Synchronous::full: return "PRAGMA synchronous = FULL";
+    default: return "PRAGMA synchronous = NORMAL";
+  }
+}
+
+// Holds "<outbox>.lock" with flock for the process's life.
+int take_lock(const std::string& db_path) {
+  std::string lock_path = db_path + ".lock";
+  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    throw OutboxError("cannot open lock file " + lock_path + ": " + std::strerror(errno));
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    ::close(fd);
+    std::string owner = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+    while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
+    throw OutboxError("outbox " + db_path + " is in use by another tailbox (pid " + owner +
+                      "); one outbox belongs to one running relay");
+  }
+  std::string pid = std::to_string(getpid()) + "\n";
+  if (ftruncate(fd, 0) == 0) (void)!pwrite(fd, pid.data(), pid.size(), 0);
+  return fd;
+}
+
+}  // namespace
+
+struct Outbox::Impl {
+  OpenOptions options;
+  int lock_fd = -1;
+  std::unique_ptr<SQLite::Database> db;
+  std::unique_ptr<SQLite::Statement> insert_row, update_offset, update_fingerprint, lease_all,
+      lease_lane, delete_row, fail_row, bury_row, put_state;
+  std::atomic<int64_t> rows{0}, bytes{0};
+  // Row ids are handed out here, never reused while the process lives, so that
+  // the dispatcher's lease cursor only ever moves forward (SQLite alone would
+  // reuse the id of a deleted last row).
+  int64_t next_id = 1;
+  std::map<int64_t, std::shared_ptr<const FileInfo>> files;
+
+  std::shared_ptr<const FileInfo> info(int64_t id) {
+    auto it = files.find(id);
+    if (it != files.end()) return it->second;
+    SQLite::Statement q(*db, sql::kFileInfo);
+    q.bind(1, id);
+    auto fi = std::make_shared<FileInfo>();
+    if (q.executeStep()) {
+      fi->source = q.getColumn(0).getString();
+      fi->path = q.getColumn(1).getString();
+      fi->uid = q.getColumn(2).getString();
+    } else {
+      fi->uid = "file" + std::to_string(id);
+    }
+    files[id] = fi;
+    return fi;
+  }
+  std::function<void(std::string_view)> hook;
+
+  void at(std::string_view stage) {
+    if (hook) hook(stage);
+  }
+
+  ~Impl() {
+    // Statements must go before the database; the database before the lock.
+    insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); lease_all.reset();
+    lease_lane.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();
+    db.reset();
+    if (lock_fd >= 0) ::close(lock_fd);
+  }
+};
+
+Outbox::Outbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Outbox::~Outbox() = default;
+
+const std::string& Outbox::path() const { return impl_->options.path; }
+
+std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  const std::string& path = options.path;
+  try {
+    if (options.read_only) {
+      if (access(path.c_str(), R_OK) != 0)
+        throw OutboxError("outbox " + path + ": " + std::strerror(errno));
+      impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY, 5000);
+      int version = impl->db->execAndGet("PRAGMA user_version").getInt();
+      if (version < 1)
+        throw OutboxError("outbox " + path + " has no tailbox schema (user_version 0)");
+      return std::unique_ptr<Outbox>(new Outbox(std::move(impl)));
+    }
+
+    impl->lock_fd = take_lock(path);
+    // Create the file ourselves so that it (and its -wal/-shm) are 0600.
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
+    ::close(fd);
+
+    impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE, 5000);
+    SQLite::Database& db = *impl->db;
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec(sync_pragma(options.synchronous));
+    db.exec("PRAGMA journal_size_limit = 67108864");
+    db.exec("PRAGMA temp_store = MEMORY");
+
+    int version = db.execAndGet("PRAGMA user_version").getInt();
+    const int latest = static_cast<int>(kSchemaMigrations.size());
+    if (version > latest)
+      throw OutboxError("outbox " + path + " has schema version " + std::to_string(version) +
+                        ", newer than this tailbox knows (" + std::to_string(latest) +
+                        "); run a newer tailbox or move the outbox away");
+    for (int v = version; v < latest; ++v) {
+      SQLite::Transaction tx(db);
+      db.exec(std::string(kSchemaMigrations[v]));
+      db.exec("PRAGMA user_version = " + std::to_string(v + 1));
+      tx.commit();
+    }
+
+    impl->insert_row = std::make_unique<SQLite::Statement>(db, sql::kInsertRow);
+    impl->update_offset = std::make_unique<SQLite::Statement>(db, sql::kUpdateOffset);
+    impl->update_fingerprint = std::make_unique<SQLite::Statement>(db, sql::kUpdateFingerprint);
+    impl->lease_all = std::make_unique<SQLite::Statement>(db, sql::kLeaseAll);
+    impl->lease_lane = std::make_unique<SQLite::Statement>(db, sql::kLeaseLane);
+    impl->delete_row = std::make_unique<SQLite::Statement>(db, sql::kDeleteRow);
+    impl->fail_row = std::make_unique<SQLite::Statement>(db, sql::kFailRow);
+    impl->bury_row = std::make_unique<SQLite::Statement>(db, sql::kBuryRow);
+    impl->put_state = std::make_unique<SQLite::Statement>(db, sql::kPutSinkState);
+
+    SQLite::Statement count(db, sql::kBacklog);
+    if (count.executeStep()) {
+      impl->rows = count.getColumn(0).getInt64();
+      impl->bytes = count.getColumn(1).getInt64();
+      impl->next_id = count.getColumn(2).getInt64() + 1;
+    }
+  } catch (const SQLite::Exception& e) {
+    int code = e.getErrorCode() & 0xff;
+    std::string what = e.what();
+    if (code == SQLITE_NOTADB || code == SQLITE_CORRUPT)
+      throw OutboxError("outbox " + path + " is damaged (" + what +
+                        "). tailbox will not touch it. Run `tailbox check --outbox -c CONFIG` "
+                        "for details; to start over, move the file (and its -wal, -shm) away");
+    throw OutboxError("outbox " + path + ": " + what);
+  }
+  return std::unique_ptr<Outbox>(new Outbox(std::move(impl)));
+}
+
+std::vector<TrackedFile> Outbox::tracked_files() {
+  std::vector<TrackedFile> out;
+  SQLite::Statement q(*impl_->db, sql::kTrackedFiles);
+  while (q.executeStep()) {
+    TrackedFile f;
+    f.id = q.getColumn(0).getInt64();
+    f.source = q.getColumn(1).getString();
+    f.path = q.getColumn(2).getString();
+    f.identity.dev = static_cast<uint64_t>(q.getColumn(3).getInt64());
+    f.identity.inode = static_cast<uint64_t>(q.getColumn(4).getInt64());
+    f.identity.fingerprint = std::stoull(q.getColumn(5).getString(), nullptr, 16);
+    f.identity.fingerprint_len = q.getColumn(6).getInt64();
+    f.uid = q.getColumn(7).getString();
+    f.read_offset = q.getColumn(8).getInt64();
+    f.released = q.getColumn(9).getString() == "released";
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std::string& path,
+                                            const tail::FileIdentity& identity,
+                                            int64_t read_offset, Status& status) {
+  std::optional<TrackedFile> result;
+  status = guarded([&] {
+    SQLite::Database& db = *impl_->db;
+    // A uid already taken (same inode and first bytes seen before: truncation,
+    // inode reuse) gets the next generation suffix.
+    std::string uid;
+    for (int generation = 0;; ++generation) {
+      uid = tail::file_uid(identity, generation);
+      SQLite::Statement q(db, sql::kUidTaken);
+      q.bind(1, uid);
+      if (!q.executeStep()) break;
+    }
+    int64_t now = unix_ms();
+    SQLite::Statement ins(db, sql::kInsertFile);
+    ins.bind(1, source);
+    ins.bind(2, path);
+    ins.bind(3, static_cast<int64_t>(identity.dev));
+    ins.bind(4, static_cast<int64_t>(identity.inode));
+    ins.bind(5, tail::to_hex(identity.fingerprint));
+    ins.bind(6, identity.fingerprint_len);
+    ins.bind(7, uid);
+    ins.bind(8, read_offset);
+    ins.bind(9, now);
+    ins.exec();
+    TrackedFile f;
+    f.id = db.getLastInsertRowid();
+    f.source = source;
+    f.path = path;
+    f.identity = identity;
+    f.uid = uid;
+    f.read_offset = read_offset;
+    impl_->files[f.id] = std::make_shared<FileInfo>(FileInfo{source, path, uid});
+    result = std::move(f);
+  });
+  return status ? result : std::nullopt;
+}
+
+Status Outbox::update_path(int64_t file_id, const std::string& path) {
+  return guarded([&] {
+    SQLite::Statement q(*impl_->db, sql::kUpdatePath);
+    q.bind(1, path);
+    q.bind(2, unix_ms());
+    q.bind(3, file_id);
+    q.exec();
+    impl_->files.erase(file_id);
+  });
+}
+
+Status Outbox::release_file(int64_t file_id) {
+  return guarded([&] {
+    SQLite::Statement q(*impl_->db, sql::kReleaseFile);
+    q.bind(1, unix_ms());
+    q.bind(2, file_id);
+    q.exec();
+  });
+}
+
+Status Outbox::append(std::span<const Chunk* const> chunks) {
+  int64_t added_rows = 0, added_bytes = 0;
+  Status st = guarded([&] {
+    SQLite::Transaction tx(*impl_->db);
+    SQLite::Statement& ins = *impl_->insert_row;
+    for (const Chunk* c : chunks) {
+      for (const tail::Line& line : c->lines) {
+        ins.bind(7, impl_->next_id++);
+        ins.bind(1, c->file_id);
+        ins.bind(2, static_cast<int64_t>(c->inode));
+        ins.bind(3, line.offset);
+        ins.bind(4, line.length);
+        ins.bind(5, c->ingest_ms);
+        ins.bindNoCopy(6, static_cast<const void*>(line.text.data()),
+                       static_cast<int>(line.text.size()));
+        ins.exec();
+        ins.reset();
+        if (impl_->db->getChanges() > 0) {
+          ++added_rows;
+          added_bytes += static_cast<int64_t>(line.text.size());
+        }
+      }
+      impl_->at("rows-inserted");
+      SQLite::Statement& up = *impl_->update_offset;
+      up.bind(1, c->next_offset);
+      up.bind(2, unix_ms());
+      up.bind(3, c->file_id);
+      up.exec();
+      up.reset();
+      if (c->grown_fingerprint) {
+        SQLite::Statement& fp = *impl_->update_fingerprint;
+        fp.bind(1, tail::to_hex(c->grown_fingerprint->fingerprint));
+        fp.bind(2, c->grown_fingerprint->fingerprint_len);
+        fp.bind(3, c->file_id);
+        fp.exec();
+        fp.reset();
+      }
+      impl_->at("checkpoint-updated");
+    }
+    tx.commit();
+  });
+  // A failed statement leaves its prepared statement mid-step: reset them all.
+  if (!st) {
+    impl_->insert_row->tryReset();
+    impl_->update_offset->tryReset();
+    impl_->update_fingerprint->tryReset();
+  } else {
+    impl_->rows += added_rows;
+    impl_->bytes += added_bytes;
+  }
+  return st;
+}
+
+std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
+                                     int64_t max_bytes, Status& status) {
+  std::vector<LeasedRow> out;
+  SQLite::Statement& q = lanes > 1 ? *impl_->lease_lane : *impl_->lease_all;
+  status = guarded([&] {
+    q.bind(1, after_id);
+    q.bind(2, max_rows);
+    if (lanes > 1) {
+      q.bind(3, static_cast<int64_t>(lanes));
+      q.bind(4, static_cast<int64_t>(lane));
+    }
+    int64_t bytes = 0;
+    while (q.executeStep()) {
+      LeasedRow r;
+      r.id = q.getColumn(0).getInt64();
+      r.file = q.getColumn(1).getInt64();
+      r.offset = q.getColumn(2).getInt64();
+      r.length = q.getColumn(3).getInt64();
+      r.ingest_ms = q.getColumn(4).getInt64();
+      r.attempts = q.getColumn(5).getInt64();
+      SQLite::Column payload = q.getColumn(6);
+      r.payload.assign(static_cast<const char*>(payload.getBlob()),
+                       static_cast<size_t>(payload.getBytes()));
+      bytes += static_cast<int64_t>(r.payload.size());
+      r.info = impl_->info(r.file);
+      out.push_back(std::move(r));
+      if (bytes >= max_bytes) break;
+    }
+  });
+  q.tryReset();
+  return out;
+}
+
+Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
+                   const std::pair<std::string, std::string>* sink_state) {
+  int64_t deleted = 0;
+  Status st = guarded([&] {
+    SQLite::Transaction tx(*impl_->db);
+    SQLite::Statement& del = *impl_->delete_row;
+    for (int64_t id : ids) {
+      del.bind(1, id);
+      del.exec();
+      del.reset();
+      deleted += impl_->db->getChanges();
+    }
+    impl_->at("rows-deleted");
+    if (sink_state) {
+      SQLite::Statement& put = *impl_->put_state;
+      put.bind(1, sink_state->first);
+      put.bind(2, sink_state->second);
+      put.bind(3, unix_ms());
+      put.exec();
+      put.reset();
+    }
+    tx.commit();
+  });
+  if (!st) {
+    impl_->delete_row->tryReset();
+    impl_->put_state->tryReset();
+  } else {
+    impl_->rows -= deleted;
+    impl_->bytes -= deleted == static_cast<int64_t>(ids.size()) ? bytes : 0;
+    if (impl_->bytes < 0) impl_->bytes = 0;
+  }
+  return st;
+}
+
+Status Outbox::fail(std::span<const int64_t> ids, std::string_view error, int64_t max_attempts,
+                    std::vector<int64_t>& dead) {
+  Status st = guarded([&] {
+    SQLite::Transaction tx(*impl_->db);
+    SQLite::Statement& q = *impl_->fail_row;
+    for (int64_t id : ids) {
+      q.bind(1, id);
+      q.bind(2, std::string(error));
+      q.bind(3, max_attempts);
+      while (q.executeStep())
+        if (q.getColumn(0).getString() == "dead") dead.push_back(id);
+      q.reset();
+    }
+    tx.commit();
+  });
+  impl_->fail_row->tryReset();
+  return st;
+}
+
+Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
+  Status st = guarded([&] {
+    SQLite::Transaction tx(*impl_->db);
+    SQLite::Statement& q = *impl_->bury_row;
+    for (int64_t id : ids) {
+      q.bind(1, id);
+      q.bind(2, std::string(error));
+      q.exec();
+      q.reset();
+    }
+    tx.commit();
+  });
+  impl_->bury_row->tryReset();
+  return st;
+}
+
+std::optional<std::string> Outbox::sink_state(const std::string& sink) {
+  SQLite::Statement q(*impl_->db, sql::kGetSinkState);
+  q.bind(1, sink);
+  if (q.executeStep()) return q.getColumn(0).getString();
+  return std::nullopt;
+}
+
+Backlog Outbox::backlog() const { return {impl_->rows.load(), impl_->bytes.load()}; }
+
+void Outbox::set_fault_hook(std::function<void(std::string_view)> hook) {
+  impl_->hook = std::move(hook);
+}
+
+Outbox::Summary Outbox::summary() {
+  Summary s;
+  SQLite::Database& db = *impl_->db;
+  SQLite::Statement counts(db, sql::kCountsByState);
+  while (counts.executeStep()) {
+    std::string state = counts.getColumn(0).getString();
+    if (state == "pending") {
+      s.pending = counts.getColumn(1).getInt64();
+      s.pending_bytes = counts.getColumn(2).getInt64();
+    } else if (state == "dead") {
+      s.dead = counts.getColumn(1).getInt64();
+    }
+  }
+  SQLite::Statement oldest(db, sql::kOldestPending);
+  if (oldest.executeStep()) s.oldest_pending_ms = oldest.getColumn(0).getInt64();
+  SQLite::Statement dead(db, sql::kDeadByError);
+  while (dead.executeStep())
+    s.dead_by_error.emplace_back(dead.getColumn(0).getString(), dead.getColumn(1).getInt64());
+  return s;
+}
+
+std::string Outbox::integrity_check() {
+  std::string out;
+  SQLite::Statement q(*impl_->db, "PRAGMA integrity_check");
+  while (q.executeStep()) {
+    if (!out.empty()) out += "\n";
+    out += q.getColumn(0).getString();
+  }
+  return out;
+}
+
+}  // namespace tailbox::outbox

@@ -1,0 +1,152 @@
+// Outbox: the SQLite database that holds every line between reading and
+// confirmed delivery, plus each tracked file's read checkpoint.
+//
+// The guarantees live here:
+//   - append() commits a chunk's rows AND the file's new read offset in one
+//     transaction; UNIQUE(file, inode, offset) refuses a second copy of a line;
+//   - ack() deletes rows (and stores the sink's state) in one transaction, and is
+//     called only after the sink confirmed them;
+//   - rows are never dropped: failures only count attempts or mark rows dead.
+//
+// One process owns an outbox: open() takes an exclusive lock on "<path>.lock".
+// Leases are kept in memory by the dispatcher, not in the database.
+//
+// Thread-safety: none. Call from one thread or strand at a time (AsyncOutbox
+// does that). backlog() alone may be read from any thread.
+// SQLite exceptions never leave this class: expected failures are Status
+// values; start-up failures throw OutboxError.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "core/status.hpp"
+#include "tail/file_identity.hpp"
+#include "tail/line_splitter.hpp"
+
+namespace tailbox::outbox {
+
+class OutboxError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct TrackedFile {
+  int64_t id = 0;
+  std::string source;
+  std::string path;
+  tail::FileIdentity identity;   // size and mtime are not stored
+  std::string uid;
+  int64_t read_offset = 0;
+  bool released = false;
+};
+
+// The rows read from one file in one go, and where reading continues after them.
+struct Chunk {
+  int64_t file_id = 0;
+  uint64_t inode = 0;
+  int64_t next_offset = 0;               // the file's checkpoint once committed
+  int64_t ingest_ms = 0;
+  std::vector<tail::Line> lines;         // views into memory the caller keeps alive
+  std::optional<tail::FileIdentity> grown_fingerprint;  // store a longer fingerprint
+};
+
+// What a leased row's file is, shared by all rows of that file. Immutable.
+struct FileInfo {
+  std::string source;
+  std::string path;
+  std::string uid;
+};
+
+struct LeasedRow {
+  int64_t id = 0;
+  int64_t file = 0;
+  int64_t offset = 0;
+  int64_t length = 0;
+  int64_t ingest_ms = 0;
+  int64_t attempts = 0;
+  std::string payload;
+  std::shared_ptr<const FileInfo> info;
+};
+
+struct Backlog {
+  int64_t rows = 0;    // pending + dead
+  int64_t bytes = 0;   // payload bytes
+};
+
+struct OpenOptions {
+  std::string path;
+  config::Synchronous synchronous = config::Synchronous::normal;
+  bool read_only = false;   // for `tailbox status`: no lock, no migration, no writes
+};
+
+class Outbox {
+ public:
+  // Opens (creating if needed, mode 0600) and migrates the outbox. Throws
+  // OutboxError when it is locked by another process, damaged or unreadable.
+  static std::unique_ptr<Outbox> open(const OpenOptions& options);
+  ~Outbox();
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
+
+  const std::string& path() const;
+
+  std::vector<TrackedFile> tracked_files();
+  // Adds a file and returns it with its id. `generation` disambiguates uids.
+  std::optional<TrackedFile> add_file(const std::string& source, const std::string& path,
+                                      const tail::FileIdentity& identity, int64_t read_offset,
+                                      Status& status);
+  Status update_path(int64_t file_id, const std::string& path);
+  Status release_file(int64_t file_id);
+
+  // Commits the chunks' rows and checkpoints in one transaction, or nothing.
+  Status append(std::span<const Chunk* const> chunks);
+
+  // Up to max_rows pending rows (and about max_bytes) with id > after_id, in id
+  // order; with lanes > 1 only files with file % lanes == lane.
+  std::vector<LeasedRow> lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
+                               int64_t max_bytes, Status& status);
+  // Deletes delivered rows; with `sink_state`, stores (sink, value) in the same
+  // transaction. `bytes` is the rows' payload size, for the backlog counter.
+  Status ack(std::span<const int64_t> ids, int64_t bytes,
+             const std::pair<std::string, std::string>* sink_state = nullptr);
+  // Counts a failed attempt on each row and keeps `error`; rows that reach
+  // max_attempts (0: never) become dead; their ids are added to `dead`.
+  Status fail(std::span<const int64_t> ids, std::string_view error, int64_t max_attempts,
+              std::vector<int64_t>& dead);
+  // Marks rows dead at once (the sink rejected them).
+  Status bury(std::span<const int64_t> ids, std::string_view error);
+
+  std::optional<std::string> sink_state(const std::string& sink);
+  Backlog backlog() const;
+
+  // Test seam: called between the statements of a transaction with a stage name;
+  // a hook that throws simulates a crash or an I/O error at that point.
+  void set_fault_hook(std::function<void(std::string_view stage)> hook);
+
+  // Read-only queries for `tailbox status` and tests.
+  struct Summary {
+    int64_t pending = 0, dead = 0, pending_bytes = 0;
+    int64_t oldest_pending_ms = 0;   // ingest time of the oldest pending row, 0 if none
+    std::vector<std::pair<std::string, int64_t>> dead_by_error;
+  };
+  Summary summary();
+  // PRAGMA integrity_check: "ok" or the problems found.
+  std::string integrity_check();
+
+ private:
+  struct Impl;
+  explicit Outbox(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tailbox::outbox

@@ -1,0 +1,17 @@
+#include "sinks/registry.hpp"
+
+#include "sinks/file/file_sink.hpp"
+#include "sinks/sqlite/sqlite_sink.hpp"
+
+namespace tailbox::sinks {
+
+std::unique_ptr<Sink> make_sink(config::SinkConfig& config, boost::asio::any_io_executor executor) {
+  std::unique_ptr<Sink> sink;
+  if (config.type == "sqlite") sink = std::make_unique<SqliteSink>(config.settings, executor);
+  else if (config.type == "file") sink = std::make_unique<FileSink>(config.settings);
+  else config.settings.fail("type", "unknown sink \"" + config.type + "\"; known: \"sqlite\", \"file\"");
+  config.settings.finish();
+  return sink;
+}
+
+}  // namespace tailbox::sinks

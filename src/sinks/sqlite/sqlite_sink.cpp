@@ -1,0 +1,115 @@
+#include "sinks/sqlite/sqlite_sink.hpp"
+
+#include <sqlite3.h>
+
+#include <cctype>
+
+#include <SQLiteCpp/SQLiteCpp.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "core/clock.hpp"
+
+namespace tailbox::sinks {
+
+namespace asio = boost::asio;
+
+struct SqliteSink::Impl {
+  std::string path, table, name, synchronous;
+  asio::strand<asio::any_io_executor> strand;
+  std::unique_ptr<SQLite::Database> db;
+  std::unique_ptr<SQLite::Statement> insert;
+
+  explicit Impl(asio::any_io_executor ex) : strand(asio::make_strand(ex)) {}
+  ~Impl() {
+    insert.reset();
+    db.reset();
+  }
+
+  Delivery write(std::span<const Record> batch) {
+    try {
+      SQLite::Transaction tx(*db);
+      int64_t now = unix_ms();
+      for (const Record& r : batch) {
+        insert->bindNoCopy(1, r.key.data(), static_cast<int>(r.key.size()));
+        insert->bindNoCopy(2, r.host.data(), static_cast<int>(r.host.size()));
+        insert->bindNoCopy(3, r.source.data(), static_cast<int>(r.source.size()));
+        insert->bindNoCopy(4, r.path.data(), static_cast<int>(r.path.size()));
+        insert->bind(5, r.offset);
+        insert->bind(6, r.ingest_ms);
+        insert->bindNoCopy(7, static_cast<const void*>(r.line.data()), static_cast<int>(r.line.size()));
+        if (r.fields.empty()) insert->bind(8);
+        else insert->bindNoCopy(8, r.fields.data(), static_cast<int>(r.fields.size()));
+        insert->bind(9, now);
+        insert->exec();
+        insert->reset();
+      }
+      tx.commit();
+      return Delivery::delivered();
+    } catch (const SQLite::Exception& e) {
+      insert->tryReset();
+      // Nothing about a log line makes SQLite refuse it: every failure here is
+      // the database's (busy, full, I/O), so retry.
+      return Delivery::retry(std::string("inbox ") + path + ": " + e.what());
+    }
+  }
+};
+
+SqliteSink::SqliteSink(config::Settings& s, asio::any_io_executor executor)
+    : impl_(std::make_unique<Impl>(executor)) {
+  impl_->path = s.string("path", "tailbox-inbox.db");
+  if (impl_->path.empty()) s.fail("path", "must not be empty");
+  impl_->table = s.string("table", "inbox");
+  bool ok = !impl_->table.empty() && !std::isdigit(static_cast<unsigned char>(impl_->table[0]));
+  for (char c : impl_->table) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+  if (!ok) s.fail("table", "must be a plain SQL name (letters, digits, _)");
+  impl_->synchronous = s.choice("synchronous", "full", {"full", "normal"});
+  impl_->name = "sqlite:" + impl_->path;
+}
+
+SqliteSink::~SqliteSink() = default;
+
+const std::string& SqliteSink::name() const { return impl_->name; }
+
+std::string SqliteSink::guarantee() const {
+  return "exactly-once: the inbox's PRIMARY KEY is the idempotency key (INSERT OR IGNORE)";
+}
+
+void SqliteSink::open(const std::optional<std::string>&) {
+  try {
+    impl_->db = std::make_unique<SQLite::Database>(
+        impl_->path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE, 10000);
+    auto& db = *impl_->db;
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec(impl_->synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+    const std::string& t = impl_->table;
+    db.exec("CREATE TABLE IF NOT EXISTS " + t +
+            " (\n"
+            "  key         TEXT PRIMARY KEY,  -- idempotency key: host/file uid/offset\n"
+            "  host        TEXT NOT NULL,\n"
+            "  source      TEXT NOT NULL,\n"
+            "  path        TEXT NOT NULL,\n"
+            "  offset      INTEGER NOT NULL,\n"
+            "  ingest_time INTEGER NOT NULL,  -- unix ms, when tailbox read the line\n"
+            "  line        BLOB NOT NULL,     -- the raw line\n"
+            "  fields      TEXT,              -- parsed fields (JSON), if any\n"
+            "  delivered   INTEGER NOT NULL   -- unix ms, first delivery\n"
+            ") WITHOUT ROWID");
+    impl_->insert = std::make_unique<SQLite::Statement>(
+        db, "INSERT OR IGNORE INTO " + t +
+                " (key, host, source, path, offset, ingest_time, line, fields, delivered) "
+                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+  } catch (const SQLite::Exception& e) {
+    throw std::runtime_error("cannot open the sqlite inbox " + impl_->path + ": " + e.what());
+  }
+}
+
+asio::awaitable<Delivery> SqliteSink::deliver(std::span<const Record> batch) {
+  Impl* impl = impl_.get();
+  co_return co_await asio::co_spawn(
+      impl->strand, [impl, batch]() -> asio::awaitable<Delivery> { co_return impl->write(batch); },
+      asio::use_awaitable);
+}
+
+}  // namespace tailbox::sinks

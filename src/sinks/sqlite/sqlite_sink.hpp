@@ -1,0 +1,37 @@
+// SqliteSink (type = "sqlite"): the embedded default destination. Appends
+// records to a table in a separate SQLite database (the "inbox") whose PRIMARY
+// KEY is the record's idempotency key; rows are written with INSERT OR IGNORE,
+// so a redelivered record is a no-op: exactly-once.
+//
+// Each batch is one transaction with synchronous = FULL by default, so that a
+// batch the outbox forgets after confirmation survives power loss too.
+// Thread-safety: deliver() may be called from several workers; the database
+// is used on the sink's own strand.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <memory>
+
+#include "config/settings.hpp"
+#include "sinks/sink.hpp"
+
+namespace tailbox::sinks {
+
+class SqliteSink : public Sink {
+ public:
+  // Settings: path (default "tailbox-inbox.db"), table ("inbox"),
+  // synchronous ("full" | "normal").
+  SqliteSink(config::Settings& settings, boost::asio::any_io_executor executor);
+  ~SqliteSink() override;
+
+  const std::string& name() const override;
+  std::string guarantee() const override;
+  void open(const std::optional<std::string>& committed_state) override;
+  boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tailbox::sinks

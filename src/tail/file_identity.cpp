@@ -1,0 +1,66 @@
+#include "tail/file_identity.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+namespace tailbox::tail {
+
+uint64_t fnv1a64(const void* data, size_t len, uint64_t seed) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t h = seed;
+  for (size_t i = 0; i < len; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+std::string to_hex(uint64_t value) {
+  static const char* digits = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, value >>= 4) s[i] = digits[value & 0xf];
+  return s;
+}
+
+std::optional<FileIdentity> identify(int fd, int64_t fingerprint_bytes) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return std::nullopt;
+  FileIdentity id;
+  id.dev = static_cast<uint64_t>(st.st_dev);
+  id.inode = static_cast<uint64_t>(st.st_ino);
+  id.size = static_cast<int64_t>(st.st_size);
+  id.mtime_ms = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1'000'000;
+  int64_t want = std::min<int64_t>(fingerprint_bytes, id.size);
+  std::vector<char> buf(static_cast<size_t>(want));
+  int64_t got = 0;
+  while (got < want) {
+    ssize_t n = pread(fd, buf.data() + got, static_cast<size_t>(want - got), got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    got += n;
+  }
+  id.fingerprint_len = got;
+  id.fingerprint = fnv1a64(buf.data(), static_cast<size_t>(got));
+  return id;
+}
+
+bool same_file(const FileIdentity& was, const FileIdentity& now, uint64_t now_prefix_hash) {
+  return was.dev == now.dev && was.inode == now.inode && now.size >= was.fingerprint_len &&
+         now_prefix_hash == was.fingerprint;
+}
+
+std::string file_uid(const FileIdentity& id, int generation) {
+  uint64_t parts[3] = {id.dev, id.inode, id.fingerprint};
+  uint64_t h = fnv1a64(parts, sizeof parts);
+  std::string uid = to_hex(h);
+  if (generation > 0) uid += "-" + std::to_string(generation);
+  return uid;
+}
+
+}  // namespace tailbox::tail

@@ -1,0 +1,53 @@
+// Tailer: finds the files the [[source]] globs name, follows each one by
+// identity (not by path) across renames, and reads complete lines into the
+// outbox, each chunk committed together with the file's new read offset.
+//
+// One strand per file reads it; discovery runs on the tailer's own strand.
+// A file's reader is the only code that moves its offset, so a restart resumes
+// exactly where the last committed chunk ended.
+//
+// Thread-safety: construct, then co_spawn run(); stop() may be called from any
+// thread. stats() is safe from any thread.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <memory>
+
+#include "config/config.hpp"
+
+namespace tailbox::outbox {
+class AsyncOutbox;
+}
+
+namespace tailbox::tail {
+
+struct TailStats {
+  std::atomic<int64_t> lines_read{0};
+  std::atomic<int64_t> bytes_read{0};
+  std::atomic<int64_t> files_active{0};
+  std::atomic<int64_t> rotations{0};
+  std::atomic<int64_t> truncations{0};
+  std::atomic<bool> paused{false};   // backpressure: the outbox is full
+};
+
+class Tailer {
+ public:
+  Tailer(boost::asio::any_io_executor executor, const config::Config& config,
+         outbox::AsyncOutbox& outbox);
+  ~Tailer();
+
+  // Runs until stop(); returns after every reader has finished its current chunk.
+  boost::asio::awaitable<void> run();
+  void stop();
+
+  const TailStats& stats() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tailbox::tail
