@@ -259,7 +259,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
           continue;
         }
         backoff = std::chrono::milliseconds(0);
-        self->stats.lines_read += static_cast<int64_t>(chunk.lines.size());
+        self->stats.lines_read += static_cast<int64_t>(lines.size());
         self->stats.bytes_read += static_cast<int64_t>(consumed);
         offset = chunk.next_offset;
         {

@@ -1,1 +1,275 @@
+#include "outbox/outbox.hpp"
+
 #include <doctest/doctest.h>
+#include <sqlite3.h>
+
+#include <fstream>
+#include <stdexcept>
+
+#include "support/temp_dir.hpp"
+
+using namespace tailbox;
+using outbox::Chunk;
+using outbox::Outbox;
+
+namespace {
+
+struct Fixture {
+  testing::TempDir dir;
+  std::string path = dir / "outbox.db";
+  std::unique_ptr<Outbox> ob = Outbox::open({path, config::Synchronous::normal, false});
+
+  int64_t add(const std::string& name) {
+    tail::FileIdentity id;
+    id.dev = 1;
+    id.inode = 1000 + std::hash<std::string>{}(name) % 1000;
+    id.fingerprint = std::hash<std::string>{}(name);
+    id.fingerprint_len = 16;
+    Status st;
+    auto f = ob->add_file("app", "/logs/" + name, id, 0, st);
+    REQUIRE(st.is_ok());
+    return f->id;
+  }
+
+  // A chunk of `text` read at `base` from file `id`; keeps text alive in `keep`.
+  Chunk chunk(int64_t id, const std::string& text, int64_t base) {
+    keep.push_back(std::make_unique<std::string>(text));
+    Chunk c;
+    c.file_id = id;
+    c.inode = 7;
+    c.ingest_ms = 1;
+    size_t used = tail::split_lines(*keep.back(), base, 1 << 20, false, c.lines);
+    c.next_offset = base + static_cast<int64_t>(used);
+    return c;
+  }
+
+  Status append(const Chunk& c) {
+    const Chunk* one[] = {&c};
+    return ob->append(one);
+  }
+
+  std::vector<outbox::LeasedRow> lease_all(int64_t after = 0) {
+    Status st;
+    auto rows = ob->lease(after, 0, 1, 1'000'000, 1LL << 40, st);
+    REQUIRE(st.is_ok());
+    return rows;
+  }
+
+  int64_t offset_of(int64_t file) {
+    for (const auto& f : ob->tracked_files())
+      if (f.id == file) return f.read_offset;
+    return -1;
+  }
+
+  std::vector<std::unique_ptr<std::string>> keep;
+};
+
+}  // namespace
+
+TEST_SUITE("outbox") {
+  TEST_CASE("rows and the checkpoint commit together") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "one\ntwo\nthree\n", 0)).is_ok());
+    CHECK(f.offset_of(id) == 14);
+    auto rows = f.lease_all();
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].payload == "one");
+    CHECK(rows[1].offset == 4);
+    CHECK(rows[2].info->uid.size() >= 16);
+    CHECK(f.ob->backlog().rows == 3);
+    CHECK(f.ob->backlog().bytes == 11);
+  }
+
+  TEST_CASE("a fault between the rows and the checkpoint commits neither") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "one\n", 0)).is_ok());
+    for (const char* stage : {"rows-inserted", "checkpoint-updated"}) {
+      CAPTURE(stage);
+      f.ob->set_fault_hook([stage](std::string_view at) {
+        if (at == stage) throw std::runtime_error("injected fault");
+      });
+      Status st = f.append(f.chunk(id, "two\nthree\n", 4));
+      CHECK_FALSE(st.is_ok());
+      CHECK(st.message().find("injected") != std::string::npos);
+      f.ob->set_fault_hook({});
+      CHECK(f.offset_of(id) == 4);
+      CHECK(f.lease_all().size() == 1);
+      CHECK(f.ob->backlog().rows == 1);
+    }
+    // After the fault, the same chunk commits normally, once.
+    REQUIRE(f.append(f.chunk(id, "two\nthree\n", 4)).is_ok());
+    CHECK(f.offset_of(id) == 14);
+    CHECK(f.lease_all().size() == 3);
+  }
+
+  TEST_CASE("a fault survives a reopen: nothing half-committed is on disk") {
+    testing::TempDir dir;
+    std::string path = dir / "o.db";
+    int64_t id;
+    {
+      auto ob = Outbox::open({path, config::Synchronous::full, false});
+      tail::FileIdentity fi;
+      fi.inode = 5;
+      Status st;
+      id = ob->add_file("app", "/x.log", fi, 0, st)->id;
+      std::string text = "a\nb\n";
+      Chunk c;
+      c.file_id = id;
+      tail::split_lines(text, 0, 100, false, c.lines);
+      c.next_offset = 4;
+      ob->set_fault_hook([](std::string_view at) {
+        if (at == "checkpoint-updated") throw std::runtime_error("crash");
+      });
+      const Chunk* one[] = {&c};
+      CHECK_FALSE(ob->append(one).is_ok());
+    }
+    auto ob = Outbox::open({path, config::Synchronous::full, false});
+    CHECK(ob->backlog().rows == 0);
+    CHECK(ob->tracked_files().at(0).read_offset == 0);
+  }
+
+  TEST_CASE("the unique key refuses a second copy of a line") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "one\ntwo\n", 0)).is_ok());
+    REQUIRE(f.append(f.chunk(id, "one\ntwo\nthree\n", 0)).is_ok());
+    auto rows = f.lease_all();
+    CHECK(rows.size() == 3);
+    CHECK(f.ob->backlog().rows == 3);
+  }
+
+  TEST_CASE("ack deletes rows and stores the sink state in the same transaction") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "1\n2\n3\n", 0)).is_ok());
+    auto rows = f.lease_all();
+    std::vector<int64_t> ids{rows[0].id, rows[1].id};
+    std::pair<std::string, std::string> state{"file:/out", "1:2:300"};
+    REQUIRE(f.ob->ack(ids, 2, &state).is_ok());
+    CHECK(f.lease_all().size() == 1);
+    CHECK(f.ob->sink_state("file:/out") == std::optional<std::string>("1:2:300"));
+    CHECK(f.ob->backlog().rows == 1);
+
+    // A failed ack changes nothing.
+    f.ob->set_fault_hook([](std::string_view at) {
+      if (at == "rows-deleted") throw std::runtime_error("io");
+    });
+    std::vector<int64_t> last{rows[2].id};
+    std::pair<std::string, std::string> state2{"file:/out", "1:2:400"};
+    CHECK_FALSE(f.ob->ack(last, 1, &state2).is_ok());
+    f.ob->set_fault_hook({});
+    CHECK(f.lease_all().size() == 1);
+    CHECK(f.ob->sink_state("file:/out") == std::optional<std::string>("1:2:300"));
+  }
+
+  TEST_CASE("lease reads in id order from the cursor, per lane") {
+    Fixture f;
+    int64_t a = f.add("a.log"), b = f.add("b.log");
+    REQUIRE(f.append(f.chunk(a, "a1\na2\n", 0)).is_ok());
+    REQUIRE(f.append(f.chunk(b, "b1\nb2\n", 0)).is_ok());
+    auto all = f.lease_all();
+    REQUIRE(all.size() == 4);
+    for (size_t i = 1; i < all.size(); ++i) CHECK(all[i].id > all[i - 1].id);
+    CHECK(f.lease_all(all[1].id).size() == 2);
+    Status st;
+    auto lane = f.ob->lease(0, static_cast<int>(b % 2), 2, 100, 1 << 20, st);
+    REQUIRE(lane.size() == 2);
+    CHECK(lane[0].payload == "b1");
+    auto capped = f.ob->lease(0, 0, 1, 100, 3, st);
+    CHECK(capped.size() == 2);   // stops once max_bytes is reached
+  }
+
+  TEST_CASE("failed rows count attempts and become dead at max_attempts") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "x\ny\n", 0)).is_ok());
+    auto rows = f.lease_all();
+    std::vector<int64_t> ids{rows[0].id, rows[1].id};
+    std::vector<int64_t> dead;
+    REQUIRE(f.ob->fail(ids, "503 from downstream", 3, dead).is_ok());
+    REQUIRE(f.ob->fail(ids, "503 from downstream", 3, dead).is_ok());
+    CHECK(dead.empty());
+    CHECK(f.lease_all()[0].attempts == 2);
+    REQUIRE(f.ob->fail(ids, "503 from downstream", 3, dead).is_ok());
+    CHECK(dead.size() == 2);
+    CHECK(f.lease_all().empty());
+    auto s = f.ob->summary();
+    CHECK(s.dead == 2);
+    REQUIRE(s.dead_by_error.size() == 1);
+    CHECK(s.dead_by_error[0].first == "503 from downstream");
+    CHECK(f.ob->backlog().rows == 2);   // dead rows are kept, never dropped
+  }
+
+  TEST_CASE("max_attempts = 0 never dead-letters; bury does at once") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "x\ny\n", 0)).is_ok());
+    auto rows = f.lease_all();
+    std::vector<int64_t> one{rows[0].id}, two{rows[1].id}, dead;
+    for (int i = 0; i < 20; ++i) REQUIRE(f.ob->fail(one, "timeout", 0, dead).is_ok());
+    CHECK(dead.empty());
+    REQUIRE(f.ob->bury(two, "400 bad record").is_ok());
+    auto left = f.lease_all();
+    REQUIRE(left.size() == 1);
+    CHECK(left[0].attempts == 20);
+  }
+
+  TEST_CASE("row ids keep growing after every row was deleted") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    REQUIRE(f.append(f.chunk(id, "1\n2\n", 0)).is_ok());
+    auto rows = f.lease_all();
+    std::vector<int64_t> ids{rows[0].id, rows[1].id};
+    REQUIRE(f.ob->ack(ids, 2).is_ok());
+    REQUIRE(f.append(f.chunk(id, "3\n", 4)).is_ok());
+    auto next = f.lease_all(rows[1].id);
+    REQUIRE(next.size() == 1);
+    CHECK(next[0].id > rows[1].id);
+  }
+
+  TEST_CASE("a second relay on the same outbox is refused") {
+    Fixture f;
+    try {
+      Outbox::open({f.path, config::Synchronous::normal, false});
+      FAIL("expected OutboxError");
+    } catch (const outbox::OutboxError& e) {
+      CHECK(std::string(e.what()).find("in use by another tailbox") != std::string::npos);
+    }
+    // A read-only look (tailbox status) is fine while it runs.
+    auto ro = Outbox::open({f.path, config::Synchronous::normal, true});
+    CHECK(ro->summary().pending == 0);
+  }
+
+  TEST_CASE("a damaged outbox is refused and left untouched") {
+    testing::TempDir dir;
+    std::string path = dir / "bad.db";
+    std::string garbage(8192, 'z');
+    std::ofstream(path) << garbage;
+    try {
+      Outbox::open({path, config::Synchronous::normal, false});
+      FAIL("expected OutboxError");
+    } catch (const outbox::OutboxError& e) {
+      CHECK(std::string(e.what()).find("damaged") != std::string::npos);
+    }
+    std::ifstream in(path);
+    std::string after((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(after == garbage);
+  }
+
+  TEST_CASE("uids are stable and a reused identity gets a new generation") {
+    Fixture f;
+    tail::FileIdentity id;
+    id.dev = 3;
+    id.inode = 4;
+    id.fingerprint = 5;
+    Status st;
+    auto a = f.ob->add_file("app", "/a", id, 0, st);
+    auto b = f.ob->add_file("app", "/a", id, 0, st);
+    REQUIRE(a);
+    REQUIRE(b);
+    CHECK(a->uid == tail::file_uid(id, 0));
+    CHECK(b->uid == tail::file_uid(id, 1));
+  }
+}

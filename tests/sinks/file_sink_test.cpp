@@ -1,1 +1,90 @@
+#include "sinks/file/file_sink.hpp"
+
 #include <doctest/doctest.h>
+#include <sys/stat.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+#include <fstream>
+
+#include "support/temp_dir.hpp"
+
+using namespace tailbox;
+
+namespace {
+
+config::Settings settings(const std::string& path, const std::string& format = "raw") {
+  std::map<std::string, config::SettingValue> v;
+  v["path"] = {path, 1};
+  v["format"] = {format, 2};
+  return config::Settings("sink", v, 1);
+}
+
+std::string read(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+sinks::Delivery deliver(sinks::FileSink& sink, std::vector<std::string>& lines) {
+  std::vector<Record> records(lines.size());
+  for (size_t i = 0; i < lines.size(); ++i) records[i].line = lines[i];
+  boost::asio::io_context ioc;
+  auto f = boost::asio::co_spawn(ioc, sink.deliver(records), boost::asio::use_future);
+  ioc.run();
+  return f.get();
+}
+
+}  // namespace
+
+TEST_SUITE("sinks.file") {
+  TEST_CASE("a delivered batch is on disk and its size is the state") {
+    testing::TempDir dir;
+    auto s = settings(dir / "out.log");
+    sinks::FileSink sink(s);
+    sink.open(std::nullopt);
+    std::vector<std::string> lines{"a", "bb"};
+    auto d = deliver(sink, lines);
+    CHECK(d.outcome == sinks::Delivery::Outcome::delivered);
+    REQUIRE(d.state);
+    CHECK(d.state->ends_with(":5"));
+    CHECK(read(dir / "out.log") == "a\nbb\n");
+    CHECK(sink.serial());
+  }
+
+  TEST_CASE("at start, bytes past the committed size are cut (unconfirmed batch)") {
+    testing::TempDir dir;
+    std::string path = dir / "out.log";
+    std::optional<std::string> committed;
+    {
+      auto s = settings(path);
+      sinks::FileSink sink(s);
+      sink.open(std::nullopt);
+      std::vector<std::string> first{"one"};
+      committed = deliver(sink, first).state;      // acked
+      std::vector<std::string> second{"two"};
+      (void)deliver(sink, second);                  // written, never acked (crash)
+    }
+    std::ofstream(path, std::ios::app) << "torn-par";   // a torn write on top
+    auto s = settings(path);
+    sinks::FileSink sink(s);
+    sink.open(committed);
+    CHECK(read(path) == "one\n");
+    std::vector<std::string> again{"two"};
+    auto d = deliver(sink, again);
+    CHECK(read(path) == "one\ntwo\n");
+    CHECK(d.state->ends_with(":8"));
+  }
+
+  TEST_CASE("a different file at the path is appended to, not cut") {
+    testing::TempDir dir;
+    std::string path = dir / "out.log";
+    std::ofstream(path) << "someone else's\n";
+    auto s = settings(path);
+    sinks::FileSink sink(s);
+    sink.open(std::string("1:2:3"));   // state of another inode
+    std::vector<std::string> lines{"x"};
+    deliver(sink, lines);
+    CHECK(read(path) == "someone else's\nx\n");
+  }
+}
