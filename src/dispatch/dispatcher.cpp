@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <mutex>
 #include <random>
 #include <unordered_set>
 
@@ -65,7 +66,9 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   std::vector<std::unique_ptr<Worker>> workers;
   int lanes = 1;
 
-  // Outbox strand only.
+  // Lease bookkeeping, under lease_mu (leases happen on the lease strand, acks
+  // on the outbox strand).
+  std::mutex lease_mu;
   std::vector<int64_t> cursor;                 // per lane: highest id handed out
   std::vector<int64_t> last_rescan_ms;         // per lane
   std::unordered_set<int64_t> leased;
@@ -90,7 +93,8 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // Leases up to `max_rows` rows for lane; runs on the outbox strand.
   asio::awaitable<std::vector<outbox::LeasedRow>> lease(int lane, int64_t max_rows,
                                                         int64_t max_bytes) {
-    co_return co_await outbox.run([&](outbox::Outbox& o) {
+    co_return co_await outbox.run_lease([&](outbox::Outbox& o) {
+      std::lock_guard lock(lease_mu);
       std::vector<outbox::LeasedRow> out;
       auto& cur = cursor[static_cast<size_t>(lane)];
       for (int pass = 0; pass < 2 && out.empty(); ++pass) {
@@ -118,11 +122,10 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   }
 
   asio::awaitable<void> release(std::vector<int64_t> ids) {
-    co_await outbox.run([&](outbox::Outbox&) {
-      for (int64_t id : ids) leased.erase(id);
-      stats.in_flight -= static_cast<int64_t>(ids.size());
-      return 0;
-    });
+    std::lock_guard lock(lease_mu);
+    for (int64_t id : ids) leased.erase(id);
+    stats.in_flight -= static_cast<int64_t>(ids.size());
+    co_return;
   }
 
   // Deletes delivered rows. An ack that fails is retried: the rows are at the
@@ -137,8 +140,10 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         std::pair<std::string, std::string> s;
         if (state) s = {sink.name(), *state};
         Status r = o.ack(ids, bytes, state ? &s : nullptr);
-        if (r)
+        if (r) {
+          std::lock_guard lock(lease_mu);
           for (int64_t id : ids) leased.erase(id);
+        }
         return r;
       });
       if (st) {

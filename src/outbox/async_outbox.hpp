@@ -1,6 +1,7 @@
-// AsyncOutbox: the Outbox behind one Asio strand. Readers and delivery workers
-// run their outbox work on it (`co_await run(...)`), so SQLite is used from one
-// strand at a time while the callers stay on their own strands.
+// AsyncOutbox: the Outbox behind two Asio strands: one for every write
+// (`co_await run(...)`), one for leasing (`co_await run_lease(...)`), which has
+// its own read connection. Each SQLite connection is used from one strand at a
+// time while the callers stay on their own strands.
 //
 // Thread-safety: run() and backlog() may be called from any coroutine/thread.
 // Listeners added with on_append() are called on the outbox strand.
@@ -23,7 +24,9 @@ namespace asio = boost::asio;
 class AsyncOutbox {
  public:
   AsyncOutbox(asio::any_io_executor executor, std::unique_ptr<Outbox> outbox)
-      : strand_(asio::make_strand(executor)), outbox_(std::move(outbox)) {}
+      : strand_(asio::make_strand(executor)),
+        lease_strand_(asio::make_strand(executor)),
+        outbox_(std::move(outbox)) {}
 
   // Runs f(Outbox&) on the outbox strand and returns its result.
   template <typename F>
@@ -31,6 +34,15 @@ class AsyncOutbox {
     using R = std::invoke_result_t<F&, Outbox&>;
     co_return co_await asio::co_spawn(
         strand_, [this, &f]() -> asio::awaitable<R> { co_return f(*outbox_); },
+        asio::use_awaitable);
+  }
+
+  // Runs f(Outbox&) on the lease strand: for Outbox::lease() only.
+  template <typename F>
+  asio::awaitable<std::invoke_result_t<F&, Outbox&>> run_lease(F f) {
+    using R = std::invoke_result_t<F&, Outbox&>;
+    co_return co_await asio::co_spawn(
+        lease_strand_, [this, &f]() -> asio::awaitable<R> { co_return f(*outbox_); },
         asio::use_awaitable);
   }
 
@@ -55,6 +67,7 @@ class AsyncOutbox {
 
  private:
   asio::strand<asio::any_io_executor> strand_;
+  asio::strand<asio::any_io_executor> lease_strand_;
   std::unique_ptr<Outbox> outbox_;
   std::vector<std::function<void()>> listeners_;
 };

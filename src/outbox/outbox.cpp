@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <mutex>
 
 #include "core/clock.hpp"
 #include "outbox/statements.hpp"
@@ -74,7 +75,8 @@ int take_lock(const std::string& db_path) {
 struct Outbox::Impl {
   OpenOptions options;
   int lock_fd = -1;
-  std::unique_ptr<SQLite::Database> db;
+  std::unique_ptr<SQLite::Database> db;       // the writer
+  std::unique_ptr<SQLite::Database> reader;   // lease() only: reads run beside writes (WAL)
   std::unique_ptr<SQLite::Statement> insert_row, update_offset, update_fingerprint, lease_all,
       lease_lane, delete_row, fail_row, bury_row, put_state;
   std::atomic<int64_t> rows{0}, bytes{0};
@@ -82,12 +84,14 @@ struct Outbox::Impl {
   // the dispatcher's lease cursor only ever moves forward (SQLite alone would
   // reuse the id of a deleted last row).
   int64_t next_id = 1;
+  std::mutex files_mu;   // lease() runs beside the writer methods
   std::map<int64_t, std::shared_ptr<const FileInfo>> files;
 
-  std::shared_ptr<const FileInfo> info(int64_t id) {
+  // REQUIRES: files_mu held; `conn` is the caller's own connection.
+  std::shared_ptr<const FileInfo> info(SQLite::Database& conn, int64_t id) {
     auto it = files.find(id);
     if (it != files.end()) return it->second;
-    SQLite::Statement q(*db, sql::kFileInfo);
+    SQLite::Statement q(conn, sql::kFileInfo);
     q.bind(1, id);
     auto fi = std::make_shared<FileInfo>();
     if (q.executeStep()) {
@@ -110,6 +114,7 @@ struct Outbox::Impl {
     // Statements must go before the database; the database before the lock.
     insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); lease_all.reset();
     lease_lane.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();
+    reader.reset();
     db.reset();
     if (lock_fd >= 0) ::close(lock_fd);
   }
@@ -121,6 +126,13 @@ Outbox::~Outbox() = default;
 const std::string& Outbox::path() const { return impl_->options.path; }
 
 std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
+  // SQLite's global allocation statistics take a process-wide mutex on every
+  // malloc; tailbox never reads them. Only possible before SQLite initializes.
+  static const bool configured = [] {
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    return true;
+  }();
+  (void)configured;
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   const std::string& path = options.path;
@@ -128,7 +140,7 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     if (options.read_only) {
       if (access(path.c_str(), R_OK) != 0)
         throw OutboxError("outbox " + path + ": " + std::strerror(errno));
-      impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY, 5000);
+      impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
       int version = impl->db->execAndGet("PRAGMA user_version").getInt();
       if (version < 1)
         throw OutboxError("outbox " + path + " has no tailbox schema (user_version 0)");
@@ -141,12 +153,14 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     if (fd < 0) throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
     ::close(fd);
 
-    impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE, 5000);
+    // NOMUTEX: each connection is used by one strand at a time.
+    impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX, 5000);
     SQLite::Database& db = *impl->db;
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(sync_pragma(options.synchronous));
     db.exec("PRAGMA journal_size_limit = 67108864");
     db.exec("PRAGMA temp_store = MEMORY");
+    db.exec("PRAGMA cache_size = -8192");   // 8 MiB: the hot ends of both B-trees stay cached
 
     int version = db.execAndGet("PRAGMA user_version").getInt();
     const int latest = static_cast<int>(kSchemaMigrations.size());
@@ -164,8 +178,9 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     impl->insert_row = std::make_unique<SQLite::Statement>(db, sql::kInsertRow);
     impl->update_offset = std::make_unique<SQLite::Statement>(db, sql::kUpdateOffset);
     impl->update_fingerprint = std::make_unique<SQLite::Statement>(db, sql::kUpdateFingerprint);
-    impl->lease_all = std::make_unique<SQLite::Statement>(db, sql::kLeaseAll);
-    impl->lease_lane = std::make_unique<SQLite::Statement>(db, sql::kLeaseLane);
+    impl->reader = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
+    impl->lease_all = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseAll);
+    impl->lease_lane = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseLane);
     impl->delete_row = std::make_unique<SQLite::Statement>(db, sql::kDeleteRow);
     impl->fail_row = std::make_unique<SQLite::Statement>(db, sql::kFailRow);
     impl->bury_row = std::make_unique<SQLite::Statement>(db, sql::kBuryRow);
@@ -243,7 +258,10 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
     f.identity = identity;
     f.uid = uid;
     f.read_offset = read_offset;
-    impl_->files[f.id] = std::make_shared<FileInfo>(FileInfo{source, path, uid});
+    {
+      std::lock_guard lock(impl_->files_mu);
+      impl_->files[f.id] = std::make_shared<FileInfo>(FileInfo{source, path, uid});
+    }
     result = std::move(f);
   });
   return status ? result : std::nullopt;
@@ -256,6 +274,7 @@ Status Outbox::update_path(int64_t file_id, const std::string& path) {
     q.bind(2, unix_ms());
     q.bind(3, file_id);
     q.exec();
+    std::lock_guard lock(impl_->files_mu);
     impl_->files.erase(file_id);
   });
 }
@@ -334,6 +353,8 @@ std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int6
       q.bind(4, static_cast<int64_t>(lane));
     }
     int64_t bytes = 0;
+    std::lock_guard lock(impl_->files_mu);
+    std::shared_ptr<const FileInfo> last;
     while (q.executeStep()) {
       LeasedRow r;
       r.id = q.getColumn(0).getInt64();
@@ -346,7 +367,8 @@ std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int6
       r.payload.assign(static_cast<const char*>(payload.getBlob()),
                        static_cast<size_t>(payload.getBytes()));
       bytes += static_cast<int64_t>(r.payload.size());
-      r.info = impl_->info(r.file);
+      if (!last || out.empty() || out.back().file != r.file) last = impl_->info(*impl_->reader, r.file);
+      r.info = last;
       out.push_back(std::move(r));
       if (bytes >= max_bytes) break;
     }

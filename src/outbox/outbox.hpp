@@ -11,8 +11,10 @@
 // One process owns an outbox: open() takes an exclusive lock on "<path>.lock".
 // Leases are kept in memory by the dispatcher, not in the database.
 //
-// Thread-safety: none. Call from one thread or strand at a time (AsyncOutbox
-// does that). backlog() alone may be read from any thread.
+// Thread-safety: call the writer methods from one thread or strand at a time,
+// and lease() from one (other) thread or strand at a time: it has its own
+// read connection, so leasing runs beside appends and acks (AsyncOutbox has a
+// strand for each). backlog() may be read from any thread.
 // SQLite exceptions never leave this class: expected failures are Status
 // values; start-up failures throw OutboxError.
 #pragma once
@@ -112,7 +114,8 @@ class Outbox {
   Status append(std::span<const Chunk* const> chunks);
 
   // Up to max_rows pending rows (and about max_bytes) with id > after_id, in id
-  // order; with lanes > 1 only files with file % lanes == lane.
+  // order; with lanes > 1 only files with file % lanes == lane. May run beside
+  // the writer methods; sees every transaction committed before it starts.
   std::vector<LeasedRow> lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
                                int64_t max_bytes, Status& status);
   // Deletes delivered rows; with `sink_state`, stores (sink, value) in the same

@@ -79,7 +79,7 @@ std::string SqliteSink::guarantee() const {
 void SqliteSink::open(const std::optional<std::string>&) {
   try {
     impl_->db = std::make_unique<SQLite::Database>(
-        impl_->path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE, 10000);
+        impl_->path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE | SQLite::OPEN_NOMUTEX, 10000);
     auto& db = *impl_->db;
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(impl_->synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
