@@ -8,6 +8,9 @@
 #pragma once
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <functional>
@@ -46,15 +49,40 @@ class AsyncOutbox {
         asio::use_awaitable);
   }
 
-  // Appends on the strand and tells the append listeners when rows were added.
+  // Appends a chunk. Group commit: chunks that reach the strand while one is
+  // being prepared are committed together in one transaction, so many files
+  // with a few lines each cost one transaction, not one per file. Tells the
+  // append listeners when rows were added.
   asio::awaitable<Status> append(const Chunk& chunk) {
-    co_return co_await run([this, &chunk](Outbox& o) {
-      const Chunk* one[] = {&chunk};
-      Status st = o.append(one);
-      if (st && !chunk.lines.empty())
-        for (auto& listener : listeners_) listener();
-      return st;
-    });
+    Pending mine{&chunk, Status::ok(), false};
+    co_await asio::co_spawn(strand_, [this, &mine]() -> asio::awaitable<void> {
+      pending_.push_back(&mine);
+      if (pending_.size() == 1) {
+        // Leader: let the appends already queued on the strand join, then commit all.
+        co_await asio::post(strand_, asio::use_awaitable);
+        std::vector<Pending*> group;
+        group.swap(pending_);
+        std::vector<const Chunk*> chunks;
+        bool rows = false;
+        for (Pending* p : group) {
+          chunks.push_back(p->chunk);
+          rows = rows || !p->chunk->lines.empty();
+        }
+        Status st = outbox_->append(chunks);
+        for (Pending* p : group) {
+          p->status = st;
+          p->done = true;
+        }
+        committed_.cancel();   // wake the followers
+        if (st && rows)
+          for (auto& listener : listeners_) listener();
+      }
+      while (!mine.done) {
+        boost::system::error_code ec;
+        co_await committed_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      }
+    }, asio::use_awaitable);
+    co_return mine.status;
   }
 
   // REQUIRES: called before the relay starts.
@@ -68,6 +96,13 @@ class AsyncOutbox {
  private:
   asio::strand<asio::any_io_executor> strand_;
   asio::strand<asio::any_io_executor> lease_strand_;
+  struct Pending {
+    const Chunk* chunk;
+    Status status;
+    bool done;
+  };
+  std::vector<Pending*> pending_;     // strand_ only
+  asio::steady_timer committed_{strand_, asio::steady_timer::time_point::max()};
   std::unique_ptr<Outbox> outbox_;
   std::vector<std::function<void()>> listeners_;
 };

@@ -327,6 +327,7 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
       }
       impl_->at("checkpoint-updated");
     }
+    impl_->at("append-commit");
     tx.commit();
   });
   // A failed statement leaves its prepared statement mid-step: reset them all.
