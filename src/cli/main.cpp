@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/logging.hpp"
 #include "cli/relay.hpp"
 #include "cli/status.hpp"
 #include "config/config.hpp"
@@ -29,11 +30,13 @@ Usage:
 Options:
   -c, --config FILE   the TOML configuration (see examples/tailbox.toml)
   --log-level LEVEL   trace | debug | info | warn | error (overrides log_level)
+  --log-format FMT    text | json (overrides log_format; json: one object per line)
 
 Examples:
   tailbox check -c /etc/tailbox/tailbox.toml
   tailbox run -c /etc/tailbox/tailbox.toml
   tailbox status -c /etc/tailbox/tailbox.toml --json
+  curl -s http://127.0.0.1:9464/metrics      # while `run` is active
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 )";
@@ -60,7 +63,7 @@ int main(int argc, char** argv) {
   if (command != "run" && command != "check" && command != "status")
     return usage("unknown command \"" + command + "\"");
 
-  std::string config_path, log_level;
+  std::string config_path, log_level, log_format;
   bool json = false, outbox = false;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -70,6 +73,10 @@ int main(int argc, char** argv) {
     } else if (a == "--log-level") {
       if (i + 1 >= args.size()) return usage(a + " needs a level");
       log_level = args[++i];
+    } else if (a == "--log-format") {
+      if (i + 1 >= args.size()) return usage(a + " needs text or json");
+      log_format = args[++i];
+      if (log_format != "text" && log_format != "json") return usage("--log-format takes text or json");
     } else if (a == "--json" && command == "status") {
       json = true;
     } else if (a == "--outbox" && command == "check") {
@@ -103,7 +110,13 @@ int main(int argc, char** argv) {
     std::cerr << "tailbox: configuration error: " << e.what() << "\n";
     return 2;
   }
-  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  try {
+    tailbox::cli::setup_logging(cfg.log_level, log_format.empty() ? cfg.log_format : log_format,
+                                command == "run" ? cfg.log_file : "");
+  } catch (const std::exception& e) {
+    std::cerr << "tailbox: cannot open log file " << cfg.log_file << ": " << e.what() << "\n";
+    return 1;
+  }
 
   if (command == "check") {
     std::cout << "configuration " << config_path << " is valid: " << cfg.sources.size()

@@ -9,9 +9,16 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+#include <cstdio>
+#include <functional>
 #include <thread>
 
+#include "cli/logging.hpp"
+#include "core/clock.hpp"
 #include "dispatch/dispatcher.hpp"
+#include "metrics/http_server.hpp"
+#include "metrics/metrics.hpp"
 #include "outbox/async_outbox.hpp"
 #include "sinks/registry.hpp"
 #include "tail/tailer.hpp"
@@ -19,6 +26,108 @@
 namespace tailbox::cli {
 
 namespace asio = boost::asio;
+
+namespace {
+
+// Registers every metric; values are read from the components' own counters.
+void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::Tailer& tailer,
+                      outbox::AsyncOutbox& outbox, dispatch::Dispatcher& dispatcher,
+                      const sinks::Sink& sink) {
+  const tail::TailStats& ts = tailer.stats();
+  for (const auto& [name, s] : ts.sources) {
+    const tail::SourceStats* st = s.get();
+    reg.counter_fn("tailbox_source_lines_read_total", "Lines read into the outbox.",
+                   {{"source", name}}, [st] { return double(st->lines_read.load()); });
+    reg.counter_fn("tailbox_source_bytes_read_total", "Bytes of the source files read into the outbox.",
+                   {{"source", name}}, [st] { return double(st->bytes_read.load()); });
+  }
+  reg.counter_fn("tailbox_rotations_total", "Files seen under a new name (rotation).", {},
+                 [&ts] { return double(ts.rotations.load()); });
+  reg.counter_fn("tailbox_truncations_total", "Files that shrank below their read offset.", {},
+                 [&ts] { return double(ts.truncations.load()); });
+  reg.gauge_fn("tailbox_files_followed", "Files being followed.", {},
+               [&ts] { return double(ts.files_active.load()); });
+  reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full.", {},
+               [&ts] { return ts.paused.load() ? 1.0 : 0.0; });
+  reg.gauge_fn("tailbox_outbox_rows", "Rows in the outbox (pending and dead).", {},
+               [&outbox] { return double(outbox.backlog().rows); });
+  reg.gauge_fn("tailbox_outbox_bytes", "Payload bytes in the outbox.", {},
+               [&outbox] { return double(outbox.backlog().bytes); });
+  reg.gauge_fn("tailbox_outbox_oldest_pending_age_seconds",
+               "Age of the oldest line waiting for delivery (0 when none).", {}, [&outbox] {
+                 int64_t t = outbox.unsafe_sync().oldest_pending_ms();
+                 return t ? double(unix_ms() - t) / 1000.0 : 0.0;
+               });
+  reg.counter_fn("tailbox_outbox_errors_total", "Outbox (SQLite) transactions that failed.", {},
+                 [&outbox] { return double(outbox.unsafe_sync().health().errors); });
+  reg.gauge_fn("tailbox_outbox_max_rows", "Configured [outbox] max_rows.", {},
+               [&cfg] { return double(cfg.outbox.max_rows); });
+  const dispatch::DispatchStats& ds = dispatcher.stats();
+  metrics::Labels sl{{"sink", sink.name()}};
+  reg.counter_fn("tailbox_sink_delivered_rows_total", "Rows the sink confirmed.", sl,
+                 [&ds] { return double(ds.delivered.load()); });
+  reg.counter_fn("tailbox_sink_retries_total", "Failed delivery attempts (batches) that will be retried.", sl,
+                 [&ds] { return double(ds.retried.load()); });
+  reg.counter_fn("tailbox_sink_dead_rows_total", "Rows dead-lettered.", sl,
+                 [&ds] { return double(ds.dead.load()); });
+  reg.gauge_fn("tailbox_sink_in_flight_rows", "Rows leased to workers right now.", sl,
+               [&ds] { return double(ds.in_flight.load()); });
+  reg.add_collector([&ds, name = sink.name()] {
+    // The dispatcher owns its histogram; render it here with the sink label.
+    const auto& h = ds.batch_seconds;
+    auto cum = h.cumulative();
+    std::string lab = "sink=\"" + metrics::escape_label(name) + "\"";
+    std::string out = "# HELP tailbox_sink_batch_duration_seconds Time a sink took per batch.\n"
+                      "# TYPE tailbox_sink_batch_duration_seconds histogram\n";
+    for (size_t i = 0; i < h.bounds().size(); ++i) {
+      char le[32];
+      std::snprintf(le, sizeof le, "%g", h.bounds()[i]);
+      out += "tailbox_sink_batch_duration_seconds_bucket{" + lab + ",le=\"" + le + "\"} " +
+             std::to_string(cum[i]) + "\n";
+    }
+    out += "tailbox_sink_batch_duration_seconds_bucket{" + lab + ",le=\"+Inf\"} " +
+           std::to_string(cum.back()) + "\n";
+    char sum[64];
+    std::snprintf(sum, sizeof sum, "%.9g", h.sum());
+    out += "tailbox_sink_batch_duration_seconds_sum{" + lab + "} " + sum + "\n";
+    out += "tailbox_sink_batch_duration_seconds_count{" + lab + "} " + std::to_string(cum.back()) + "\n";
+    return out;
+  });
+  reg.add_collector([&tailer] {
+    std::vector<std::pair<metrics::Labels, double>> lag, size;
+    for (const auto& f : tailer.files()) {
+      metrics::Labels l{{"source", f.source}, {"path", f.path}};
+      lag.emplace_back(l, double(std::max<int64_t>(0, f.size - f.offset)));
+    }
+    return metrics::format_family("tailbox_file_lag_bytes",
+                                  "gauge", "Bytes of a followed file not yet read (size - read offset).", lag);
+  });
+}
+
+// /readyz: the outbox takes writes, and rows waiting are moving.
+metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outbox,
+                            const dispatch::DispatchStats& ds) {
+  int64_t now = unix_ms();
+  auto h = outbox.unsafe_sync().health();
+  auto backlog = outbox.backlog();
+  std::string reason;
+  if (h.last_error_ms > h.last_ok_ms) reason = "outbox not writable: " + h.last_error;
+  int64_t last_ok = ds.last_success_ms.load();
+  int64_t oldest = backlog.rows > 0 ? outbox.unsafe_sync().oldest_pending_ms() : 0;
+  if (reason.empty() && oldest > 0 && now - oldest > cfg.metrics.stall_after.count() &&
+      now - last_ok > cfg.metrics.stall_after.count()) {
+    reason = "stalled: rows have waited " + std::to_string((now - oldest) / 1000) +
+             " s and nothing was delivered for " +
+             (last_ok ? std::to_string((now - last_ok) / 1000) + " s" : std::string("the whole run"));
+  }
+  boost::json::object body{{"ready", reason.empty()},
+                           {"reason", reason.empty() ? "ok" : reason},
+                           {"outbox_rows", backlog.rows},
+                           {"last_delivery_ms", last_ok}};
+  return {reason.empty() ? 200 : 503, "application/json", boost::json::serialize(body) + "\n"};
+}
+
+}  // namespace
 
 int run_relay(config::Config cfg) {
   asio::io_context ioc;
@@ -47,8 +156,40 @@ int run_relay(config::Config cfg) {
   dispatch::Dispatcher dispatcher(ioc.get_executor(), cfg, *outbox, *sink);
   outbox->on_append([&dispatcher] { dispatcher.wake(); });
 
+  metrics::Registry registry;
+  register_metrics(registry, cfg, tailer, *outbox, dispatcher, *sink);
+  std::unique_ptr<metrics::HttpServer> http;
+  if (!cfg.metrics.listen.empty()) {
+    http = std::make_unique<metrics::HttpServer>(
+        ioc.get_executor(), cfg.metrics.listen,
+        [&](const std::string& path) -> metrics::Response {
+          if (path == "/metrics")
+            return {200, "text/plain; version=0.0.4; charset=utf-8", registry.render()};
+          if (path == "/healthz") return {200, "application/json", "{\"alive\":true}\n"};
+          if (path == "/readyz") return readiness(cfg, *outbox, dispatcher.stats());
+          return {404, "text/plain", "try /metrics, /healthz or /readyz\n"};
+        });
+    try {
+      http->start();
+      spdlog::info("metrics on http://{}/metrics", cfg.metrics.listen);
+    } catch (const std::exception& e) {
+      // Shipping logs matters more than exposing metrics: go on without them.
+      spdlog::error("metrics endpoint disabled: {}", e.what());
+      http.reset();
+    }
+  }
+
   std::atomic<int> running{2};
   asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  asio::signal_set hangup(ioc, SIGHUP);
+  std::function<void()> wait_hangup = [&] {
+    hangup.async_wait([&](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      reopen_logs();
+      wait_hangup();
+    });
+  };
+  wait_hangup();
   auto finished = [&](std::exception_ptr e) {
     if (e) {
       try {
@@ -59,7 +200,11 @@ int run_relay(config::Config cfg) {
       tailer.stop();
       dispatcher.stop();
     }
-    if (--running == 0) signals.cancel();
+    if (--running == 0) {
+      signals.cancel();
+      hangup.cancel();
+      if (http) http->stop();
+    }
   };
   asio::co_spawn(ioc, tailer.run(), finished);
   asio::co_spawn(ioc, dispatcher.run(), finished);

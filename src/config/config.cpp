@@ -79,7 +79,9 @@ Config load_string(const std::string& text, const std::string& origin) {
   toml::table top;
   for (auto&& [key, node] : root) {
     std::string k(key.str());
-    if (k == "source" || k == "tail" || k == "outbox" || k == "delivery" || k == "sink") continue;
+    if (k == "source" || k == "tail" || k == "outbox" || k == "delivery" || k == "sink" ||
+        k == "metrics")
+      continue;
     top.insert(key, node);
   }
   Settings s = to_settings("", top);
@@ -87,6 +89,8 @@ Config load_string(const std::string& text, const std::string& origin) {
   if (cfg.host_id.empty() || cfg.host_id.find('/') != std::string::npos)
     s.fail("host_id", "must be non-empty and must not contain '/'");
   cfg.log_level = s.choice("log_level", "info", {"trace", "debug", "info", "warn", "error"});
+  cfg.log_format = s.choice("log_format", "text", {"text", "json"});
+  cfg.log_file = s.string("log_file", "");
   s.finish();
 
   // [[source]]
@@ -161,6 +165,17 @@ Config load_string(const std::string& text, const std::string& origin) {
                       ? Ordering::per_file : Ordering::none;
     dc.shutdown_timeout = d.duration("shutdown_timeout", dc.shutdown_timeout);
     d.finish();
+  }
+  {
+    Settings m = to_settings("metrics", table_at(root, "metrics"));
+    cfg.metrics.listen = m.string("listen", cfg.metrics.listen);
+    if (!cfg.metrics.listen.empty()) {
+      size_t colon = cfg.metrics.listen.rfind(':');
+      if (colon == std::string::npos || colon == 0 || colon + 1 == cfg.metrics.listen.size())
+        m.fail("listen", "must be \"host:port\" (e.g. \"127.0.0.1:9464\") or \"\" to disable");
+    }
+    cfg.metrics.stall_after = m.duration("stall_after", cfg.metrics.stall_after);
+    m.finish();
   }
   {
     const toml::node* node = root.get("sink");

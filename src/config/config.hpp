@@ -58,6 +58,12 @@ struct DeliveryConfig {
   milliseconds shutdown_timeout{10'000};   // in-flight batches may finish for this long on stop
 };
 
+struct MetricsConfig {
+  std::string listen = "127.0.0.1:9464";   // "" disables the HTTP endpoint
+  milliseconds stall_after{300'000};        // /readyz fails when rows wait and nothing was
+                                            // delivered for this long
+};
+
 struct SinkConfig {
   std::string type;                        // "sqlite" | "file"
   Settings settings;                       // the rest of [sink], read by the sink itself
@@ -70,7 +76,10 @@ struct Config {
   OutboxConfig outbox;
   DeliveryConfig delivery;
   SinkConfig sink;
+  MetricsConfig metrics;
   std::string log_level = "info";
+  std::string log_format = "text";         // text | json
+  std::string log_file;                    // "": stderr; a file is reopened on SIGHUP
 };
 
 // Reads and validates a configuration file. Throws ConfigError.

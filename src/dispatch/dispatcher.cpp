@@ -115,6 +115,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         if (now - last < 5000) break;
         last = now;
         cur = 0;
+        if (lane == 0) o.recount();   // rows purged or added by hand (tools/replay)
       }
       stats.in_flight += static_cast<int64_t>(out.size());
       return out;
@@ -164,7 +165,11 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
     std::span<const Record> records(batch.records.data() + begin, end - begin);
     int attempt = 0;
     for (;;) {
+      auto started = std::chrono::steady_clock::now();
       Delivery d = co_await sink.deliver(records);
+      stats.batch_seconds.observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+      if (d.outcome != Delivery::Outcome::delivered) stats.last_failure_ms = unix_ms();
       if (d.outcome == Delivery::Outcome::delivered) {
         if (!co_await ack(w, rows, d.state)) co_return false;
         stats.delivered += static_cast<int64_t>(rows.size());

@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "config/config.hpp"
+#include "metrics/metrics.hpp"
 
 namespace tailbox::outbox {
 class AsyncOutbox;
@@ -36,6 +37,9 @@ struct DispatchStats {
   std::atomic<int64_t> dead{0};            // rows dead-lettered
   std::atomic<int64_t> in_flight{0};       // rows leased right now
   std::atomic<int64_t> last_success_ms{0};
+  std::atomic<int64_t> last_failure_ms{0};
+  // Seconds a sink took per deliver() call, whatever the outcome.
+  metrics::Histogram batch_seconds{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
 };
 
 class Dispatcher {

@@ -106,6 +106,24 @@ struct Outbox::Impl {
   }
   std::function<void(std::string_view)> hook;
 
+  std::atomic<int64_t> errors{0}, last_error_ms{0}, last_ok_ms{0};
+  mutable std::mutex health_mu;
+  std::string last_error;
+  std::mutex stats_mu;
+  std::unique_ptr<SQLite::Database> stats_db;   // oldest_pending_ms() only
+
+  Status track(Status st) {
+    if (st) {
+      last_ok_ms = unix_ms();
+    } else {
+      ++errors;
+      last_error_ms = unix_ms();
+      std::lock_guard lock(health_mu);
+      last_error = st.message();
+    }
+    return st;
+  }
+
   void at(std::string_view stage) {
     if (hook) hook(stage);
   }
@@ -115,6 +133,7 @@ struct Outbox::Impl {
     insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); lease_all.reset();
     lease_lane.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();
     reader.reset();
+    stats_db.reset();
     db.reset();
     if (lock_fd >= 0) ::close(lock_fd);
   }
@@ -181,6 +200,7 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     impl->reader = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
     impl->lease_all = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseAll);
     impl->lease_lane = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseLane);
+    impl->stats_db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
     impl->delete_row = std::make_unique<SQLite::Statement>(db, sql::kDeleteRow);
     impl->fail_row = std::make_unique<SQLite::Statement>(db, sql::kFailRow);
     impl->bury_row = std::make_unique<SQLite::Statement>(db, sql::kBuryRow);
@@ -339,7 +359,7 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
     impl_->rows += added_rows;
     impl_->bytes += added_bytes;
   }
-  return st;
+  return impl_->track(st);
 }
 
 std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
@@ -409,7 +429,7 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
     impl_->bytes -= deleted == static_cast<int64_t>(ids.size()) ? bytes : 0;
     if (impl_->bytes < 0) impl_->bytes = 0;
   }
-  return st;
+  return impl_->track(st);
 }
 
 Status Outbox::fail(std::span<const int64_t> ids, std::string_view error, int64_t max_attempts,
@@ -428,7 +448,7 @@ Status Outbox::fail(std::span<const int64_t> ids, std::string_view error, int64_
     tx.commit();
   });
   impl_->fail_row->tryReset();
-  return st;
+  return impl_->track(st);
 }
 
 Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
@@ -444,7 +464,7 @@ Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
     tx.commit();
   });
   impl_->bury_row->tryReset();
-  return st;
+  return impl_->track(st);
 }
 
 std::optional<std::string> Outbox::sink_state(const std::string& sink) {
@@ -452,6 +472,38 @@ std::optional<std::string> Outbox::sink_state(const std::string& sink) {
   q.bind(1, sink);
   if (q.executeStep()) return q.getColumn(0).getString();
   return std::nullopt;
+}
+
+void Outbox::recount() {
+  try {
+    SQLite::Statement count(impl_->reader ? *impl_->reader : *impl_->db, sql::kBacklog);
+    if (count.executeStep()) {
+      impl_->rows = count.getColumn(0).getInt64();
+      impl_->bytes = count.getColumn(1).getInt64();
+    }
+  } catch (const SQLite::Exception&) {
+  }
+}
+
+Outbox::Health Outbox::health() const {
+  Health h;
+  h.errors = impl_->errors.load();
+  h.last_error_ms = impl_->last_error_ms.load();
+  h.last_ok_ms = impl_->last_ok_ms.load();
+  std::lock_guard lock(impl_->health_mu);
+  h.last_error = impl_->last_error;
+  return h;
+}
+
+int64_t Outbox::oldest_pending_ms() {
+  std::lock_guard lock(impl_->stats_mu);
+  SQLite::Database& conn = impl_->stats_db ? *impl_->stats_db : *impl_->db;
+  try {
+    SQLite::Statement q(conn, sql::kOldestPending);
+    if (q.executeStep()) return q.getColumn(0).getInt64();
+  } catch (const SQLite::Exception&) {
+  }
+  return 0;
 }
 
 Backlog Outbox::backlog() const { return {impl_->rows.load(), impl_->bytes.load()}; }

@@ -131,6 +131,21 @@ class Outbox {
 
   std::optional<std::string> sink_state(const std::string& sink);
   Backlog backlog() const;
+  // Counts the backlog again (rows purged or added by hand, e.g. with
+  // tools/replay --purge). Call where lease() may be called.
+  void recount();
+
+  // For metrics and /readyz; safe from any thread.
+  struct Health {
+    int64_t errors = 0;          // failed transactions since start
+    int64_t last_error_ms = 0;   // when the last one failed (0: never)
+    int64_t last_ok_ms = 0;      // when a write last succeeded
+    std::string last_error;
+  };
+  Health health() const;
+  // Ingest time of the oldest pending row (0 if none). Safe from any thread:
+  // it has its own read connection.
+  int64_t oldest_pending_ms();
 
   // Test seam: called between the statements of a transaction with a stage name;
   // a hook that throws simulates a crash or an I/O error at that point.

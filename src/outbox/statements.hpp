@@ -4,9 +4,11 @@
 
 namespace tailbox::outbox::sql {
 
+// Only the (file, inode, offset) key may swallow a row, silently: a clash on
+// the id (never expected) must fail loudly rather than drop a line.
 inline constexpr const char* kInsertRow =
-    "INSERT OR IGNORE INTO outbox (id, file, inode, offset, length, ingest_time, payload) "
-    "VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?6)";
+    "INSERT INTO outbox (id, file, inode, offset, length, ingest_time, payload) "
+    "VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (file, inode, offset) DO NOTHING";
 
 inline constexpr const char* kUpdateOffset =
     "UPDATE files SET read_offset = ?1, last_seen = ?2 WHERE id = ?3";

@@ -36,6 +36,7 @@ struct Reader {
   const config::SourceConfig* source = nullptr;
   int fd = -1;
   std::mutex mu;
+  std::atomic<int64_t> size_seen{0}, offset_now{0};   // for metrics
   std::atomic<bool> gone{false};   // no glob path names this file any more
   std::atomic<bool> done{false};   // read to the end and released
   ~Reader() {
@@ -88,12 +89,15 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   TailStats stats;
   std::atomic<bool> stopping{false};
   std::atomic<int> running_readers{0};
-  std::vector<std::shared_ptr<Reader>> readers;   // discovery strand only
+  std::vector<std::shared_ptr<Reader>> readers;   // changed on the discovery strand only,
+  mutable std::mutex readers_mu;                  // under this lock (files() reads it)
   std::vector<TrackedFile> known;                 // from the outbox, until the first scan
   bool first_scan = true;
 
   Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o)
-      : executor(ex), strand(asio::make_strand(ex)), cfg(c), outbox(o) {}
+      : executor(ex), strand(asio::make_strand(ex)), cfg(c), outbox(o) {
+    for (const auto& src : cfg.sources) stats.sources[src.name] = std::make_unique<SourceStats>();
+  }
 
   const config::SourceConfig* source_named(const std::string& name) const {
     for (const auto& s : cfg.sources)
@@ -117,6 +121,15 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                      "nothing is dropped", b.rows, b.bytes, oc.max_rows, oc.max_bytes);
     }
     return stats.paused.load();
+  }
+
+  void add_reader(std::shared_ptr<Reader> r) {
+    r->offset_now = r->file.read_offset;
+    {
+      std::lock_guard lock(readers_mu);
+      readers.push_back(r);
+    }
+    start_reader(r);
   }
 
   void start_reader(std::shared_ptr<Reader> r) {
@@ -145,6 +158,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   static asio::awaitable<void> read_loop(std::shared_ptr<Impl> self, std::shared_ptr<Reader> r) {
     const config::Config& cfg = self->cfg;
     const config::SourceConfig& src = *r->source;
+    SourceStats& source_stats = *self->stats.sources.at(src.name);
     asio::steady_timer timer(co_await asio::this_coro::executor);
     int64_t offset = r->file.read_offset;
     int64_t last_size = -1;
@@ -166,6 +180,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         continue;
       }
       const int64_t size = st.st_size;
+      r->size_seen = size;
       int64_t now = unix_ms();
       if (size != last_size) {
         last_size = size;
@@ -198,6 +213,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
           r->file = *fresh;
         }
         offset = 0;
+        r->offset_now = 0;
         continue;
       }
 
@@ -261,7 +277,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         backoff = std::chrono::milliseconds(0);
         self->stats.lines_read += static_cast<int64_t>(lines.size());
         self->stats.bytes_read += static_cast<int64_t>(consumed);
+        source_stats.lines_read += static_cast<int64_t>(lines.size());
+        source_stats.bytes_read += static_cast<int64_t>(consumed);
         offset = chunk.next_offset;
+        r->offset_now = offset;
         {
           std::lock_guard lock(r->mu);
           r->file.read_offset = offset;
@@ -322,8 +341,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     if (first_scan) {
       for (const auto& f : known)
         spdlog::warn("{} (file {} of source {}) was not found under any path: it was deleted "
-                     "or moved out of the globs while tailbox was stopped; bytes after offset {} "
-                     "cannot be read", f.path, f.uid, f.source, f.read_offset);
+                     "or moved out of the globs while tailbox was stopped; anything it held past "
+                     "offset {} cannot be read", f.path, f.uid, f.source, f.read_offset);
       for (const auto& f : known) {
         int64_t id = f.id;
         co_await outbox.run([id](outbox::Outbox& o) { return o.release_file(id); });
@@ -331,6 +350,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       known.clear();
       first_scan = false;
     }
+    std::lock_guard lock(readers_mu);
     std::erase_if(readers, [](const auto& r) { return r->done.load(); });
   }
 
@@ -386,8 +406,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
           co_await outbox.run([fid, path](outbox::Outbox& o) { return o.update_path(fid, path); });
           r->file.path = path;
         }
-        readers.push_back(r);
-        start_reader(r);
+        add_reader(r);
         co_return;
       }
     }
@@ -403,8 +422,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
     r->file = *added;
     spdlog::info("following {} (source {}, from byte {})", path, source.name, start);
-    readers.push_back(r);
-    start_reader(r);
+    add_reader(r);
   }
 
   asio::awaitable<void> run() {
@@ -441,5 +459,23 @@ asio::awaitable<void> Tailer::run() {
 void Tailer::stop() { impl_->stopping = true; }
 
 const TailStats& Tailer::stats() const { return impl_->stats; }
+
+std::vector<Tailer::FileProgress> Tailer::files() const {
+  std::vector<FileProgress> out;
+  std::lock_guard lock(impl_->readers_mu);
+  for (const auto& r : impl_->readers) {
+    if (r->done.load()) continue;
+    FileProgress p;
+    {
+      std::lock_guard rl(r->mu);
+      p.source = r->file.source;
+      p.path = r->file.path;
+    }
+    p.size = r->size_seen.load();
+    p.offset = r->offset_now.load();
+    out.push_back(std::move(p));
+  }
+  return out;
+}
 
 }  // namespace tailbox::tail

@@ -14,7 +14,10 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "config/config.hpp"
 
@@ -24,7 +27,13 @@ class AsyncOutbox;
 
 namespace tailbox::tail {
 
+struct SourceStats {
+  std::atomic<int64_t> lines_read{0};
+  std::atomic<int64_t> bytes_read{0};
+};
+
 struct TailStats {
+  std::map<std::string, std::unique_ptr<SourceStats>> sources;   // fixed at construction
   std::atomic<int64_t> lines_read{0};
   std::atomic<int64_t> bytes_read{0};
   std::atomic<int64_t> files_active{0};
@@ -44,6 +53,14 @@ class Tailer {
   void stop();
 
   const TailStats& stats() const;
+
+  struct FileProgress {
+    std::string source, path;
+    int64_t size = 0;       // as last seen by its reader
+    int64_t offset = 0;     // committed read offset
+  };
+  // One entry per followed file. Safe from any thread.
+  std::vector<FileProgress> files() const;
 
  private:
   struct Impl;
