@@ -137,7 +137,10 @@ int run_relay(config::Config cfg) {
     sink = sinks::make_sink(cfg.sink, ioc.get_executor());
     auto opened = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, false});
     auto state = opened->sink_state(sink->name());
-    sink->open(state);
+    if (auto initial = sink->open(state)) {
+      Status st = opened->set_sink_state(sink->name(), *initial);
+      if (!st) throw std::runtime_error("cannot record the sink's starting state: " + st.message());
+    }
     outbox = std::make_unique<outbox::AsyncOutbox>(ioc.get_executor(), std::move(opened));
   } catch (const config::ConfigError& e) {
     spdlog::error("configuration: {}", e.what());

@@ -506,6 +506,18 @@ int64_t Outbox::oldest_pending_ms() {
   return 0;
 }
 
+Status Outbox::set_sink_state(const std::string& sink, const std::string& value) {
+  Status st = guarded([&] {
+    SQLite::Statement& put = *impl_->put_state;
+    put.bind(1, sink);
+    put.bind(2, value);
+    put.bind(3, unix_ms());
+    put.exec();
+  });
+  impl_->put_state->tryReset();
+  return impl_->track(st);
+}
+
 Backlog Outbox::backlog() const { return {impl_->rows.load(), impl_->bytes.load()}; }
 
 void Outbox::set_fault_hook(std::function<void(std::string_view)> hook) {

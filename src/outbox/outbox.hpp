@@ -130,6 +130,7 @@ class Outbox {
   Status bury(std::span<const int64_t> ids, std::string_view error);
 
   std::optional<std::string> sink_state(const std::string& sink);
+  Status set_sink_state(const std::string& sink, const std::string& value);
   Backlog backlog() const;
   // Counts the backlog again (rows purged or added by hand, e.g. with
   // tools/replay --purge). Call where lease() may be called.

@@ -56,8 +56,13 @@ class Sink {
   // Deliveries must run one at a time, and their acks commit in order.
   virtual bool serial() const { return false; }
   // Called once before any deliver(), with the state committed by the last ack
-  // (nullopt on first use). Throws std::runtime_error when it cannot start.
-  virtual void open(const std::optional<std::string>& committed_state) { (void)committed_state; }
+  // (nullopt on first use). Returns a state to commit before the first
+  // delivery (e.g. the starting size of a fresh output file), or nullopt.
+  // Throws std::runtime_error when it cannot start.
+  virtual std::optional<std::string> open(const std::optional<std::string>& committed_state) {
+    (void)committed_state;
+    return std::nullopt;
+  }
   virtual boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) = 0;
 };
 

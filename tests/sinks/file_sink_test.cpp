@@ -76,13 +76,34 @@ TEST_SUITE("sinks.file") {
     CHECK(d.state->ends_with(":8"));
   }
 
+  TEST_CASE("first use records the starting size before anything is written") {
+    testing::TempDir dir;
+    std::string path = dir / "out.log";
+    std::ofstream(path) << "old\n";
+    std::optional<std::string> initial;
+    {
+      auto s = settings(path);
+      sinks::FileSink sink(s);
+      initial = sink.open(std::nullopt);
+      REQUIRE(initial);
+      CHECK(initial->ends_with(":4"));
+      std::vector<std::string> lines{"new"};
+      (void)deliver(sink, lines);   // written, then a crash before the ack
+    }
+    auto s = settings(path);
+    sinks::FileSink sink(s);
+    CHECK_FALSE(sink.open(initial));   // a known file: nothing new to record
+    CHECK(read(path) == "old\n");
+  }
+
   TEST_CASE("a different file at the path is appended to, not cut") {
     testing::TempDir dir;
     std::string path = dir / "out.log";
     std::ofstream(path) << "someone else's\n";
     auto s = settings(path);
     sinks::FileSink sink(s);
-    sink.open(std::string("1:2:3"));   // state of another inode
+    auto fresh = sink.open(std::string("1:2:3"));   // state of another inode
+    CHECK(fresh);
     std::vector<std::string> lines{"x"};
     deliver(sink, lines);
     CHECK(read(path) == "someone else's\nx\n");

@@ -31,7 +31,7 @@ std::string FileSink::guarantee() const {
                   "last batches on power loss";
 }
 
-void FileSink::open(const std::optional<std::string>& state) {
+std::optional<std::string> FileSink::open(const std::optional<std::string>& state) {
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
   if (fd_ < 0) throw std::runtime_error("cannot open " + path_ + ": " + std::strerror(errno));
   struct stat st {};
@@ -58,9 +58,17 @@ void FileSink::open(const std::optional<std::string>& state) {
       spdlog::warn("{} is shorter ({} bytes) than tailbox last committed ({}): someone else "
                    "truncated it; appending after its current end", path_, size, recorded);
     }
-  } else if (state) {
-    spdlog::info("{} is a different file than the one tailbox last wrote; appending to it", path_);
+    return std::nullopt;
   }
+  if (state)
+    spdlog::info("{} is a different file than the one tailbox last wrote; appending to it", path_);
+  // No committed size for this file yet: record where it starts *before* the
+  // first write, or a crash between that write and its ack could not be undone.
+  return state_string();
+}
+
+std::string FileSink::state_string() const {
+  return std::to_string(dev_) + ":" + std::to_string(inode_) + ":" + std::to_string(committed_);
 }
 
 boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch) {
@@ -92,8 +100,7 @@ boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch
   }
   committed_ += static_cast<int64_t>(buffer_.size());
   if (buffer_.capacity() > (8u << 20)) std::string().swap(buffer_);
-  co_return Delivery::delivered(std::to_string(dev_) + ":" + std::to_string(inode_) + ":" +
-                                std::to_string(committed_));
+  co_return Delivery::delivered(state_string());
 }
 
 }  // namespace tailbox::sinks

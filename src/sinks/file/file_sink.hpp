@@ -25,10 +25,12 @@ class FileSink : public Sink {
   const std::string& name() const override { return name_; }
   std::string guarantee() const override;
   bool serial() const override { return true; }
-  void open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
  private:
+  std::string state_string() const;
+
   std::string path_, name_;
   bool ndjson_ = true;
   bool fsync_ = true;

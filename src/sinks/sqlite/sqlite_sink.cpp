@@ -76,7 +76,7 @@ std::string SqliteSink::guarantee() const {
   return "exactly-once: the inbox's PRIMARY KEY is the idempotency key (INSERT OR IGNORE)";
 }
 
-void SqliteSink::open(const std::optional<std::string>&) {
+std::optional<std::string> SqliteSink::open(const std::optional<std::string>&) {
   try {
     impl_->db = std::make_unique<SQLite::Database>(
         impl_->path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE | SQLite::OPEN_NOMUTEX, 10000);
@@ -103,6 +103,7 @@ void SqliteSink::open(const std::optional<std::string>&) {
   } catch (const SQLite::Exception& e) {
     throw std::runtime_error("cannot open the sqlite inbox " + impl_->path + ": " + e.what());
   }
+  return std::nullopt;
 }
 
 asio::awaitable<Delivery> SqliteSink::deliver(std::span<const Record> batch) {
