@@ -13,6 +13,9 @@
 #include <cstdio>
 #include <functional>
 #include <thread>
+#include <mutex>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
 
 #include "cli/logging.hpp"
 #include "core/clock.hpp"
@@ -104,14 +107,63 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
   });
 }
 
+struct SinkHealth {
+  std::atomic<bool> open{false};
+  mutable std::mutex mu;
+  std::string last_error = "opening";
+  std::string error() const {
+    std::lock_guard lock(mu);
+    return last_error;
+  }
+};
+
+// Opens the sink, retrying with backoff while it fails, records its starting
+// state, then runs the dispatcher.
+asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOutbox& outbox,
+                                             dispatch::Dispatcher& dispatcher,
+                                             const config::Config& cfg,
+                                             const std::atomic<bool>& stopping, SinkHealth& health) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto delay = cfg.delivery.backoff_min;
+  for (int attempt = 1; !stopping.load(); ++attempt) {
+    std::string error;
+    try {
+      auto state = co_await outbox.run([&](outbox::Outbox& o) { return o.sink_state(sink.name()); });
+      if (auto initial = sink.open(state)) {
+        Status st = co_await outbox.run(
+            [&](outbox::Outbox& o) { return o.set_sink_state(sink.name(), *initial); });
+        if (!st) throw std::runtime_error("cannot record the sink's starting state: " + st.message());
+      }
+      health.open = true;
+      if (attempt > 1) spdlog::info("{} is open", sink.name());
+      break;
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    {
+      std::lock_guard lock(health.mu);
+      health.last_error = error;
+    }
+    if (attempt == 1 || attempt % 10 == 0)
+      spdlog::warn("cannot open {} (attempt {}): {}; lines are kept in the outbox, retrying in {} ms",
+                   sink.name(), attempt, error, delay.count());
+    timer.expires_after(delay);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    delay = std::min(delay * 2, cfg.delivery.backoff_max);
+  }
+  if (health.open.load()) co_await dispatcher.run();
+}
+
 // /readyz: the outbox takes writes, and rows waiting are moving.
 metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outbox,
-                            const dispatch::DispatchStats& ds) {
+                            const dispatch::DispatchStats& ds, const SinkHealth& sink) {
   int64_t now = unix_ms();
   auto h = outbox.unsafe_sync().health();
   auto backlog = outbox.backlog();
   std::string reason;
   if (h.last_error_ms > h.last_ok_ms) reason = "outbox not writable: " + h.last_error;
+  if (reason.empty() && !sink.open.load()) reason = "sink not open yet: " + sink.error();
   int64_t last_ok = ds.last_success_ms.load();
   int64_t oldest = backlog.rows > 0 ? outbox.unsafe_sync().oldest_pending_ms() : 0;
   if (reason.empty() && oldest > 0 && now - oldest > cfg.metrics.stall_after.count() &&
@@ -136,11 +188,6 @@ int run_relay(config::Config cfg) {
   try {
     sink = sinks::make_sink(cfg.sink, ioc.get_executor());
     auto opened = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, false});
-    auto state = opened->sink_state(sink->name());
-    if (auto initial = sink->open(state)) {
-      Status st = opened->set_sink_state(sink->name(), *initial);
-      if (!st) throw std::runtime_error("cannot record the sink's starting state: " + st.message());
-    }
     outbox = std::make_unique<outbox::AsyncOutbox>(ioc.get_executor(), std::move(opened));
   } catch (const config::ConfigError& e) {
     spdlog::error("configuration: {}", e.what());
@@ -159,6 +206,7 @@ int run_relay(config::Config cfg) {
   dispatch::Dispatcher dispatcher(ioc.get_executor(), cfg, *outbox, *sink);
   outbox->on_append([&dispatcher] { dispatcher.wake(); });
 
+  SinkHealth sink_health;
   metrics::Registry registry;
   register_metrics(registry, cfg, tailer, *outbox, dispatcher, *sink);
   std::unique_ptr<metrics::HttpServer> http;
@@ -169,7 +217,7 @@ int run_relay(config::Config cfg) {
           if (path == "/metrics")
             return {200, "text/plain; version=0.0.4; charset=utf-8", registry.render()};
           if (path == "/healthz") return {200, "application/json", "{\"alive\":true}\n"};
-          if (path == "/readyz") return readiness(cfg, *outbox, dispatcher.stats());
+          if (path == "/readyz") return readiness(cfg, *outbox, dispatcher.stats(), sink_health);
           return {404, "text/plain", "try /metrics, /healthz or /readyz\n"};
         });
     try {
@@ -210,12 +258,17 @@ int run_relay(config::Config cfg) {
     }
   };
   asio::co_spawn(ioc, tailer.run(), finished);
-  asio::co_spawn(ioc, dispatcher.run(), finished);
+  // The sink is opened in the background: a destination that is down (or
+  // locked) at start must not keep the files from being read into the outbox.
+  std::atomic<bool> stopping{false};
+  asio::co_spawn(ioc, open_sink_then_deliver(*sink, *outbox, dispatcher, cfg, stopping, sink_health),
+                 finished);
 
   signals.async_wait([&](const boost::system::error_code& ec, int signo) {
     if (ec) return;
     spdlog::info("signal {}: stopping; in-flight batches may finish within {} ms", signo,
                  cfg.delivery.shutdown_timeout.count());
+    stopping = true;
     tailer.stop();
     dispatcher.stop();
     // Past the timeout, exit as a crash would: every row not confirmed is still
