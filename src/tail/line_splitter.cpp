@@ -27,6 +27,11 @@ size_t split_lines(std::string_view buf, int64_t base, size_t max_line, bool flu
       pos = end + 1;
       continue;
     }
+    if (n - pos == max_line + 1 && buf[n - 1] == '\r' && !flush_partial) {
+      // A line of exactly max_line bytes whose "\n" after "\r" is not read yet:
+      // wait for it rather than cut the "\r" off into a record of its own.
+      break;
+    }
     if (n - pos > max_line) {
       // No newline within max_line bytes: cut an overlong line into a piece.
       out.push_back({base + static_cast<int64_t>(pos), static_cast<int64_t>(max_line),

@@ -105,4 +105,13 @@ TEST_SUITE("tail.line_splitter") {
     CHECK(out[0].text == "abcd");
     CHECK(out[0].length == 6);
   }
+
+  TEST_CASE("a max_line line whose CR is the last byte read waits for its LF") {
+    std::vector<Line> out;
+    CHECK(split_lines("abcd\r", 0, 4, false, out) == 0);
+    CHECK(out.empty());
+    CHECK(split_lines("abcd\r\n", 0, 4, false, out) == 6);
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].text == "abcd");
+  }
 }

@@ -19,12 +19,22 @@ struct SqliteSink::Impl {
   std::string path, table, name, synchronous;
   asio::strand<asio::any_io_executor> strand;
   std::unique_ptr<SQLite::Database> db;
-  std::unique_ptr<SQLite::Statement> insert;
+  // The raw statement: SQLiteCpp binds (pointer, length) only as a BLOB, and the
+  // text columns must hold TEXT so that `WHERE key = '...'` works in sqlite3.
+  sqlite3_stmt* insert = nullptr;
 
   explicit Impl(asio::any_io_executor ex) : strand(asio::make_strand(ex)) {}
   ~Impl() {
-    insert.reset();
+    sqlite3_finalize(insert);
     db.reset();
+  }
+
+  void text(int i, std::string_view v) {
+    sqlite3_bind_text(insert, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  }
+  void check(int rc) {
+    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
+      throw SQLite::Exception(db->getHandle(), rc);
   }
 
   Delivery write(std::span<const Record> batch) {
@@ -32,23 +42,24 @@ struct SqliteSink::Impl {
       SQLite::Transaction tx(*db);
       int64_t now = unix_ms();
       for (const Record& r : batch) {
-        insert->bindNoCopy(1, r.key.data(), static_cast<int>(r.key.size()));
-        insert->bindNoCopy(2, r.host.data(), static_cast<int>(r.host.size()));
-        insert->bindNoCopy(3, r.source.data(), static_cast<int>(r.source.size()));
-        insert->bindNoCopy(4, r.path.data(), static_cast<int>(r.path.size()));
-        insert->bind(5, r.offset);
-        insert->bind(6, r.ingest_ms);
-        insert->bindNoCopy(7, static_cast<const void*>(r.line.data()), static_cast<int>(r.line.size()));
-        if (r.fields.empty()) insert->bind(8);
-        else insert->bindNoCopy(8, r.fields.data(), static_cast<int>(r.fields.size()));
-        insert->bind(9, now);
-        insert->exec();
-        insert->reset();
+        text(1, r.key);
+        text(2, r.host);
+        text(3, r.source);
+        text(4, r.path);
+        sqlite3_bind_int64(insert, 5, r.offset);
+        sqlite3_bind_int64(insert, 6, r.ingest_ms);
+        sqlite3_bind_blob(insert, 7, r.line.data(), static_cast<int>(r.line.size()), SQLITE_STATIC);
+        if (r.fields.empty()) sqlite3_bind_null(insert, 8);
+        else text(8, r.fields);
+        sqlite3_bind_int64(insert, 9, now);
+        int rc = sqlite3_step(insert);
+        sqlite3_reset(insert);
+        check(rc);
       }
       tx.commit();
       return Delivery::delivered();
     } catch (const SQLite::Exception& e) {
-      insert->tryReset();
+      sqlite3_reset(insert);
       // Nothing about a log line makes SQLite refuse it: every failure here is
       // the database's (busy, full, I/O), so retry.
       return Delivery::retry(std::string("inbox ") + path + ": " + e.what());
@@ -96,10 +107,10 @@ std::optional<std::string> SqliteSink::open(const std::optional<std::string>&) {
             "  fields      TEXT,              -- parsed fields (JSON), if any\n"
             "  delivered   INTEGER NOT NULL   -- unix ms, first delivery\n"
             ") WITHOUT ROWID");
-    impl_->insert = std::make_unique<SQLite::Statement>(
-        db, "INSERT OR IGNORE INTO " + t +
-                " (key, host, source, path, offset, ingest_time, line, fields, delivered) "
-                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+    std::string sql = "INSERT OR IGNORE INTO " + t +
+                      " (key, host, source, path, offset, ingest_time, line, fields, delivered) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    impl_->check(sqlite3_prepare_v2(db.getHandle(), sql.c_str(), -1, &impl_->insert, nullptr));
   } catch (const SQLite::Exception& e) {
     throw std::runtime_error("cannot open the sqlite inbox " + impl_->path + ": " + e.what());
   }
