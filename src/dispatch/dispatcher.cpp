@@ -7,12 +7,14 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <mutex>
 #include <random>
 #include <unordered_set>
 
 #include "core/clock.hpp"
+#include "core/log_limit.hpp"
 #include "dispatch/record_builder.hpp"
 #include "dispatch/retry_policy.hpp"
 #include "outbox/async_outbox.hpp"
@@ -32,10 +34,16 @@ struct Worker {
   asio::steady_timer timer;
   std::atomic<bool> idle{false};
   bool woken = false;            // worker strand only
+  int acks_pending = 0;          // worker strand only: 0 or 1
+  asio::steady_timer ack_done;   // cancelled when an ack finishes
   std::mt19937_64 rng;
 
   Worker(int i, asio::any_io_executor ex)
-      : index(i), strand(asio::make_strand(ex)), timer(strand), rng(std::random_device{}()) {}
+      : index(i),
+        strand(asio::make_strand(ex)),
+        timer(strand),
+        ack_done(strand, asio::steady_timer::time_point::max()),
+        rng(std::random_device{}()) {}
 };
 
 std::vector<int64_t> ids_of(std::span<const outbox::LeasedRow> rows) {
@@ -61,6 +69,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   RecordBuilder builder;
   RetryPolicy policy;
   DispatchStats stats;
+  LogLimiter log_limit{std::chrono::seconds(10)};
   std::atomic<bool> stopping{false};
   std::atomic<int> running{0};
   std::vector<std::unique_ptr<Worker>> workers;
@@ -122,40 +131,58 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
     });
   }
 
-  asio::awaitable<void> release(std::vector<int64_t> ids) {
+  // Forgets leases (rows stay in the outbox, pending or dead).
+  void release(const std::vector<int64_t>& ids) {
     std::lock_guard lock(lease_mu);
-    for (int64_t id : ids) leased.erase(id);
-    stats.in_flight -= static_cast<int64_t>(ids.size());
-    co_return;
+    int64_t n = 0;
+    for (int64_t id : ids) n += static_cast<int64_t>(leased.erase(id));
+    stats.in_flight -= n;
   }
 
-  // Deletes delivered rows. An ack that fails is retried: the rows are at the
-  // destination, and sending them again would only add work (or, for a serial
-  // sink, a duplicate). Returns false only when stopping.
-  asio::awaitable<bool> ack(Worker& w, std::span<const outbox::LeasedRow> rows,
-                            const std::optional<std::string>& state) {
-    std::vector<int64_t> ids = ids_of(rows);
-    int64_t bytes = bytes_of(rows);
+  // Deletes delivered rows (and stores the sink's state). An ack that fails is
+  // retried: the rows are at the destination, and sending them again would only
+  // add work (or, for a serial sink, a duplicate). Gives up only when stopping;
+  // the rows then stay pending and are delivered again (and dropped by key).
+  asio::awaitable<void> ack(std::vector<int64_t> ids, int64_t bytes, std::optional<std::string> state) {
+    asio::steady_timer retry(co_await asio::this_coro::executor);
+    std::mt19937_64 rng(static_cast<uint64_t>(ids.empty() ? 0 : ids[0]));
     for (int attempt = 1;; ++attempt) {
       Status st = co_await outbox.run([&](outbox::Outbox& o) {
         std::pair<std::string, std::string> s;
         if (state) s = {sink.name(), *state};
-        Status r = o.ack(ids, bytes, state ? &s : nullptr);
-        if (r) {
-          std::lock_guard lock(lease_mu);
-          for (int64_t id : ids) leased.erase(id);
-        }
-        return r;
+        return o.ack(ids, bytes, state ? &s : nullptr);
       });
       if (st) {
-        stats.in_flight -= static_cast<int64_t>(ids.size());
-        co_return true;
+        release(ids);
+        co_return;
       }
       spdlog::error("cannot delete {} delivered rows from the outbox: {}; retrying", ids.size(),
                     st.message());
-      if (stopping.load()) co_return false;
-      co_await sleep(w, policy.delay(attempt, w.rng));
+      if (stopping.load()) co_return;
+      retry.expires_after(policy.delay(attempt, rng));
+      boost::system::error_code ec;
+      co_await retry.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
+  }
+
+  // Acks run beside the worker's next batch, one at a time per worker: a serial
+  // sink's acks (and the states they carry) still commit in delivery order, and
+  // a crash in between only means both batches are delivered again.
+  static asio::awaitable<void> wait_acks(Worker& w) {
+    while (w.acks_pending > 0) {
+      boost::system::error_code ec;
+      co_await w.ack_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  void start_ack(Worker& w, std::span<const outbox::LeasedRow> rows, std::optional<std::string> state) {
+    ++w.acks_pending;
+    asio::co_spawn(w.strand, ack(ids_of(rows), bytes_of(rows), std::move(state)),
+                   [self = shared_from_this(), &w](std::exception_ptr e) {
+                     if (e) spdlog::error("ack failed unexpectedly; its rows stay pending");
+                     --w.acks_pending;
+                     w.ack_done.cancel();
+                   });
   }
 
   // Delivers rows[i..] until each is acked or dead; splits rejected batches.
@@ -171,7 +198,8 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
       if (d.outcome != Delivery::Outcome::delivered) stats.last_failure_ms = unix_ms();
       if (d.outcome == Delivery::Outcome::delivered) {
-        if (!co_await ack(w, rows, d.state)) co_return false;
+        co_await wait_acks(w);
+        start_ack(w, rows, std::move(d.state));
         stats.delivered += static_cast<int64_t>(rows.size());
         ++stats.batches;
         stats.last_success_ms = unix_ms();
@@ -183,13 +211,15 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
           if (!co_await deliver(w, batch, begin, mid)) co_return false;
           co_return co_await deliver(w, batch, mid, end);
         }
-        spdlog::warn("{} rejected the line at offset {} of {}: {}; the row is dead-lettered",
-                     sink.name(), rows[0].offset, rows[0].info->path, d.detail);
+        if (auto held = log_limit.allow("reject"))
+          spdlog::warn("{} rejected the line at offset {} of {}: {}; the row is dead-lettered{}",
+                       sink.name(), rows[0].offset, rows[0].info->path, d.detail,
+                       *held ? " (" + std::to_string(*held) + " more rejections not logged)" : "");
         std::vector<int64_t> ids = ids_of(rows);
         Status st = co_await outbox.run([&](outbox::Outbox& o) { return o.bury(ids, d.detail); });
         if (!st) spdlog::error("cannot dead-letter row {}: {}", ids[0], st.message());
         ++stats.dead;
-        co_await release(ids);
+        release(ids);
         co_return true;
       }
 
@@ -201,14 +231,15 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         return o.fail(ids, d.detail, cfg.delivery.max_attempts, dead);
       });
       milliseconds delay = std::max(policy.delay(attempt, w.rng), d.retry_after);
-      if (attempt == 1 || attempt % 10 == 0)
-        spdlog::warn("{} failed ({}), attempt {}; retrying {} rows in {} ms", sink.name(),
-                     d.detail, attempt, rows.size(), delay.count());
+      if (auto held = log_limit.allow("retry"))
+        spdlog::warn("{} failed ({}), attempt {}; retrying {} rows in {} ms{}", sink.name(),
+                     d.detail, attempt, rows.size(), delay.count(),
+                     *held ? " (" + std::to_string(*held) + " similar failures not logged)" : "");
       if (!dead.empty()) {
         stats.dead += static_cast<int64_t>(dead.size());
         spdlog::error("{} rows reached max_attempts = {} and are dead-lettered: {}", dead.size(),
                       cfg.delivery.max_attempts, d.detail);
-        co_await release(dead);
+        release(dead);
         if (dead.size() == rows.size()) co_return true;
         // Keep the rows that are still alive together (partial: rare).
         std::unordered_set<int64_t> gone(dead.begin(), dead.end());
@@ -262,10 +293,11 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       bool done = co_await deliver(w, batch, 0, batch.rows.size());
       if (!done) {
         // Stopping with rows in hand: they stay pending for the next run.
-        std::vector<int64_t> ids = ids_of(batch.rows);
-        co_await release(ids);
+        co_await wait_acks(w);
+        release(ids_of(batch.rows));
       }
     }
+    co_await wait_acks(w);
   }
 
   void wake_all() {
