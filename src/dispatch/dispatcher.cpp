@@ -241,19 +241,23 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
                       cfg.delivery.max_attempts, d.detail);
         release(dead);
         if (dead.size() == rows.size()) co_return true;
-        // Keep the rows that are still alive together (partial: rare).
+        // Some rows are dead, some not (they had different attempt counts): go on
+        // with each run of live rows. Indices are not moved, so a caller that is
+        // splitting this batch keeps valid ranges.
         std::unordered_set<int64_t> gone(dead.begin(), dead.end());
-        size_t out = begin;
-        for (size_t i = begin; i < end; ++i)
-          if (!gone.count(batch.rows[i].id)) {
-            std::swap(batch.rows[out], batch.rows[i]);
-            ++out;
+        if (stopping.load()) co_return false;
+        co_await sleep(w, delay);
+        for (size_t i = begin; i < end;) {
+          if (gone.count(batch.rows[i].id)) {
+            ++i;
+            continue;
           }
-        batch.rows.resize(out);
-        builder.build(batch);
-        end = out;
-        rows = std::span<const outbox::LeasedRow>(batch.rows.data() + begin, end - begin);
-        records = std::span<const Record>(batch.records.data() + begin, end - begin);
+          size_t j = i;
+          while (j < end && !gone.count(batch.rows[j].id)) ++j;
+          if (!co_await deliver(w, batch, i, j)) co_return false;
+          i = j;
+        }
+        co_return true;
       }
       if (stopping.load()) co_return false;
       co_await sleep(w, delay);

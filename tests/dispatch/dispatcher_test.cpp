@@ -184,4 +184,28 @@ TEST_SUITE("dispatch.dispatcher") {
     CHECK(sink.max_concurrent() == 1);
     CHECK(static_cast<int64_t>(sink.delivered().size()) == h.total);
   }
+
+  TEST_CASE("rows that die mid-batch leave the live ones to be delivered, and none is lost") {
+    Harness h(1, 100);
+    h.cfg.delivery.max_attempts = 3;
+    h.cfg.delivery.batch_rows = 100;
+    {
+      // The first 50 rows already failed twice (e.g. replayed earlier).
+      Status st;
+      auto rows = h.ob->unsafe_sync().lease(0, 0, 1, 50, 1 << 20, st);
+      REQUIRE(rows.size() == 50);
+      std::vector<int64_t> ids, dead;
+      for (const auto& r : rows) ids.push_back(r.id);
+      REQUIRE(h.ob->unsafe_sync().fail(ids, "earlier", 0, dead).is_ok());
+      REQUIRE(h.ob->unsafe_sync().fail(ids, "earlier", 0, dead).is_ok());
+    }
+    std::atomic<int> calls{0};
+    testing::ScriptedSink sink([&](std::span<const Record>) {
+      return ++calls == 1 ? Delivery::retry("503") : Delivery::delivered();
+    });
+    REQUIRE(h.run(sink, [&] { return h.ob->backlog().rows == 50 && h.summary().dead == 50; }));
+    CHECK(sink.delivered().size() == 50);
+    for (const auto& [key, n] : sink.delivered()) CHECK(n == 1);
+    CHECK(h.summary().pending == 0);
+  }
 }
