@@ -202,7 +202,15 @@ int run_relay(config::Config cfg) {
                TAILBOX_VERSION, cfg.host_id, cfg.outbox.path, backlog.rows, sink->name(),
                sink->guarantee());
 
-  tail::Tailer tailer(ioc.get_executor(), cfg, *outbox);
+  std::unique_ptr<tail::Tailer> tailer_ptr;
+  try {
+    tailer_ptr = std::make_unique<tail::Tailer>(ioc.get_executor(), cfg, *outbox);
+  } catch (const std::exception& e) {
+    spdlog::error("cannot read the outbox's tracked files ({}): it may be damaged; run "
+                  "`tailbox check --outbox -c CONFIG`", e.what());
+    return 1;
+  }
+  tail::Tailer& tailer = *tailer_ptr;
   dispatch::Dispatcher dispatcher(ioc.get_executor(), cfg, *outbox, *sink);
   outbox->on_append([&dispatcher] { dispatcher.wake(); });
 
@@ -231,6 +239,7 @@ int run_relay(config::Config cfg) {
   }
 
   std::atomic<int> running{2};
+  std::atomic<bool> failed{false};
   asio::signal_set signals(ioc, SIGINT, SIGTERM);
   asio::signal_set hangup(ioc, SIGHUP);
   std::function<void()> wait_hangup = [&] {
@@ -248,6 +257,7 @@ int run_relay(config::Config cfg) {
       } catch (const std::exception& ex) {
         spdlog::error("stopping after an unexpected error: {}", ex.what());
       }
+      failed = true;
       tailer.stop();
       dispatcher.stop();
     }
@@ -255,6 +265,7 @@ int run_relay(config::Config cfg) {
       signals.cancel();
       hangup.cancel();
       if (http) http->stop();
+      ioc.stop();   // idle keep-alive HTTP connections must not hold the exit up
     }
   };
   asio::co_spawn(ioc, tailer.run(), finished);
@@ -291,6 +302,10 @@ int run_relay(config::Config cfg) {
   spdlog::info("stopped: {} lines read, {} rows delivered, {} dead-lettered, {} rows left in the outbox",
                tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(),
                outbox->backlog().rows);
+  if (failed.load() || dispatcher.failed()) {
+    spdlog::error("tailbox stopped because of an unexpected error (see above); exit 1");
+    return 1;
+  }
   return 0;
 }
 

@@ -90,8 +90,9 @@ int check_outbox(const config::Config& cfg) {
   std::printf(
       "What to do: stop tailbox, keep a copy of the file (and its -wal, -shm), then either\n"
       "  sqlite3 %s '.recover' | sqlite3 recovered.db   and point [outbox] path at recovered.db,\n"
-      "or move the outbox away to start empty (lines not yet delivered are then read again\n"
-      "only if read_from = \"head\"; the destination drops what it already has).\n",
+      "or move the outbox away to start empty: files are then read again from the start\n"
+      "(read_from = \"head\"); the destination drops what it already has only for files\n"
+      "that were at least [tail] fingerprint_bytes long when first seen, others arrive twice.\n",
       cfg.outbox.path.c_str());
   return 1;
 }

@@ -137,6 +137,9 @@ std::optional<std::chrono::milliseconds> parse_duration(const std::string& text)
   std::string unit;
   if (!split_number(text, n, unit)) return std::nullopt;
   using std::chrono::milliseconds;
+  constexpr int64_t kMaxMs = int64_t{10} * 365 * 24 * 3'600'000;   // ten years
+  int64_t mult = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : 0;
+  if (mult && n > kMaxMs / mult) return std::nullopt;
   if (unit == "ms") return milliseconds(n);
   if (unit == "s") return milliseconds(n * 1000);
   if (unit == "m") return milliseconds(n * 60'000);

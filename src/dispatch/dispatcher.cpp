@@ -35,6 +35,7 @@ struct Worker {
   std::atomic<bool> idle{false};
   bool woken = false;            // worker strand only
   int acks_pending = 0;          // worker strand only: 0 or 1
+  bool ack_dropped = false;      // worker strand only
   asio::steady_timer ack_done;   // cancelled when an ack finishes
   std::mt19937_64 rng;
 
@@ -71,6 +72,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   DispatchStats stats;
   LogLimiter log_limit{std::chrono::seconds(10)};
   std::atomic<bool> stopping{false};
+  std::atomic<bool> failed{false};
   std::atomic<int> running{0};
   std::vector<std::unique_ptr<Worker>> workers;
   int lanes = 1;
@@ -116,15 +118,15 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         if (!rows.empty()) cur = rows.back().id;
         for (auto& r : rows)
           if (leased.insert(r.id).second) out.push_back(std::move(r));
-        if (!rows.empty() || pass == 1) break;
-        // Caught up. Now and then look again from the start: rows that were
-        // replayed (dead -> pending) sit behind the cursor.
+        // Every 5 s look again from the start: rows replayed by hand (dead ->
+        // pending) sit behind the cursor; everything else behind it is in flight.
         int64_t now = unix_ms();
         auto& last = last_rescan_ms[static_cast<size_t>(lane)];
-        if (now - last < 5000) break;
+        if (pass == 1 || now - last < 5000) break;
         last = now;
         cur = 0;
         if (lane == 0) o.recount();   // rows purged or added by hand (tools/replay)
+        if (!out.empty()) break;      // the next lease starts from the front
       }
       stats.in_flight += static_cast<int64_t>(out.size());
       return out;
@@ -143,7 +145,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // retried: the rows are at the destination, and sending them again would only
   // add work (or, for a serial sink, a duplicate). Gives up only when stopping;
   // the rows then stay pending and are delivered again (and dropped by key).
-  asio::awaitable<void> ack(std::vector<int64_t> ids, int64_t bytes, std::optional<std::string> state) {
+  asio::awaitable<bool> ack(std::vector<int64_t> ids, int64_t bytes, std::optional<std::string> state) {
     asio::steady_timer retry(co_await asio::this_coro::executor);
     std::mt19937_64 rng(static_cast<uint64_t>(ids.empty() ? 0 : ids[0]));
     for (int attempt = 1;; ++attempt) {
@@ -154,11 +156,11 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       });
       if (st) {
         release(ids);
-        co_return;
+        co_return true;
       }
       spdlog::error("cannot delete {} delivered rows from the outbox: {}; retrying", ids.size(),
                     st.message());
-      if (stopping.load()) co_return;
+      if (stopping.load()) co_return false;
       retry.expires_after(policy.delay(attempt, rng));
       boost::system::error_code ec;
       co_await retry.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -175,14 +177,26 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
     }
   }
 
+  // Runs the ack on the outbox strand, posted, so the worker goes on with its
+  // next batch meanwhile; reports back on the worker's strand.
   void start_ack(Worker& w, std::span<const outbox::LeasedRow> rows, std::optional<std::string> state) {
     ++w.acks_pending;
-    asio::co_spawn(w.strand, ack(ids_of(rows), bytes_of(rows), std::move(state)),
-                   [self = shared_from_this(), &w](std::exception_ptr e) {
-                     if (e) spdlog::error("ack failed unexpectedly; its rows stay pending");
-                     --w.acks_pending;
-                     w.ack_done.cancel();
-                   });
+    auto self = shared_from_this();
+    Worker* wp = &w;
+    asio::post(outbox.strand(), [self, wp, ids = ids_of(rows), bytes = bytes_of(rows),
+                                 state = std::move(state)]() mutable {
+      asio::co_spawn(self->outbox.strand(), self->ack(std::move(ids), bytes, std::move(state)),
+                     [self, wp](std::exception_ptr e, bool acked) {
+                       asio::post(wp->strand, [wp, ok = acked && !e] {
+                         // A dropped ack (only when stopping) must not be followed by
+                         // another: a serial sink's later state would cover rows
+                         // that are still pending.
+                         if (!ok) wp->ack_dropped = true;
+                         --wp->acks_pending;
+                         wp->ack_done.cancel();
+                       });
+                     });
+    });
   }
 
   // Delivers rows[i..] until each is acked or dead; splits rejected batches.
@@ -199,6 +213,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       if (d.outcome != Delivery::Outcome::delivered) stats.last_failure_ms = unix_ms();
       if (d.outcome == Delivery::Outcome::delivered) {
         co_await wait_acks(w);
+        if (w.ack_dropped) co_return false;   // stopping: these rows stay pending
         start_ack(w, rows, std::move(d.state));
         stats.delivered += static_cast<int64_t>(rows.size());
         ++stats.batches;
@@ -293,7 +308,15 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
           for (auto& r : more) batch.rows.push_back(std::move(r));
         }
       }
-      builder.build(batch);
+      try {
+        builder.build(batch);
+      } catch (const std::exception& e) {
+        // A bug, not bad input (parsers turn bad lines into parse_error): keep
+        // the rows pending, say so, and stop this worker rather than spin.
+        spdlog::error("cannot build records for {} rows: {}; they stay in the outbox", batch.rows.size(), e.what());
+        release(ids_of(batch.rows));
+        throw;
+      }
       bool done = co_await deliver(w, batch, 0, batch.rows.size());
       if (!done) {
         // Stopping with rows in hand: they stay pending for the next run.
@@ -340,8 +363,10 @@ asio::awaitable<void> Dispatcher::run() {
         try {
           std::rethrow_exception(e);
         } catch (const std::exception& ex) {
-          spdlog::error("delivery worker stopped: {}", ex.what());
+          spdlog::error("delivery worker stopped: {}; stopping the relay", ex.what());
         }
+        impl->failed = true;
+        impl->stop_all();
       }
       --impl->running;
     });
@@ -355,6 +380,7 @@ asio::awaitable<void> Dispatcher::run() {
 }
 
 void Dispatcher::stop() { impl_->stop_all(); }
+bool Dispatcher::failed() const { return impl_->failed.load(); }
 void Dispatcher::wake() { impl_->wake_all(); }
 const DispatchStats& Dispatcher::stats() const { return impl_->stats; }
 

@@ -55,6 +55,8 @@ class Dispatcher {
   void wake();
 
   const DispatchStats& stats() const;
+  // A worker ended with an unexpected error (the relay then stops, exit 1).
+  bool failed() const;
 
  private:
   struct Impl;

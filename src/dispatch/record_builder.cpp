@@ -3,6 +3,8 @@
 #include <boost/json.hpp>
 #include <boost/regex.hpp>
 
+#include "core/utf8.hpp"
+
 namespace tailbox::dispatch {
 
 int64_t Batch::payload_bytes() const {
@@ -18,6 +20,16 @@ struct RecordBuilder::Parser {
 
   // Returns true and sets `fields` to a JSON object, or false and sets `error`.
   bool parse(std::string_view line, std::string& fields, std::string& error) const {
+    try {
+      return parse_or_throw(line, fields, error);
+    } catch (const std::exception& e) {
+      // e.g. boost::regex "complexity exceeded" on a pathological line.
+      error = std::string("parser failed: ") + e.what();
+      return false;
+    }
+  }
+
+  bool parse_or_throw(std::string_view line, std::string& fields, std::string& error) const {
     if (kind == config::ParserKind::json) {
       boost::system::error_code ec;
       boost::json::value v = boost::json::parse(boost::json::string_view(line.data(), line.size()), ec);
@@ -40,7 +52,12 @@ struct RecordBuilder::Parser {
     boost::json::object obj;
     for (const auto& name : names) {
       const auto& sub = m[name];
-      if (sub.matched) obj[name] = boost::json::string_view(&*sub.first, static_cast<size_t>(sub.length()));
+      if (!sub.matched) continue;
+      std::string_view v(&*sub.first, static_cast<size_t>(sub.length()));
+      // JSON strings must be UTF-8: invalid bytes become U+FFFD here (the raw
+      // line, with its exact bytes, is delivered beside the fields).
+      if (valid_utf8(v)) obj[name] = boost::json::string_view(v.data(), v.size());
+      else obj[name] = repair_utf8(v);
     }
     fields = boost::json::serialize(obj);
     return true;

@@ -260,6 +260,16 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
       if (!q.executeStep()) break;
     }
     int64_t now = unix_ms();
+    // A file's uid is part of every key: its row must survive a power cut
+    // before any of its lines can be delivered, whatever [outbox] synchronous says.
+    db.exec("PRAGMA synchronous = FULL");
+    struct Restore {
+      SQLite::Database& db;
+      const char* pragma;
+      ~Restore() {
+        try { db.exec(pragma); } catch (...) {}
+      }
+    } restore{db, sync_pragma(impl_->options.synchronous)};
     SQLite::Statement ins(db, sql::kInsertFile);
     ins.bind(1, source);
     ins.bind(2, path);

@@ -10,12 +10,13 @@
 #include <string_view>
 
 #include "core/record.hpp"
+#include "core/utf8.hpp"
 
 namespace tailbox::sinks {
 
 void append_ndjson(std::string& out, const Record& record, std::string_view id_field = "_id");
 
-bool valid_utf8(std::string_view s);
+using tailbox::valid_utf8;
 std::string base64(std::string_view bytes);
 // "2026-11-27T20:55:17.123Z"
 std::string rfc3339_ms(int64_t unix_ms);

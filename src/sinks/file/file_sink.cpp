@@ -32,6 +32,7 @@ std::string FileSink::guarantee() const {
 }
 
 std::optional<std::string> FileSink::open(const std::optional<std::string>& state) {
+  if (fd_ >= 0) ::close(fd_);   // open() is retried after failures
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
   if (fd_ < 0) throw std::runtime_error("cannot open " + path_ + ": " + std::strerror(errno));
   struct stat st {};

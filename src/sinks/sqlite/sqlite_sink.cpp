@@ -88,6 +88,10 @@ std::string SqliteSink::guarantee() const {
 }
 
 std::optional<std::string> SqliteSink::open(const std::optional<std::string>&) {
+  // open() is retried after failures: drop what an earlier attempt left.
+  sqlite3_finalize(impl_->insert);
+  impl_->insert = nullptr;
+  impl_->db.reset();
   try {
     impl_->db = std::make_unique<SQLite::Database>(
         impl_->path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE | SQLite::OPEN_NOMUTEX, 10000);
