@@ -167,10 +167,21 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     }
 
     impl->lock_fd = take_lock(path);
-    // Create the file ourselves so that it (and its -wal/-shm) are 0600.
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
-    ::close(fd);
+    // Create the file ourselves so that it (and its -wal/-shm) are 0600. An
+    // existing empty file is not a new outbox but a truncated one: SQLite would
+    // happily start it afresh, and every line it held would be read again.
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      ::close(fd);
+    } else if (errno == EEXIST) {
+      struct stat st {};
+      if (stat(path.c_str(), &st) == 0 && st.st_size == 0)
+        throw OutboxError("outbox " + path + " exists but is empty (0 bytes): it was truncated, or "
+                          "a first start was interrupted. tailbox will not start it afresh by itself; "
+                          "delete the file (and its -wal, -shm) to start with an empty outbox");
+    } else {
+      throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
+    }
 
     // NOMUTEX: each connection is used by one strand at a time.
     impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX, 5000);

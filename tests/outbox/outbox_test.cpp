@@ -258,6 +258,18 @@ TEST_SUITE("outbox") {
     CHECK(after == garbage);
   }
 
+  TEST_CASE("an existing empty outbox is refused, not started afresh") {
+    testing::TempDir dir;
+    std::string path = dir / "empty.db";
+    std::ofstream(path).close();
+    try {
+      Outbox::open({path, config::Synchronous::normal, false});
+      FAIL("expected OutboxError");
+    } catch (const outbox::OutboxError& e) {
+      CHECK(std::string(e.what()).find("empty") != std::string::npos);
+    }
+  }
+
   TEST_CASE("uids are stable and a reused identity gets a new generation") {
     Fixture f;
     tail::FileIdentity id;
