@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""The postgres sink against a real PostgreSQL 15 server, exactly once.
+
+A throwaway server (pg_server.py: own data directory, 127.0.0.1, a free port)
+serves every case; each case has its own database, work directory and tailbox.
+The destination is read back with psql and compared line by line (key, path,
+offset, exact bytes) with the source files.
+
+1. 200,000 lines in 4 files (50,000 before start, the rest in bursts, some torn,
+   CRLF, tabs, backslashes, control characters, non-ASCII UTF-8 and one 1 MiB
+   line): the table holds every line exactly once; SIGTERM exits 0.
+2. Outage: the table is made by hand with the documented DDL; the server is
+   stopped (pg_ctl -m fast) for 10 s while lines are written, then started
+   again: every line arrives exactly once, nothing is dead-lettered.
+3. kill -9 five times at random moments (seeded; the seed is printed) while
+   lines are written: exactly once.
+4. Poisoned rows: a line with a NUL byte and one that is not UTF-8, among
+   5,000 good lines in the same batches: the two rows are dead in the outbox
+   with PostgreSQL's message, every other line arrives.
+5. Password: a role that must log in with its password. A wrong password_file
+   delivers nothing (retries); the right one delivers; password_env too; no
+   password ever appears in tailbox's log (log_level debug) or in `check`.
+6. JSON lines: fields land in the jsonb column and a valid "time" becomes
+   event_time (an invalid one leaves it NULL).
+7. A frozen server (SIGSTOP on the postmaster and every backend) for 6 s:
+   deliveries and connects hit their deadline (timeout = "2s"), the connection
+   is dropped and the batch retried; after SIGCONT every line is there once.
+
+Exit 77 (skip) when PostgreSQL 15 is not installed.
+Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/postgres_sink_integration_test.py
+"""
+
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+import pg_server  # noqa: E402
+
+HOST = "edge1"
+FILES = ["a.log", "b.log", "c.log", "d.log"]
+TABLE_DDL = """CREATE TABLE {table} (
+  key         text PRIMARY KEY,
+  host        text NOT NULL,
+  source      text NOT NULL,
+  path        text NOT NULL,
+  file_offset bigint NOT NULL,
+  ingest_time timestamptz NOT NULL,
+  event_time  timestamptz,
+  message     text NOT NULL,
+  fields      jsonb
+)"""
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+def write_pg_config(wd, conninfo, sink_extra=None, **kwargs):
+    """harness.write_config with a [sink] table for the postgres sink."""
+    h.write_config(wd, **kwargs)
+    with open(wd.config) as f:
+        text = f.read()
+    text = text[:text.index("\n[sink]\n")]
+    sink = {"type": "postgres", "conninfo": conninfo, "create_table": True, "timeout": "10s"}
+    sink.update(sink_extra or {})
+    text += "\n[sink]\n" + "".join(f"{k} = {h._toml_value(v)}\n" for k, v in sink.items())
+    with open(wd.config, "w") as f:
+        f.write(text)
+    r = h.run_cli(["check", "-c", wd.config])
+    if r.returncode != 0:
+        h.fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
+    return r
+
+
+def good_line(rng, tag, seq):
+    """harness.make_line's variety, minus what PostgreSQL text refuses (case 4 tests that)."""
+    line = h.make_line(rng, tag, seq)
+    try:
+        line.decode("utf-8")
+        return line
+    except UnicodeDecodeError:
+        return h.make_line(rng, tag, seq, variety=False)
+
+
+class Writer:
+    """Appends unique good lines to FILES in a work directory."""
+
+    def __init__(self, wd, rng, files=FILES):
+        self.wd, self.rng = wd, rng
+        self.paths = [wd.log_path(n) for n in files]
+        self.src = h.SourceFiles(self.paths)
+        self.seq = 0
+
+    def burst(self, n, path=None, torn=False):
+        path = path or self.rng.choice(self.paths)
+        tag = os.path.basename(path)[0]
+        data = b"".join(good_line(self.rng, tag, self.seq + i) for i in range(n))
+        self.seq += n
+        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
+        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
+
+    def spread(self, n, bursts):
+        for k in range(bursts):
+            self.burst(n // bursts + (1 if k < n % bursts else 0), path=self.paths[k % len(self.paths)])
+
+    def close(self):
+        self.src.close()
+
+
+def read_table(pg, db, table="tailbox_logs"):
+    """Every row as harness.Rec (line = the message's UTF-8 bytes)."""
+    rows = pg.rows(f"SELECT key, path, file_offset, encode(convert_to(message, 'UTF8'), 'hex'), "
+                   f"host, source FROM {table}", db)
+    return [h.Rec(k, p, int(o), bytes.fromhex(m), host, src) for k, p, o, m, host, src in rows]
+
+
+def count_rows(pg, db, table="tailbox_logs"):
+    try:
+        return int(pg.scalar(f"SELECT count(*) FROM {table}", db))
+    except RuntimeError:   # the table does not exist yet, or the server is down
+        return -1
+
+
+def pending(wd):
+    if not os.path.exists(wd.outbox):
+        return -1
+    try:
+        return h.outbox_states(wd.outbox).get("pending", 0)
+    except Exception:     # the schema is not there yet
+        return -1
+
+
+def wait_all(pg, db, wd, tb, expected, timeout, what):
+    def done():
+        return pending(wd) == 0 and count_rows(pg, db) == expected
+    h.wait_until(done, timeout, what, interval=0.5, tailbox=tb,
+                 progress=lambda: f"{count_rows(pg, db)} of {expected} rows in the table, "
+                                  f"{pending(wd)} pending in the outbox")
+
+
+def dead_rows(wd):
+    conn = h.sqlite_connect(wd.outbox)
+    try:
+        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
+                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead' "
+                            "ORDER BY o.offset").fetchall()
+    finally:
+        conn.close()
+
+
+def stop_clean(tb):
+    rc = tb.stop()
+    if rc != 0:
+        h.fail(f"tailbox exited {rc} after SIGTERM")
+
+
+def check_exact(pg, db, paths, drop=()):
+    expected = h.expected_from_files(paths)
+    for po in drop:
+        expected.pop(po)
+    h.log(h.check_exact(expected, read_table(pg, db), host_id=HOST, label=f"table {db}.tailbox_logs"))
+
+
+class Case:
+    """One case: its database, work directory and tailbox; context on failure."""
+
+    def __init__(self, pg, name):
+        self.pg, self.db = pg, name
+        pg.psql(f"CREATE DATABASE {name}")
+        self.wd = h.Workdir(f"tailbox-pg-{name}-")
+        self.tb = h.Tailbox(self.wd)
+        self.conninfo = pg.conninfo(name)
+
+    def run(self, body, seed=None):
+        h.log(f"--- {self.db} ---")
+        passed = False
+        try:
+            body(self)
+            passed = True
+        except h.TestFailure:
+            h.report_failure_context(self.wd, seed)
+            h.log(f"PostgreSQL server log:\n{self.pg.server_log_tail()}")
+            raise
+        finally:
+            self.tb.close()
+            self.wd.cleanup(passed)
+
+
+# ---------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------
+
+def case_200k(c, rng):
+    w = Writer(c.wd, rng)
+    write_pg_config(c.wd, c.conninfo)
+    w.spread(50_000, 3)
+    c.tb.start()
+    appended, big_done = 0, False
+    while appended < 150_000:
+        if not big_done and appended >= 60_000:
+            path = w.paths[2]
+            big = b"big " + bytes(rng.choice(b"xyz\\\t") for _ in range(64)) * ((1 << 20) // 64)
+            w.src.write(path, big[:(1 << 20)] + b"\n", 1, split_at=300_000, pause=0.05)
+            big_done = True
+        n = rng.randint(500, 3000)
+        w.burst(n, torn=rng.random() < 0.2)
+        appended += n
+        time.sleep(rng.uniform(0, 0.02))
+    total = 50_000 + appended + 1
+    h.log(f"{total} lines written; waiting for delivery")
+    t0 = time.monotonic()
+    wait_all(c.pg, c.db, c.wd, c.tb, total, 180, "200k lines in PostgreSQL")
+    h.log(f"delivered within {time.monotonic() - t0:.1f}s of the last write")
+    stop_clean(c.tb)
+    w.close()
+    check_exact(c.pg, c.db, w.paths)
+    if dead_rows(c.wd):
+        h.fail(f"dead rows: {dead_rows(c.wd)[:5]}")
+
+
+def case_outage(c, rng):
+    c.pg.psql(TABLE_DDL.format(table="tailbox_logs"), c.db)
+    write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False, "timeout": "3s"},
+                    delivery={"backoff_min": "100ms", "backoff_max": "1s"})
+    w = Writer(c.wd, rng)
+    w.spread(4_000, 4)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 4_000, 60, "the first 4,000 lines")
+    h.log("stopping PostgreSQL for 10 s while lines are written")
+    c.pg.stop("fast")
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end:
+        w.burst(rng.randint(100, 600))
+        time.sleep(0.25)
+    c.tb.assert_alive("PostgreSQL was down")
+    waiting = pending(c.wd)
+    h.log(f"{w.seq} lines written; {waiting} wait in the outbox; starting PostgreSQL")
+    if waiting <= 0:
+        h.fail("no rows waited in the outbox during the outage")
+    c.pg.start()
+    w.burst(2_000)
+    wait_all(c.pg, c.db, c.wd, c.tb, w.seq, 90, "every line after the outage")
+    stop_clean(c.tb)
+    w.close()
+    check_exact(c.pg, c.db, w.paths)
+    if dead_rows(c.wd):
+        h.fail(f"the outage dead-lettered rows: {dead_rows(c.wd)[:5]}")
+
+
+def case_kill9(c, rng):
+    write_pg_config(c.wd, c.conninfo, delivery={"backoff_max": "1s"})
+    w = Writer(c.wd, rng)
+    w.spread(5_000, 4)
+    c.tb.start()
+    for k in range(5):
+        t_kill = time.monotonic() + rng.uniform(0.3, 2.0)
+        while time.monotonic() < t_kill:
+            w.burst(rng.randint(50, 1500), torn=rng.random() < 0.2)
+            time.sleep(rng.uniform(0, 0.05))
+        c.tb.kill9()
+        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {count_rows(c.pg, c.db)} rows in the table")
+        if rng.random() < 0.5:
+            w.burst(rng.randint(100, 2000))
+        c.tb.start()
+    w.burst(1_000)
+    wait_all(c.pg, c.db, c.wd, c.tb, w.seq, 120, "every line after five kill -9")
+    stop_clean(c.tb)
+    w.close()
+    check_exact(c.pg, c.db, w.paths)
+
+
+def case_poison(c, rng):
+    write_pg_config(c.wd, c.conninfo)
+    path = c.wd.log_path("poison.log")
+    data, poisoned, seq = b"", {}, 0
+    for i in range(5_000):
+        if i == 1_234:
+            poisoned[(path, len(data))] = "0x00"
+            data += b"poisoned: a NUL \x00 byte in the middle\n"
+        if i == 3_210:
+            poisoned[(path, len(data))] = "0xff"
+            data += b"poisoned: not UTF-8 \xff\xfe here\n"
+        data += good_line(rng, "p", seq)
+        seq += 1
+    with open(path, "wb") as f:
+        f.write(data)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 5_000, 90, "the good lines around the poisoned ones")
+    dead = dead_rows(c.wd)
+    got = {(p, off): err for off, p, err in dead}
+    if set(got) != set(poisoned):
+        h.fail(f"dead rows at {sorted(got)}, expected exactly the poisoned lines at "
+               f"{sorted(poisoned)}")
+    for po, byte in poisoned.items():
+        err = got[po] or ""
+        if 'invalid byte sequence for encoding "UTF8"' not in err or byte not in err:
+            h.fail(f"the dead row at {po} does not carry PostgreSQL's message about {byte}: {err!r}")
+    h.log(f"dead rows: {[e for _, _, e in dead]}")
+    stop_clean(c.tb)
+    check_exact(c.pg, c.db, [path], drop=poisoned)
+
+
+def case_password(c, rng):
+    password = "pw-" + secrets.token_hex(12)
+    wrong = "wrong-" + secrets.token_hex(12)
+    user = pg_server.PASSWORD_USER
+    c.pg.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+    c.pg.psql(f"CREATE DATABASE {c.db}_pw OWNER {user}")
+    db = f"{c.db}_pw"
+    pw_file = os.path.join(c.wd.root, "pg-password")
+    with open(pw_file, "w") as f:
+        f.write(wrong + "\n")
+    os.chmod(pw_file, 0o600)
+    conninfo = c.pg.conninfo(db, user=user)
+    check = write_pg_config(c.wd, conninfo, sink_extra={"password_file": pw_file},
+                            top={"log_level": "debug"}, delivery={"backoff_max": "500ms"})
+    w = Writer(c.wd, rng, files=["a.log"])
+    w.burst(500)
+
+    # A wrong password: nothing arrives, tailbox keeps the rows and says why.
+    c.tb.start()
+    time.sleep(3)
+    c.tb.assert_alive("the password was wrong")
+    if count_rows(c.pg, db) > 0:
+        h.fail("rows arrived with a wrong password")
+    stop_clean(c.tb)
+    with open(c.wd.tailbox_log, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    if "password authentication failed" not in text:
+        h.fail("the log does not say that password authentication failed")
+
+    # The right password from password_file.
+    with open(pw_file, "w") as f:
+        f.write(password + "\n")
+    c.tb.start()
+    wait_all(c.pg, db, c.wd, c.tb, 500, 60, "the lines with the right password")
+    stop_clean(c.tb)
+
+    # password_env.
+    env_name = "TAILBOX_TEST_PG_PASSWORD"
+    write_pg_config(c.wd, conninfo, sink_extra={"password_env": env_name},
+                    top={"log_level": "debug"})
+    os.environ[env_name] = password
+    try:
+        w.burst(200)
+        c.tb.start()
+        wait_all(c.pg, db, c.wd, c.tb, 700, 60, "the lines with password_env")
+        stop_clean(c.tb)
+    finally:
+        del os.environ[env_name]
+    w.close()
+    check_exact(c.pg, db, w.paths)
+
+    with open(c.wd.tailbox_log, "rb") as f:
+        log_bytes = f.read()
+    for secret in (password, wrong):
+        if secret.encode() in log_bytes or secret in check.stdout + check.stderr:
+            h.fail(f"a password appears in tailbox's output: {secret}")
+    h.log(f"no password in {len(log_bytes)} bytes of tailbox log (debug level)")
+
+
+def case_json(c, rng):
+    write_pg_config(c.wd, c.conninfo, source={"parser": "json"})
+    path = c.wd.log_path("j.log")
+    lines = [b'{"time":"2026-11-27T10:00:00.250Z","level":"info","msg":"a"}',
+             b'{"timestamp":"2026-11-27T11:00:00+01:00","n":2}',
+             b'{"time":"not a time","msg":"c"}',
+             b'not json at all']
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 4, 30, "the JSON lines")
+    stop_clean(c.tb)
+    rows = c.pg.rows("SELECT file_offset, coalesce(to_char(event_time AT TIME ZONE 'UTC', "
+                     "'YYYY-MM-DD HH24:MI:SS.MS'), 'NULL'), coalesce(fields->>'msg', 'NULL'), "
+                     "fields IS NULL FROM tailbox_logs ORDER BY file_offset", c.db)
+    got = [(t, m, n) for _, t, m, n in rows]
+    want = [("2026-11-27 10:00:00.250", "a", "f"), ("2026-11-27 10:00:00.000", "NULL", "f"),
+            ("NULL", "c", "f"), ("NULL", "NULL", "t")]
+    if got != want:
+        h.fail(f"event_time/fields: got {got}, expected {want}")
+    check_exact(c.pg, c.db, [path])
+
+
+def case_stall(c, rng):
+    write_pg_config(c.wd, c.conninfo, sink_extra={"timeout": "2s"},
+                    delivery={"backoff_min": "100ms", "backoff_max": "500ms"})
+    w = Writer(c.wd, rng)
+    w.spread(2_000, 4)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 2_000, 60, "the first 2,000 lines")
+    pids = c.pg.pids()
+    h.log(f"freezing PostgreSQL ({len(pids)} processes) for 6 s while lines are written")
+    def signal_all(sig):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:   # a backend that has just exited
+                pass
+    try:
+        signal_all(signal.SIGSTOP)
+        t_end = time.monotonic() + 6
+        while time.monotonic() < t_end:
+            w.burst(rng.randint(100, 500))
+            time.sleep(0.2)
+        c.tb.assert_alive("PostgreSQL was frozen")
+    finally:
+        signal_all(signal.SIGCONT)
+    wait_all(c.pg, c.db, c.wd, c.tb, w.seq, 90, "every line after the freeze")
+    stop_clean(c.tb)
+    w.close()
+    with open(c.wd.tailbox_log, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    if "no answer within 2000 ms" not in text:
+        h.fail("the log does not show a delivery or connect that hit its deadline")
+    check_exact(c.pg, c.db, w.paths)
+
+
+def test():
+    seed = h.seed_from_env()
+    rng = random.Random(seed)
+    h.tailbox_bin()
+    with pg_server.PgServer() as pg:
+        h.log(f"PostgreSQL 15 on 127.0.0.1:{pg.port} ({pg.root})")
+        for name, body in (("pg_200k", case_200k), ("pg_outage", case_outage),
+                           ("pg_kill9", case_kill9), ("pg_poison", case_poison),
+                           ("pg_password", case_password), ("pg_json", case_json),
+                           ("pg_stall", case_stall)):
+            t0 = time.monotonic()
+            Case(pg, name).run(lambda c, body=body: body(c, rng), seed)
+            h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    pg_server.require_postgres()
+    h.main(test, "postgres_sink_integration_test")
