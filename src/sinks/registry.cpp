@@ -1,6 +1,7 @@
 #include "sinks/registry.hpp"
 
 #include "sinks/file/file_sink.hpp"
+#include "sinks/http/http_sink.hpp"
 #include "sinks/postgres/postgres_sink.hpp"
 #include "sinks/sqlite/sqlite_sink.hpp"
 
@@ -11,7 +12,8 @@ std::unique_ptr<Sink> make_sink(config::SinkConfig& config, boost::asio::any_io_
   if (config.type == "sqlite") sink = std::make_unique<SqliteSink>(config.settings, executor);
   else if (config.type == "file") sink = std::make_unique<FileSink>(config.settings);
   else if (config.type == "postgres") sink = std::make_unique<PostgresSink>(config.settings, executor);
-  else config.settings.fail("type", "unknown sink \"" + config.type + "\"; known: \"sqlite\", \"file\", \"postgres\"");
+  else if (config.type == "http") sink = std::make_unique<HttpSink>(config.settings, executor);
+  else config.settings.fail("type", "unknown sink \"" + config.type + "\"; known: \"sqlite\", \"file\", \"postgres\", \"http\"");
   config.settings.finish();
   return sink;
 }
