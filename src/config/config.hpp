@@ -47,7 +47,7 @@ struct OutboxConfig {
 
 struct DeliveryConfig {
   int workers = 4;
-  int64_t batch_rows = 1000;
+  int64_t batch_rows = 2000;
   int64_t batch_bytes = 1 << 20;
   milliseconds linger{50};                 // a batch that is not full waits this long for more
   milliseconds backoff_min{200};
