@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <boost/regex.hpp>
 #include <set>
 #include <toml++/toml.h>
 
@@ -102,7 +103,17 @@ Config load_string(const std::string& text, const std::string& origin) {
                       std::to_string(line_of(*sources)) + ")");
   std::set<std::string> names;
   for (const toml::node& node : *arr) {
-    const toml::table& t = *node.as_table();
+    const toml::table& whole = *node.as_table();
+    // "multiline.x = ..." (or [source.multiline]) is the one nested table of a source.
+    toml::table t = whole;
+    toml::table multiline;
+    if (const toml::node* ml = whole.get("multiline")) {
+      if (!ml->as_table())
+        throw ConfigError("source.multiline: expected a table, e.g. multiline.start_pattern = "
+                          "'^\\d' (line " + std::to_string(line_of(*ml)) + ")");
+      multiline = *ml->as_table();
+      t.erase("multiline");
+    }
     Settings src = to_settings("source", t);
     SourceConfig sc;
     sc.name = src.required_string("name");
@@ -120,8 +131,30 @@ Config load_string(const std::string& text, const std::string& origin) {
     if (sc.parser != ParserKind::regex && !sc.pattern.empty())
       src.fail("pattern", "is only used with parser = \"regex\"");
     sc.max_line_bytes = src.integer("max_line_bytes", sc.max_line_bytes, 256, 64LL << 20);
+    sc.max_line_mode = src.choice("max_line_mode", "split", {"split", "truncate"}) == "truncate"
+                           ? LongLines::truncate : LongLines::split;
     sc.partial_line_timeout = src.duration("partial_line_timeout", sc.partial_line_timeout);
+    sc.ignore_older = src.duration("ignore_older", sc.ignore_older);
+    sc.read_gzip = src.boolean("read_gzip", sc.read_gzip);
     src.finish();
+    {
+      Settings ml = to_settings("source.multiline", multiline);
+      auto& mc = sc.multiline;
+      mc.start_pattern = ml.string("start_pattern", "");
+      mc.max_lines = ml.integer("max_lines", mc.max_lines, 1, 1'000'000);
+      mc.max_bytes = ml.integer("max_bytes", mc.max_bytes, 256, 64LL << 20);
+      mc.timeout = ml.duration("timeout", mc.timeout);
+      if (mc.start_pattern.empty() && !multiline.empty())
+        ml.fail("start_pattern", "is required to use multiline");
+      if (!mc.start_pattern.empty()) {
+        try {
+          boost::regex re(mc.start_pattern, boost::regex::perl);
+        } catch (const boost::regex_error& e) {
+          ml.fail("start_pattern", std::string("is not a valid regular expression: ") + e.what());
+        }
+      }
+      ml.finish();
+    }
     cfg.sources.push_back(std::move(sc));
   }
   if (cfg.sources.empty()) throw ConfigError("source: at least one [[source]] is required");
@@ -135,6 +168,9 @@ Config load_string(const std::string& text, const std::string& origin) {
     cfg.tail.fingerprint_bytes = t.integer("fingerprint_bytes", cfg.tail.fingerprint_bytes, 16, 1 << 20);
     cfg.tail.rotate_wait = t.duration("rotate_wait", cfg.tail.rotate_wait);
     cfg.tail.read_chunk_bytes = t.integer("read_chunk_bytes", cfg.tail.read_chunk_bytes, 4096, 64 << 20);
+    cfg.tail.inotify = t.boolean("inotify", cfg.tail.inotify);
+    cfg.tail.recheck_interval = t.duration("recheck_interval", cfg.tail.recheck_interval);
+    if (cfg.tail.recheck_interval.count() < 10) t.fail("recheck_interval", "must be at least 10ms");
     t.finish();
   }
   {

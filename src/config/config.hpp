@@ -18,6 +18,19 @@ enum class ReadFrom { head, tail };
 enum class ParserKind { raw, json, regex };
 enum class Ordering { none, per_file };
 enum class Synchronous { off, normal, full };
+enum class LongLines { split, truncate };
+
+// [[source]] multiline: joins a record's lines (a stack trace, say) into one record.
+struct MultilineConfig {
+  std::string start_pattern;               // "": off. A line matching it (boost::regex, Perl
+                                           // syntax, searched) starts a record; other lines
+                                           // continue the current one, joined with "\n"
+  int64_t max_lines = 500;                 // a record is complete at this many lines...
+  int64_t max_bytes = 1 << 20;             // ...or before it would exceed this many bytes
+  milliseconds timeout{2000};              // flush the last record after this quiet time
+                                           // ("0": it waits for the next start line)
+  bool enabled() const { return !start_pattern.empty(); }
+};
 
 struct SourceConfig {
   std::string name;                        // required, unique
@@ -27,15 +40,28 @@ struct SourceConfig {
   ParserKind parser = ParserKind::raw;
   std::string pattern;                     // parser = "regex": named groups become fields
   int64_t max_line_bytes = 1 << 20;        // longer lines are split into records of this size
+  LongLines max_line_mode = LongLines::split;   // truncate: keep the first max_line_bytes,
+                                                // skip the rest of the line
   milliseconds partial_line_timeout{0};    // 0: a last line without newline waits for it
+  milliseconds ignore_older{0};            // 0: off; else files without a checkpoint not
+                                           // modified for this long are skipped when found
+  bool read_gzip = false;                  // false: "*.gz" files are never read; true: read
+                                           // once, decompressed, then released
+  MultilineConfig multiline;
 };
 
 struct TailConfig {
-  milliseconds poll_interval{1000};        // how often globs are expanded again
-  milliseconds read_interval{250};         // how often an idle file is checked for growth
+  milliseconds poll_interval{1000};        // how often globs are expanded again when not every
+                                           // glob directory is watched by inotify
+  milliseconds read_interval{250};         // how often a file no event can wake is checked for
+                                           // growth (polling, rotated-away files, symlinks)
   int64_t fingerprint_bytes = 1024;        // bytes hashed into a file's identity
   milliseconds rotate_wait{5000};          // a rotated-away file is released after this quiet time
   int64_t read_chunk_bytes = 256 * 1024;   // one read; also one outbox transaction per file
+  bool inotify = true;                     // false: discovery and growth by polling only
+  milliseconds recheck_interval{10'000};   // with inotify: quiet files and the globs are
+                                           // checked this often anyway (events can be missed);
+                                           // never more often than poll_interval
 };
 
 struct OutboxConfig {

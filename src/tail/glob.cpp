@@ -38,7 +38,7 @@ bool match_segments(const std::vector<std::string>& pat, size_t pi,
 }
 
 void walk(const std::string& dir, const std::vector<std::string>& pat, size_t pi,
-          std::vector<std::string>& out) {
+          std::vector<FoundFile>& out, std::vector<std::string>* dirs) {
   auto join = [&](const std::string& name) {
     if (dir.empty()) return name;
     if (dir == "/") return "/" + name;
@@ -46,16 +46,27 @@ void walk(const std::string& dir, const std::vector<std::string>& pat, size_t pi
   };
   if (pi == pat.size()) {
     struct stat st {};
-    if (!dir.empty() && stat(dir.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(dir);
+    if (!dir.empty() && stat(dir.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      out.push_back({dir, static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                     static_cast<int64_t>(st.st_size),
+                     static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1'000'000});
+    }
     return;
   }
   const std::string& seg = pat[pi];
   if (seg != "**" && !has_magic(seg)) {
-    walk(join(seg), pat, pi + 1, out);
+    if (dirs && pi + 1 == pat.size()) {
+      // A literal file name: its directory decides whether it exists.
+      struct stat st {};
+      if (stat(dir.empty() ? "." : dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+        dirs->push_back(dir.empty() ? "." : dir);
+    }
+    walk(join(seg), pat, pi + 1, out, dirs);
     return;
   }
   DIR* d = opendir(dir.empty() ? "." : dir.c_str());
   if (!d) return;
+  if (dirs) dirs->push_back(dir.empty() ? "." : dir);
   std::vector<std::pair<std::string, bool>> entries;  // name, is_dir
   while (dirent* e = readdir(d)) {
     std::string name = e->d_name;
@@ -69,26 +80,35 @@ void walk(const std::string& dir, const std::vector<std::string>& pat, size_t pi
   }
   closedir(d);
   if (seg == "**") {
-    walk(dir, pat, pi + 1, out);  // zero directories
+    walk(dir, pat, pi + 1, out, dirs);  // zero directories
     for (const auto& [name, is_dir] : entries)
-      if (is_dir && name[0] != '.') walk(join(name), pat, pi, out);
+      if (is_dir && name[0] != '.') walk(join(name), pat, pi, out, dirs);
     return;
   }
   for (const auto& [name, is_dir] : entries) {
     if (fnmatch(seg.c_str(), name.c_str(), FNM_PERIOD) != 0) continue;
     if (pi + 1 < pat.size() && !is_dir) continue;
-    walk(join(name), pat, pi + 1, out);
+    walk(join(name), pat, pi + 1, out, dirs);
   }
 }
 
 }  // namespace
 
-std::vector<std::string> expand_glob(const std::string& pattern) {
-  std::vector<std::string> out;
+std::vector<FoundFile> find_files(const std::string& pattern, std::vector<std::string>* dirs) {
+  std::vector<FoundFile> out;
   std::vector<std::string> pat = split(pattern);
-  walk(pattern.starts_with("/") ? "/" : "", pat, 0, out);
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
+  walk(pattern.starts_with("/") ? "/" : "", pat, 0, out, dirs);
+  auto by_path = [](const FoundFile& a, const FoundFile& b) { return a.path < b.path; };
+  std::sort(out.begin(), out.end(), by_path);
+  out.erase(std::unique(out.begin(), out.end(),
+                        [](const FoundFile& a, const FoundFile& b) { return a.path == b.path; }),
+            out.end());
+  return out;
+}
+
+std::vector<std::string> expand_glob(const std::string& pattern, std::vector<std::string>* dirs) {
+  std::vector<std::string> out;
+  for (auto& f : find_files(pattern, dirs)) out.push_back(std::move(f.path));
   return out;
 }
 

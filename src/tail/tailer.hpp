@@ -6,6 +6,13 @@
 // A file's reader is the only code that moves its offset, so a restart resumes
 // exactly where the last committed chunk ended.
 //
+// Discovery and readers are driven by a Watcher (inotify on the directories
+// the globs read; [tail] inotify = false, or no inotify: polling): an event
+// wakes the scan (a name appeared or went) or the reader of the file named.
+// Quiet files are looked at every [tail] recheck_interval only, so thousands
+// of idle files cost next to nothing; without events, files are polled every
+// read_interval and globs every poll_interval.
+//
 // Thread-safety: construct, then co_spawn run(); stop() may be called from any
 // thread. stats() is safe from any thread.
 #pragma once
@@ -30,6 +37,7 @@ namespace tailbox::tail {
 struct SourceStats {
   std::atomic<int64_t> lines_read{0};
   std::atomic<int64_t> bytes_read{0};
+  std::atomic<int64_t> truncations{0};
 };
 
 struct TailStats {
@@ -38,8 +46,10 @@ struct TailStats {
   std::atomic<int64_t> bytes_read{0};
   std::atomic<int64_t> files_active{0};
   std::atomic<int64_t> rotations{0};
-  std::atomic<int64_t> truncations{0};
+  std::atomic<int64_t> truncations{0};   // copytruncate, "> file": see README
+  std::atomic<int64_t> files_ignored{0};  // skipped by ignore_older right now
   std::atomic<bool> paused{false};   // backpressure: the outbox is full
+  std::atomic<bool> evented{false};  // every glob directory is watched (inotify)
 };
 
 class Tailer {

@@ -130,6 +130,76 @@ path = "/tmp/out.ndjson"
               .find("source.pattern") != std::string::npos);
   }
 
+  TEST_CASE("tailing settings: defaults") {
+    auto cfg = load_string(kMinimal);
+    const auto& src = cfg.sources[0];
+    CHECK(src.max_line_mode == tailbox::config::LongLines::split);
+    CHECK(src.ignore_older.count() == 0);
+    CHECK_FALSE(src.read_gzip);
+    CHECK_FALSE(src.multiline.enabled());
+    CHECK(src.multiline.max_lines == 500);
+    CHECK(src.multiline.max_bytes == 1 << 20);
+    CHECK(src.multiline.timeout.count() == 2000);
+    CHECK(cfg.tail.inotify);
+    CHECK(cfg.tail.recheck_interval.count() == 10'000);
+  }
+
+  TEST_CASE("tailing settings: multiline, long lines, ignore_older, gzip, inotify") {
+    auto cfg = load_string(R"(
+[[source]]
+name = "java"
+paths = "/var/log/java/*.log*"
+max_line_mode = "truncate"
+ignore_older = "2h"
+read_gzip = true
+multiline.start_pattern = '^\d{4}-\d{2}-\d{2} '
+multiline.max_lines = 200
+multiline.max_bytes = "256KiB"
+multiline.timeout = "500ms"
+[[source]]
+name = "other"
+paths = "/x"
+[source.multiline]
+start_pattern = '^\S'
+[tail]
+inotify = false
+recheck_interval = "30s"
+[sink]
+type = "sqlite"
+)");
+    const auto& j = cfg.sources[0];
+    CHECK(j.max_line_mode == tailbox::config::LongLines::truncate);
+    CHECK(j.ignore_older.count() == 2 * 3600 * 1000);
+    CHECK(j.read_gzip);
+    CHECK(j.multiline.start_pattern == "^\\d{4}-\\d{2}-\\d{2} ");
+    CHECK(j.multiline.max_lines == 200);
+    CHECK(j.multiline.max_bytes == 256 * 1024);
+    CHECK(j.multiline.timeout.count() == 500);
+    CHECK(cfg.sources[1].multiline.start_pattern == "^\\S");
+    CHECK_FALSE(cfg.tail.inotify);
+    CHECK(cfg.tail.recheck_interval.count() == 30'000);
+  }
+
+  TEST_CASE("tailing settings: mistakes name the key") {
+    std::string head = "[[source]]\nname = \"a\"\npaths = \"/x\"\n";
+    std::string sink = "[sink]\ntype = \"sqlite\"\n";
+    CHECK(error_of(head + "multiline.start_pattern = '(unclosed'\n" + sink)
+              .find("source.multiline.start_pattern: is not a valid regular expression") !=
+          std::string::npos);
+    CHECK(error_of(head + "multiline.max_lines = 10\n" + sink)
+              .find("source.multiline.start_pattern: is required") != std::string::npos);
+    CHECK(error_of(head + "multiline.start_pattern = 'x'\nmultiline.max_line = 3\n" + sink)
+              .find("source.multiline.max_line: unknown key") != std::string::npos);
+    CHECK(error_of(head + "multiline = 3\n" + sink).find("source.multiline") != std::string::npos);
+    CHECK(error_of(head + "max_line_mode = \"drop\"\n" + sink).find("source.max_line_mode") !=
+          std::string::npos);
+    CHECK(error_of(head + "read_gzip = \"yes\"\n" + sink).find("source.read_gzip") !=
+          std::string::npos);
+    CHECK(error_of(head + "ignore_older = \"ages\"\n" + sink).find("source.ignore_older") !=
+          std::string::npos);
+    CHECK(error_of(head + "[tail]\ninotify = 1\n" + sink).find("tail.inotify") != std::string::npos);
+  }
+
   TEST_CASE("TOML syntax errors give the line") {
     std::string e = error_of("host_id = \n");
     CHECK(e.find("line 1") != std::string::npos);

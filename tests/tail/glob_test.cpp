@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "support/temp_dir.hpp"
 
@@ -34,6 +35,25 @@ TEST_SUITE("tail.glob") {
     CHECK(deep[0] == dir / "a/b/three.log");
     CHECK(deep[1] == dir / "a/two.log");
     CHECK(deep[2] == dir / "one.log");
+  }
+
+  TEST_CASE("expansion names the directories whose entries decide it (to watch them)") {
+    tailbox::testing::TempDir dir;
+    std::filesystem::create_directories(dir / "a/b");
+    std::ofstream(dir / "a/b/x.log") << "x";
+    std::vector<std::string> dirs;
+    expand_glob(dir / "a/*.log", &dirs);
+    CHECK(dirs == std::vector<std::string>{dir / "a"});
+    dirs.clear();
+    expand_glob(dir / "**/*.log", &dirs);
+    std::set<std::string> unique(dirs.begin(), dirs.end());
+    CHECK(unique == std::set<std::string>{dir.path(), dir / "a", dir / "a/b"});
+    dirs.clear();
+    expand_glob(dir / "a/b/missing.log", &dirs);   // a literal name: its directory
+    CHECK(dirs == std::vector<std::string>{dir / "a/b"});
+    dirs.clear();
+    expand_glob(dir / "nowhere/*.log", &dirs);     // nothing to watch: the tailer polls
+    CHECK(dirs.empty());
   }
 
   TEST_CASE("a literal path expands to itself when it exists") {

@@ -1,0 +1,454 @@
+#include "tail/file_reader.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
+#include <cstring>
+
+#include "core/clock.hpp"
+#include "outbox/async_outbox.hpp"
+#include "tail/file_identity.hpp"
+#include "tail/gzip_stream.hpp"
+#include "tail/record_assembler.hpp"
+
+namespace tailbox::tail {
+
+namespace asio = boost::asio;
+using std::chrono::milliseconds;
+
+bool ReaderEnv::paused() {
+  outbox::Backlog b = outbox.backlog();
+  const auto& oc = cfg.outbox;
+  if (stats.paused.load()) {
+    if (b.rows < oc.max_rows * 9 / 10 && b.bytes < oc.max_bytes / 10 * 9) {
+      if (stats.paused.exchange(false))
+        spdlog::info("outbox below its low-water mark ({} rows, {} bytes): reading resumes",
+                     b.rows, b.bytes);
+    }
+  } else if (b.rows >= oc.max_rows || b.bytes >= oc.max_bytes) {
+    if (!stats.paused.exchange(true))
+      spdlog::warn("outbox full ({} rows, {} bytes; limits {} rows, {} bytes): reading pauses, "
+                   "nothing is dropped", b.rows, b.bytes, oc.max_rows, oc.max_bytes);
+  }
+  return stats.paused.load();
+}
+
+Reader::~Reader() {
+  if (fd >= 0) ::close(fd);
+}
+
+void Reader::wake() {
+  if (woken.exchange(true)) return;   // already woken: the reader will look anyway
+  asio::post(strand, [self = shared_from_this()] { self->timer.cancel(); });
+}
+
+std::string dir_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+namespace {
+
+// How long a reader in a watched directory waits when nothing wakes it: a
+// backstop only.
+constexpr milliseconds kWokenOnly{3'600'000};
+
+int64_t mtime_ms(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1'000'000;
+}
+
+bool pread_full(int fd, std::string& buf, int64_t offset, size_t& got) {
+  got = 0;
+  while (got < buf.size()) {
+    ssize_t n = pread(fd, buf.data() + got, buf.size() - got, offset + static_cast<int64_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// One reader's loop and the state it keeps between chunks. Two offsets: the
+// bytes consumed so far end at read_pos_; the committed checkpoint may be
+// behind it while a record is incomplete (see RecordAssembler).
+class FileReading {
+ public:
+  FileReading(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r)
+      : env_(std::move(env)),
+        r_(std::move(r)),
+        cfg_(env_->cfg),
+        src_(*r_->source),
+        assembler_(src_, r_->start),
+        read_pos_(r_->file.read_offset),
+        committed_(read_pos_),
+        last_change_ms_(unix_ms()) {}
+
+  asio::awaitable<void> run_text();
+  asio::awaitable<void> run_gzip();
+
+ private:
+  // Looks at the file; false when it cannot be stat'ed (waited already).
+  asio::awaitable<bool> look(struct stat& st);
+  // Stores out_ and moves the checkpoint to `next`; on failure waits (backoff)
+  // and returns false: the caller starts over from the checkpoint.
+  asio::awaitable<bool> commit(int64_t next, int64_t file_size);
+  asio::awaitable<void> sleep(milliseconds d);
+  // Waits for an event or `d`.
+  asio::awaitable<void> idle(milliseconds d);
+  milliseconds idle_time(bool partial_waits, int64_t now) const;
+  // The file shrank below what was read, or its first bytes changed.
+  asio::awaitable<void> restart_truncated(int64_t size);
+  asio::awaitable<bool> release(const char* what);
+  // Whether the first bytes recorded in the identity are still the file's.
+  bool prefix_changed() const;
+  void start_over() {
+    assembler_.reset();
+    out_.clear();
+    read_pos_ = committed_;
+    big_read_ = false;
+  }
+  bool quiet_for(milliseconds d, int64_t now) const { return now - last_change_ms_ >= d.count(); }
+
+  std::shared_ptr<ReaderEnv> env_;
+  std::shared_ptr<Reader> r_;
+  const config::Config& cfg_;
+  const config::SourceConfig& src_;
+  RecordAssembler assembler_;
+  std::vector<Line> out_;
+  std::string buf_;
+  int64_t read_pos_;
+  int64_t committed_;
+  int64_t last_size_ = -1, last_mtime_ = -1, last_change_ms_;
+  bool big_read_ = false;   // a line longer than one chunk is being read
+  milliseconds backoff_{0};
+};
+
+asio::awaitable<void> FileReading::sleep(milliseconds d) {
+  r_->timer.expires_after(d);
+  boost::system::error_code ec;
+  co_await r_->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+}
+
+asio::awaitable<void> FileReading::idle(milliseconds d) {
+  if (r_->woken.load()) co_return;   // an event arrived while we were reading
+  co_await sleep(d);
+}
+
+milliseconds FileReading::idle_time(bool partial_waits, int64_t now) const {
+  std::string dir;
+  {
+    std::lock_guard lock(r_->mu);
+    dir = r_->dir;
+  }
+  // In a watched directory an event (or the tailer's scan, which compares every
+  // file's size and mtime with what its reader saw, every recheck_interval)
+  // wakes the reader: it need not look by itself. Elsewhere it polls.
+  const bool gone = r_->gone.load();
+  milliseconds d = !gone && !r_->via_link.load() && env_->watcher->covers(dir)
+                       ? kWokenOnly
+                       : cfg_.tail.read_interval;
+  auto until = [&](milliseconds timeout) {
+    int64_t left = timeout.count() - (now - last_change_ms_);
+    d = std::min(d, milliseconds(std::max<int64_t>(left, 1)));
+  };
+  if (partial_waits && src_.partial_line_timeout.count() > 0) until(src_.partial_line_timeout);
+  if (assembler_.has_pending() && src_.multiline.timeout.count() > 0) until(src_.multiline.timeout);
+  if (gone || r_->gzip) until(cfg_.tail.rotate_wait);
+  return d;
+}
+
+asio::awaitable<bool> FileReading::look(struct stat& st) {
+  if (fstat(r_->fd, &st) != 0) {
+    spdlog::error("cannot stat {}: {}", r_->file.path, std::strerror(errno));
+    co_await sleep(cfg_.tail.poll_interval);
+    co_return false;
+  }
+  int64_t size = st.st_size, mtime = mtime_ms(st);
+  r_->size_seen = size;
+  r_->mtime_seen = mtime;
+  if (size != last_size_ || mtime != last_mtime_) {
+    last_size_ = size;
+    last_mtime_ = mtime;
+    last_change_ms_ = unix_ms();
+  }
+  co_return true;
+}
+
+bool FileReading::prefix_changed() const {
+  const FileIdentity& id = r_->file.identity;
+  if (id.fingerprint_len <= 0) return false;
+  std::string head(static_cast<size_t>(id.fingerprint_len), '\0');
+  size_t got = 0;
+  if (!pread_full(r_->fd, head, 0, got)) return false;   // an I/O error is not a truncation
+  return got < head.size() || fnv1a64(head.data(), got) != id.fingerprint;
+}
+
+asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
+  outbox::Chunk chunk;
+  chunk.file_id = r_->file.id;
+  chunk.inode = r_->file.identity.inode;
+  chunk.next_offset = next;
+  chunk.ingest_ms = unix_ms();
+  chunk.lines = std::move(out_);
+  if (r_->file.identity.fingerprint_len < cfg_.tail.fingerprint_bytes &&
+      file_size > r_->file.identity.fingerprint_len) {
+    auto grown = identify(r_->fd, cfg_.tail.fingerprint_bytes);
+    if (grown && grown->fingerprint_len > r_->file.identity.fingerprint_len)
+      chunk.grown_fingerprint = grown;
+  }
+  Status st = co_await env_->outbox.append(chunk);
+  out_ = std::move(chunk.lines);
+  if (!st) {
+    backoff_ = std::min<milliseconds>(milliseconds(5000),
+                                      backoff_.count() == 0 ? milliseconds(100) : backoff_ * 2);
+    spdlog::warn("cannot write lines of {} to the outbox ({}); retrying in {} ms",
+                 r_->file.path, st.message(), backoff_.count());
+    co_await sleep(backoff_);
+    co_return false;
+  }
+  backoff_ = milliseconds(0);
+  auto lines = static_cast<int64_t>(out_.size());
+  int64_t bytes = next - committed_;
+  env_->stats.lines_read += lines;
+  env_->stats.bytes_read += bytes;
+  r_->source_stats->lines_read += lines;
+  r_->source_stats->bytes_read += bytes;
+  committed_ = next;
+  r_->offset_now = next;
+  {
+    std::lock_guard lock(r_->mu);
+    r_->file.read_offset = next;
+    if (chunk.grown_fingerprint) {
+      r_->file.identity.fingerprint = chunk.grown_fingerprint->fingerprint;
+      r_->file.identity.fingerprint_len = chunk.grown_fingerprint->fingerprint_len;
+    }
+  }
+  out_.clear();
+  assembler_.release();
+  co_return true;
+}
+
+asio::awaitable<bool> FileReading::release(const char* what) {
+  int64_t id = r_->file.id;
+  Status st = co_await env_->outbox.run([id](outbox::Outbox& o) { return o.release_file(id); });
+  if (!st) {
+    spdlog::warn("cannot release {}: {}; retrying", r_->file.path, st.message());
+    co_return false;
+  }
+  spdlog::info("released {} after reading it {} ({} bytes)", r_->file.path, what, committed_);
+  r_->done = true;
+  co_return true;
+}
+
+asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
+  auto identity = identify(r_->fd, cfg_.tail.fingerprint_bytes);
+  if (!identity) {
+    co_await sleep(cfg_.tail.read_interval);
+    co_return;
+  }
+  ++env_->stats.truncations;
+  ++r_->source_stats->truncations;
+  spdlog::warn("{} was truncated ({} bytes now, {} read{}; copytruncate or \"> file\"): reading "
+               "it again from the start as a new file. Lines written to it and not read before "
+               "the truncation are lost", r_->file.path, size, read_pos_,
+               size >= read_pos_ ? ", and its first bytes changed" : "");
+  // A record already complete in memory (a multiline record being built, the
+  // head of a truncated line) was read before the truncation: it belongs to
+  // the old file.
+  out_.clear();
+  assembler_.finish(out_);
+  while (!out_.empty() && !env_->stopping.load()) {
+    if (co_await commit(read_pos_, size)) break;   // on failure out_ is kept: try again
+  }
+  Status st;
+  const std::string name = src_.name, path = r_->file.path;
+  const int64_t old_id = r_->file.id;
+  auto fresh = co_await env_->outbox.run([&](outbox::Outbox& o) {
+    (void)o.release_file(old_id);
+    return o.add_file(name, path, *identity, 0, st);
+  });
+  if (!fresh) {
+    spdlog::error("cannot record truncated {}: {}", path, st.message());
+    co_await sleep(cfg_.tail.poll_interval);
+    co_return;
+  }
+  {
+    std::lock_guard lock(r_->mu);
+    r_->file = *fresh;
+  }
+  assembler_.reset();
+  out_.clear();
+  read_pos_ = committed_ = 0;
+  r_->offset_now = 0;
+  big_read_ = false;
+  last_size_ = -1;
+}
+
+asio::awaitable<void> FileReading::run_text() {
+  const auto rotate_wait = cfg_.tail.rotate_wait;
+  while (!env_->stopping.load()) {
+    r_->woken = false;
+    if (env_->paused()) {
+      co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
+      continue;
+    }
+    struct stat st {};
+    if (!co_await look(st)) continue;
+    const int64_t size = st.st_size;
+    const int64_t now = unix_ms();
+    if (size < read_pos_) {
+      co_await restart_truncated(size);
+      continue;
+    }
+    const bool quiet_for_rotation = r_->gone.load() && quiet_for(rotate_wait, now);
+
+    bool at_end = size <= read_pos_;   // nothing left but, maybe, a partial line
+    bool progressed = false;
+    if (size > read_pos_) {
+      int64_t avail = size - read_pos_;
+      int64_t want = big_read_ ? std::min<int64_t>(avail, src_.max_line_bytes + 2)
+                               : std::min<int64_t>(avail, cfg_.tail.read_chunk_bytes);
+      buf_.resize(static_cast<size_t>(want));
+      size_t got = 0;
+      if (!pread_full(r_->fd, buf_, read_pos_, got)) {
+        spdlog::error("cannot read {}: {}", r_->file.path, std::strerror(errno));
+        co_await sleep(cfg_.tail.poll_interval);
+        continue;
+      }
+      buf_.resize(got);
+      // Checked after reading: a truncation followed by new writes (size back
+      // above read_pos_) must not pass the new bytes off as the old file's.
+      if (got == 0) continue;   // it shrank since fstat: the next look sees it
+      if (prefix_changed()) {
+        co_await restart_truncated(size);
+        continue;
+      }
+      const bool at_eof = read_pos_ + static_cast<int64_t>(got) >= size;
+      const bool flush = at_eof && (quiet_for_rotation ||
+                                    (src_.partial_line_timeout.count() > 0 &&
+                                     quiet_for(src_.partial_line_timeout, now)));
+      size_t used = assembler_.consume(buf_, read_pos_, flush, out_);
+      if (used == 0 && !at_eof && !big_read_) {
+        big_read_ = true;   // a line longer than a chunk: read up to max_line_bytes
+        continue;
+      }
+      if (used > 0) {
+        big_read_ = false;
+        read_pos_ += static_cast<int64_t>(used);
+        progressed = true;
+      }
+      at_end = at_eof;
+    }
+    if (at_end && assembler_.has_pending() &&
+        (quiet_for_rotation ||
+         (src_.multiline.timeout.count() > 0 && quiet_for(src_.multiline.timeout, now))))
+      assembler_.flush_pending(out_);
+    if (at_end && quiet_for_rotation) assembler_.finish(out_);
+
+    const int64_t next = assembler_.checkpoint(read_pos_);
+    if (!out_.empty() || next != committed_) {
+      if (!co_await commit(next, size)) start_over();
+      continue;   // more may be there already
+    }
+    if (progressed) continue;
+
+    buf_.clear();
+    buf_.shrink_to_fit();   // a quiet file keeps no buffer
+    if (quiet_for_rotation && read_pos_ >= size) {
+      // Rotated away or deleted, read to its end and quiet: let it go.
+      if (co_await release("to the end")) break;
+    }
+    co_await idle(idle_time(size > read_pos_, now));
+  }
+}
+
+// A .gz file: decompressed once from the start (or from its checkpoint after a
+// restart) and released at the end of the stream. A stream that stops inside
+// a member waits for more bytes (gzip may still be writing it) until the file
+// has been quiet for rotate_wait.
+asio::awaitable<void> FileReading::run_gzip() {
+  auto gz = std::make_unique<GzipStream>(r_->fd);
+  std::string pending;   // decompressed bytes from read_pos_ on, not consumed yet
+  size_t want = static_cast<size_t>(cfg_.tail.read_chunk_bytes);
+  bool warned = false;
+  while (!env_->stopping.load()) {
+    r_->woken = false;
+    if (env_->paused()) {
+      co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
+      continue;
+    }
+    struct stat st {};
+    if (!co_await look(st)) continue;
+    const int64_t now = unix_ms();
+
+    GzipStream::State state = GzipStream::State::more;
+    if (gz->position() < read_pos_) state = gz->skip(read_pos_ - gz->position());
+    if (gz->position() >= read_pos_ && state == GzipStream::State::more &&
+        pending.size() < want)
+      state = gz->read(pending, want - pending.size());
+    const bool caught_up = gz->position() >= read_pos_;
+    const bool stuck = state == GzipStream::State::truncated || state == GzipStream::State::error;
+    const bool last = state == GzipStream::State::end || state == GzipStream::State::error ||
+                      (stuck && quiet_for(cfg_.tail.rotate_wait, now));
+    if (last && state != GzipStream::State::end && !warned) {
+      warned = true;
+      spdlog::warn("{}: {}; delivering the {} bytes it decompressed to", r_->file.path,
+                   state == GzipStream::State::error
+                       ? gz->message()
+                       : std::string("ends inside a gzip member and stayed so for rotate_wait"),
+                   gz->position());
+    }
+    size_t used = 0;
+    if (caught_up) {
+      used = assembler_.consume(pending, read_pos_, last, out_);
+      read_pos_ += static_cast<int64_t>(used);
+      pending.erase(0, used);
+      if (last) assembler_.finish(out_);
+    }
+    const int64_t next = assembler_.checkpoint(read_pos_);
+    if (!out_.empty() || next != committed_) {
+      if (!co_await commit(next, st.st_size)) {
+        start_over();
+        pending.clear();
+        gz = std::make_unique<GzipStream>(r_->fd);   // decompress again up to the checkpoint
+      }
+      continue;
+    }
+    if (used > 0) {
+      want = static_cast<size_t>(cfg_.tail.read_chunk_bytes);
+      continue;
+    }
+    if (state == GzipStream::State::more) {
+      want = pending.size() + static_cast<size_t>(cfg_.tail.read_chunk_bytes);   // a long line
+      continue;
+    }
+    if (last) {
+      if (state == GzipStream::State::end && !gz->message().empty())
+        spdlog::warn("{}: {}", r_->file.path, gz->message());
+      if (co_await release("once, decompressed")) break;
+    }
+    co_await idle(idle_time(false, now));
+  }
+}
+
+}  // namespace
+
+asio::awaitable<void> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r) {
+  FileReading reading(env, r);
+  if (r->gzip) co_await reading.run_gzip();
+  else co_await reading.run_text();
+  ::close(r->fd);
+  r->fd = -1;
+}
+
+}  // namespace tailbox::tail

@@ -1,0 +1,88 @@
+// The reader of one followed file, internal to the Tailer: a coroutine on the
+// file's own strand that reads complete records into the outbox, each chunk
+// committed together with the file's new checkpoint. It is the only code that
+// moves the file's offset, so a restart resumes exactly where the last
+// committed chunk ended.
+//
+// A reader waits for its file to change. In a watched directory it is woken
+// by the tailer: on a watcher event, or when the tailer's scan (every [tail]
+// recheck_interval) sees a size or mtime the reader has not seen. Elsewhere
+// (poll mode, a rotated-away file) it looks by itself every read_interval.
+//
+// Thread-safety: the reader coroutine owns `file`, `fd` and `timer`; the
+// tailer reads `file.path`/`file.identity` under `mu`, sets `gone`, and calls
+// wake() from any thread.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "config/config.hpp"
+#include "outbox/outbox.hpp"
+#include "tail/multiline.hpp"
+#include "tail/tailer.hpp"
+#include "tail/watcher.hpp"
+
+namespace tailbox::outbox {
+class AsyncOutbox;
+}
+
+namespace tailbox::tail {
+
+// What the tailer and every reader share. Outlives the readers (shared_ptr).
+struct ReaderEnv {
+  ReaderEnv(const config::Config& c, outbox::AsyncOutbox& o) : cfg(c), outbox(o) {}
+  const config::Config& cfg;
+  outbox::AsyncOutbox& outbox;
+  TailStats stats;
+  std::shared_ptr<Watcher> watcher;   // set before the first reader starts
+  std::atomic<bool> stopping{false};
+
+  // Backpressure with hysteresis: pause at the outbox's limits, resume below 90%.
+  bool paused();
+  // How often the globs are expanded and every file looked at when all their
+  // directories are watched.
+  std::chrono::milliseconds recheck() const {
+    return std::max(cfg.tail.recheck_interval, cfg.tail.poll_interval);
+  }
+};
+
+struct Reader : std::enable_shared_from_this<Reader> {
+  explicit Reader(boost::asio::any_io_executor executor)
+      : strand(boost::asio::make_strand(executor)), timer(strand) {}
+  ~Reader();
+
+  // Wakes the reader if it waits; from any thread. Cheap when called often.
+  void wake();
+
+  outbox::TrackedFile file;
+  std::string dir;                                // file.path's directory (under mu)
+  const config::SourceConfig* source = nullptr;
+  std::shared_ptr<const StartPattern> start;      // the source's multiline pattern, or null
+  SourceStats* source_stats = nullptr;
+  bool gzip = false;                              // a .gz file: read once, decompressed
+  int fd = -1;
+  std::mutex mu;
+  std::atomic<int64_t> size_seen{-1}, mtime_seen{-1}, offset_now{0};
+  std::atomic<bool> gone{false};    // no glob path names this file any more
+  std::atomic<bool> done{false};    // read to the end and released
+  std::atomic<bool> woken{false};   // an event came since the reader last looked
+  std::atomic<bool> via_link{false};  // named through a symbolic link: writes show up in
+                                      // the target's directory, unwatched: polled
+  boost::asio::strand<boost::asio::any_io_executor> strand;
+  boost::asio::steady_timer timer;  // the reader's waits; on `strand` only
+};
+
+// "dir" of "dir/name"; "." for a bare name; "/" for "/name".
+std::string dir_of(const std::string& path);
+
+// Reads `r` until it is released or env->stopping. Run on r->strand.
+boost::asio::awaitable<void> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r);
+
+}  // namespace tailbox::tail

@@ -1,0 +1,82 @@
+// Multiline: joins consecutive lines into records, e.g. a stack trace with the
+// log line that announced it. A line matching the source's start pattern
+// starts a record; every other line continues the current one. Lines before
+// the first start line of a file form a record of their own.
+//
+// A record's offset is its first line's, its length spans all its lines
+// (terminators included), and its text is the lines' texts joined with "\n"
+// (a piece of a cut overlong line is joined to the rest of its line without
+// one). A record is complete when the next start line arrives, when it has
+// multiline.max_lines lines, or before a line would take it past
+// multiline.max_bytes; the caller flushes it after multiline.timeout of quiet.
+//
+// Thread-safety: a Multiline belongs to one reader. A StartPattern is
+// immutable and may be shared by every reader of a source.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "tail/line_splitter.hpp"
+
+namespace tailbox::tail {
+
+// A compiled multiline.start_pattern (boost::regex, Perl syntax, searched
+// anywhere in the line).
+class StartPattern {
+ public:
+  // Throws std::runtime_error when `pattern` does not compile (config
+  // validation has already rejected such patterns).
+  static std::shared_ptr<const StartPattern> compile(const std::string& pattern);
+  ~StartPattern();
+  bool matches(std::string_view line) const;
+
+ private:
+  struct Impl;
+  explicit StartPattern(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Multiline {
+ public:
+  // REQUIRES: start != nullptr.
+  Multiline(std::shared_ptr<const StartPattern> start, const config::MultilineConfig& config);
+
+  // Adds the next line of the file; appends the records it completes to `out`.
+  // Their texts stay valid until release().
+  void add(const Line& line, std::vector<Line>& out);
+  // Emits the record being built, if any (timeout, end of a rotated file).
+  void flush(std::vector<Line>& out);
+
+  bool pending() const { return pending_.has_value(); }
+  // File offset of the record being built. REQUIRES: pending().
+  int64_t pending_offset() const { return pending_->offset; }
+
+  // Frees the texts of records emitted so far.
+  void release() { emitted_.clear(); }
+  // Forgets the record being built too.
+  void reset();
+
+ private:
+  struct Pending {
+    int64_t offset = 0;
+    int64_t length = 0;
+    int64_t lines = 0;
+    bool last_terminated = true;
+    std::string text;
+  };
+  void emit(std::vector<Line>& out);
+
+  std::shared_ptr<const StartPattern> start_;
+  config::MultilineConfig config_;
+  std::optional<Pending> pending_;
+  std::deque<std::string> emitted_;   // a deque: texts never move while out refers to them
+};
+
+}  // namespace tailbox::tail
