@@ -167,23 +167,42 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     }
 
     impl->lock_fd = take_lock(path);
-    // Create the file ourselves so that it (and its -wal/-shm) are 0600. An
-    // existing empty file is not a new outbox but a truncated one: SQLite would
-    // happily start it afresh, and every line it held would be read again.
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd >= 0) {
+    // A new outbox is built under a temporary name and renamed into place once
+    // its schema is committed, so an outbox that exists is never legitimately
+    // empty: an empty one was truncated, and SQLite would start it afresh.
+    struct stat existing {};
+    if (stat(path.c_str(), &existing) != 0) {
+      if (errno != ENOENT)
+        throw OutboxError("cannot open outbox " + path + ": " + std::strerror(errno));
+      std::string creating = path + ".creating";
+      for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((creating + suffix).c_str());
+      int fd = ::open(creating.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);   // 0600
+      if (fd < 0) throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
       ::close(fd);
-    } else if (errno == EEXIST) {
-      struct stat st {};
-      if (stat(path.c_str(), &st) == 0 && st.st_size == 0)
-        throw OutboxError("outbox " + path + " exists but is empty (0 bytes): it was truncated, or "
-                          "a first start was interrupted. tailbox will not start it afresh by itself; "
-                          "delete the file (and its -wal, -shm) to start with an empty outbox");
-    } else {
-      throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
+      {
+        SQLite::Database fresh(creating, SQLite::OPEN_READWRITE, 5000);
+        fresh.exec("PRAGMA synchronous = FULL");
+        for (size_t v = 0; v < kSchemaMigrations.size(); ++v) {
+          SQLite::Transaction tx(fresh);
+          fresh.exec(std::string(kSchemaMigrations[v]));
+          fresh.exec("PRAGMA user_version = " + std::to_string(v + 1));
+          tx.commit();
+        }
+      }
+      if (::rename(creating.c_str(), path.c_str()) != 0)
+        throw OutboxError("cannot create outbox " + path + ": " + std::strerror(errno));
+      std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+      int dfd = ::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (dfd >= 0) {
+        (void)fsync(dfd);
+        ::close(dfd);
+      }
+    } else if (existing.st_size == 0) {
+      throw OutboxError("outbox " + path + " exists but is empty (0 bytes): it was truncated. "
+                        "tailbox will not start it afresh by itself; move it away (with its -wal, "
+                        "-shm) to start with an empty outbox");
     }
 
-    // NOMUTEX: each connection is used by one strand at a time.
     impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX, 5000);
     SQLite::Database& db = *impl->db;
     db.exec("PRAGMA journal_mode = WAL");

@@ -285,6 +285,20 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
     for (auto& [key, r] : by_inode) {
       bool gone = !seen.count(key);
+      if (gone) {
+        // Only on evidence: a scan can miss a file that is still there (a
+        // failed open or opendir). Released files found again would be read
+        // again under a new uid.
+        std::string last_path;
+        {
+          std::lock_guard lock(r->mu);
+          last_path = r->file.path;
+        }
+        struct stat st {};
+        if (::stat(last_path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == key.first &&
+            static_cast<uint64_t>(st.st_ino) == key.second)
+          gone = false;
+      }
       if (r->gone.exchange(gone) != gone) r->wake();   // a gone file is polled to its end
     }
     int64_t ignored = 0;
