@@ -371,9 +371,11 @@ asio::awaitable<void> Dispatcher::run() {
       --impl->running;
     });
   }
+  // Only notices that the workers have ended (after stop()): a slow look is
+  // enough, and an idle relay should not wake up 100 times a second for it.
   asio::steady_timer t(co_await asio::this_coro::executor);
   while (impl->running.load() > 0) {
-    t.expires_after(milliseconds(10));
+    t.expires_after(milliseconds(100));
     boost::system::error_code ec;
     co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
