@@ -7,7 +7,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 #include <cstdio>
@@ -123,13 +125,27 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
                                              dispatch::Dispatcher& dispatcher,
                                              const config::Config& cfg,
                                              const std::atomic<bool>& stopping, SinkHealth& health) {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto home = co_await asio::this_coro::executor;
+  asio::steady_timer timer(home);
+  // open() may block for a while (a broker's metadata, reading progress back):
+  // it runs on a thread of its own, never on the threads that read files.
+  asio::thread_pool opener(1);
   auto delay = cfg.delivery.backoff_min;
   for (int attempt = 1; !stopping.load(); ++attempt) {
     std::string error;
     try {
       auto state = co_await outbox.run([&](outbox::Outbox& o) { return o.sink_state(sink.name()); });
-      if (auto initial = sink.open(state)) {
+      co_await asio::post(opener, asio::use_awaitable);
+      std::optional<std::string> initial;
+      std::exception_ptr failure;
+      try {
+        initial = sink.open(state);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      co_await asio::post(home, asio::use_awaitable);
+      if (failure) std::rethrow_exception(failure);
+      if (initial) {
         Status st = co_await outbox.run(
             [&](outbox::Outbox& o) { return o.set_sink_state(sink.name(), *initial); });
         if (!st) throw std::runtime_error("cannot record the sink's starting state: " + st.message());

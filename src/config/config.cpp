@@ -218,6 +218,7 @@ Config load_string(const std::string& text, const std::string& origin) {
     if (!node) throw ConfigError("sink: a [sink] table is required");
     Settings sk = to_settings("sink", table_at(root, "sink"));
     cfg.sink.type = sk.required_string("type");
+    cfg.sink.host_id = cfg.host_id;
     cfg.sink.settings = std::move(sk);  // the sink reads and finishes the rest
   }
   return cfg;

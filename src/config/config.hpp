@@ -91,7 +91,8 @@ struct MetricsConfig {
 };
 
 struct SinkConfig {
-  std::string type;                        // "sqlite" | "file"
+  std::string type;                        // "sqlite" | "file" | "postgres" | "http" | "kafka" | "nats"
+  std::string host_id;                     // Config::host_id, for sinks that key their state by it
   Settings settings;                       // the rest of [sink], read by the sink itself
 };
 

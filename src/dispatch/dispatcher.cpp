@@ -156,6 +156,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       });
       if (st) {
         release(ids);
+        if (state) sink.committed(*state);
         co_return true;
       }
       spdlog::error("cannot delete {} delivered rows from the outbox: {}; retrying", ids.size(),

@@ -64,6 +64,10 @@ class Sink {
     return std::nullopt;
   }
   virtual boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) = 0;
+  // Called after the outbox committed the ack that carried `state` (rows
+  // deleted, state stored): from then on a restart hands that state to open().
+  // Called from the outbox's strand, in delivery order; must not block.
+  virtual void committed(const std::string& state) { (void)state; }
 };
 
 }  // namespace tailbox::sinks
