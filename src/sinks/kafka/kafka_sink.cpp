@@ -1,0 +1,701 @@
+#include "sinks/kafka/kafka_sink.hpp"
+
+#include <librdkafka/rdkafka.h>
+#include <spdlog/spdlog.h>
+#include <zlib.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+#include <chrono>
+#include <list>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "core/log_limit.hpp"
+#include "core/secret.hpp"
+#include "sinks/ndjson.hpp"
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using std::chrono::milliseconds;
+
+namespace tailbox::sinks {
+
+int32_t kafka_progress_partition(std::string_view key, int32_t partitions) {
+  uLong crc = crc32(0L, reinterpret_cast<const Bytef*>(key.data()), static_cast<uInt>(key.size()));
+  return static_cast<int32_t>(crc % static_cast<uLong>(partitions));
+}
+
+namespace {
+
+// Delivery reports of one batch, counted by librdkafka's callback (which runs
+// inside rd_kafka_flush/poll, on the sink's own thread).
+struct BatchReport {
+  int64_t outstanding = 0;
+  int64_t failed = 0;
+  rd_kafka_resp_err_t first_error = RD_KAFKA_RESP_ERR_NO_ERROR;
+};
+
+void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void*) {
+  auto* report = static_cast<BatchReport*>(m->_private);
+  if (!report) return;
+  --report->outstanding;
+  if (m->err && report->failed++ == 0) report->first_error = m->err;
+}
+
+// "<host>/<uid>/<offset>" -> uid and offset.
+bool split_key(std::string_view key, std::string_view& uid, int64_t& offset) {
+  auto first = key.find('/');
+  auto last = key.rfind('/');
+  if (first == std::string_view::npos || last == first) return false;
+  uid = key.substr(first + 1, last - first - 1);
+  offset = 0;
+  for (char c : key.substr(last + 1)) {
+    if (c < '0' || c > '9') return false;
+    offset = offset * 10 + (c - '0');
+  }
+  return true;
+}
+
+// One Kafka transaction whose rows' outbox ack has not committed yet (or, when
+// inherited, rows read back from the progress topic after a restart that are
+// still to be acknowledged without sending).
+struct Txn {
+  uint64_t seq = 0;
+  std::map<std::string, std::set<int64_t>> offsets;   // file uid -> offsets
+  bool inherited = false;
+  uint64_t last_used = 0;                             // inherited: last delivery that skipped rows
+};
+
+bool retriable_size_error(rd_kafka_resp_err_t e) {
+  return e != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && e != RD_KAFKA_RESP_ERR_INVALID_RECORD;
+}
+
+}  // namespace
+
+struct KafkaSink::Impl {
+  // Settings.
+  std::string brokers, topic, progress_topic, transactional_id, host_id, name;
+  bool transactional = true;
+  bool ndjson = true;
+  std::string compression = "none";
+  std::string key_mode = "idempotency_key", key_field;
+  milliseconds timeout{30'000};
+  std::vector<std::pair<std::string, std::string>> properties;   // passed to librdkafka
+  struct Secret {
+    std::string property, what, file, env;
+  };
+  std::vector<Secret> secrets;
+
+  asio::any_io_executor home;
+  asio::thread_pool pool{1};   // the blocking librdkafka calls run here
+  rd_kafka_t* producer = nullptr;
+  bool reset_producer = false; // a fatal error: build a new producer before the next batch
+  int32_t progress_partitions = 0;
+  std::string session;         // tells this run's transactions apart in headers
+  uint64_t next_seq = 1;
+  LogLimiter log_limit{std::chrono::seconds(10)};
+
+  // Transactions not yet known acked, and the keys to acknowledge without
+  // sending; shared with committed() (another strand).
+  std::mutex mu;
+  std::list<Txn> unacked;
+  std::unordered_map<std::string, std::list<Txn>::iterator> skip;
+
+  ~Impl() {
+    pool.join();
+    if (producer) {
+      rd_kafka_flush(producer, 2000);
+      rd_kafka_destroy(producer);
+    }
+  }
+
+  // librdkafka's settings, secrets included (read now, never logged).
+  rd_kafka_conf_t* base_conf(bool for_producer) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[512];
+    auto set = [&](const std::string& k, const std::string& v) {
+      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        throw std::runtime_error("librdkafka property " + k + ": " + err);
+      }
+    };
+    set("bootstrap.servers", brokers);
+    set("client.id", "tailbox");
+    for (auto& [k, v] : properties) set(k, v);
+    for (auto& s : secrets) set(s.property, read_secret(s.what, s.file, s.env));
+    rd_kafka_conf_set_opaque(conf, this);
+    rd_kafka_conf_set_log_cb(conf, [](const rd_kafka_t*, int level, const char* fac, const char* buf) {
+      if (level <= 3) spdlog::error("kafka: {}: {}", fac, buf);
+      else if (level == 4) spdlog::warn("kafka: {}: {}", fac, buf);
+      else spdlog::debug("kafka: {}: {}", fac, buf);
+    });
+    rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int e, const char* reason, void* opaque) {
+      auto* self = static_cast<Impl*>(opaque);
+      if (e == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_fatal_error(rk, why, sizeof why);
+        spdlog::error("{}: fatal producer error: {}; a new producer will be made", self->name, why);
+        self->reset_producer = true;
+        return;
+      }
+      if (auto held = self->log_limit.allow("error_cb"))
+        spdlog::warn("{}: {}{}", self->name, reason,
+                     *held ? " (" + std::to_string(*held) + " more not logged)" : "");
+    });
+    if (for_producer) {
+      set("enable.idempotence", "true");
+      set("acks", "all");
+      set("linger.ms", "5");
+      set("compression.type", compression);
+      set("message.timeout.ms", std::to_string(timeout.count()));
+      if (transactional) {
+        set("transactional.id", transactional_id);
+        set("transaction.timeout.ms", std::to_string(std::max<int64_t>(60'000, timeout.count() + 10'000)));
+      }
+      rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    }
+    return conf;
+  }
+
+  rd_kafka_t* make(rd_kafka_type_t type, rd_kafka_conf_t* conf) {
+    char err[512];
+    rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
+    if (!rk) {
+      rd_kafka_conf_destroy(conf);
+      throw std::runtime_error(std::string("cannot create a Kafka client: ") + err);
+    }
+    return rk;
+  }
+
+  // Partition count of `t`, or throws naming what is wrong.
+  int32_t partitions_of(const std::string& t) {
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(producer, t.c_str(), nullptr);
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(producer, 0, rkt, &md, static_cast<int>(timeout.count()));
+    rd_kafka_topic_destroy(rkt);
+    if (e) throw std::runtime_error("cannot read metadata of topic " + t + ": " + rd_kafka_err2str(e));
+    int32_t n = 0;
+    rd_kafka_resp_err_t te = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (md->topic_cnt == 1) {
+      te = md->topics[0].err;
+      n = md->topics[0].partition_cnt;
+    }
+    rd_kafka_metadata_destroy(md);
+    if (te || n <= 0)
+      throw std::runtime_error("topic " + t + " is not available (" +
+                               (te ? rd_kafka_err2str(te) : std::string("no partitions")) +
+                               "); create it first (see README, Kafka sink)");
+    return n;
+  }
+
+  void destroy_producer() {
+    if (!producer) return;
+    rd_kafka_flush(producer, 1000);
+    rd_kafka_destroy(producer);
+    producer = nullptr;
+  }
+
+  // Builds the producer; in transactional mode also fences the previous one
+  // (a crashed relay's open transaction is aborted by the coordinator).
+  void start_producer() {
+    destroy_producer();
+    reset_producer = false;
+    producer = make(RD_KAFKA_PRODUCER, base_conf(true));
+    partitions_of(topic);
+    if (!transactional) return;
+    progress_partitions = partitions_of(progress_topic);
+    if (rd_kafka_error_t* e = rd_kafka_init_transactions(producer, static_cast<int>(timeout.count()))) {
+      std::string why = rd_kafka_error_string(e);
+      rd_kafka_error_destroy(e);
+      destroy_producer();
+      throw std::runtime_error("cannot start Kafka transactions (transactional.id " +
+                               transactional_id + "): " + why);
+    }
+  }
+
+  // The latest committed progress record of this relay, or "" (read_committed).
+  std::string read_progress() {
+    rd_kafka_conf_t* conf = base_conf(false);
+    char err[512];
+    for (auto [k, v] : {std::pair{"group.id", "tailbox-progress-reader"},
+                        std::pair{"enable.auto.commit", "false"},
+                        std::pair{"enable.partition.eof", "true"},
+                        std::pair{"isolation.level", "read_committed"},
+                        std::pair{"auto.offset.reset", "earliest"}})
+      rd_kafka_conf_set(conf, k, v, err, sizeof err);
+    rd_kafka_t* c = make(RD_KAFKA_CONSUMER, conf);
+    std::string latest;
+    std::string failure;
+    int32_t p = kafka_progress_partition(transactional_id, progress_partitions);
+    int64_t lo = 0, hi = 0;
+    rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(c, progress_topic.c_str(), p, &lo, &hi,
+                                                             static_cast<int>(timeout.count()));
+    if (e) {
+      failure = "cannot read the progress topic " + progress_topic + ": " + rd_kafka_err2str(e);
+    } else if (hi > lo) {
+      rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(1);
+      rd_kafka_topic_partition_list_add(list, progress_topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+      rd_kafka_assign(c, list);
+      rd_kafka_topic_partition_list_destroy(list);
+      auto deadline = std::chrono::steady_clock::now() + timeout;
+      bool done = false;
+      while (!done) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          failure = "timed out reading the progress topic " + progress_topic;
+          break;
+        }
+        rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 200);
+        if (!m) continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+          done = true;
+        } else if (m->err) {
+          if (auto held = log_limit.allow("progress_read"))
+            spdlog::warn("{}: reading progress: {}", name, rd_kafka_message_errstr(m));
+        } else if (m->key && std::string_view(static_cast<const char*>(m->key), m->key_len) == transactional_id) {
+          latest.assign(static_cast<const char*>(m->payload), m->len);
+        }
+        rd_kafka_message_destroy(m);
+      }
+    }
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    if (!failure.empty()) throw std::runtime_error(failure);
+    return latest;
+  }
+
+  // Turns the progress record's unacked transactions into keys to skip.
+  void inherit(const std::string& record, uint64_t committed_seq) {
+    std::lock_guard lock(mu);
+    unacked.clear();
+    skip.clear();
+    next_seq = committed_seq + 1;
+    if (record.empty()) return;
+    try {
+      json::object o = json::parse(record).as_object();
+      next_seq = std::max<uint64_t>(next_seq, static_cast<uint64_t>(o.at("seq").to_number<int64_t>()) + 1);
+      size_t keys = 0;
+      for (auto& tv : o.at("unacked").as_array()) {
+        auto& t = tv.as_object();
+        Txn txn;
+        txn.seq = static_cast<uint64_t>(t.at("seq").to_number<int64_t>());
+        txn.inherited = true;
+        for (auto& [uid, offs] : t.at("files").as_object())
+          for (auto& off : offs.as_array()) txn.offsets[std::string(uid)].insert(off.to_number<int64_t>());
+        auto it = unacked.insert(unacked.end(), std::move(txn));
+        for (auto& [uid, offs] : it->offsets)
+          for (int64_t off : offs) {
+            skip[host_id + "/" + uid + "/" + std::to_string(off)] = it;
+            ++keys;
+          }
+      }
+      if (keys)
+        spdlog::info("{}: {} lines were committed to Kafka before the last stop but not yet "
+                     "removed from the outbox; they are acknowledged without sending them again",
+                     name, keys);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: the progress record of {} in {} cannot be read ({}); lines delivered just "
+                    "before the last stop may be sent again", name, transactional_id, progress_topic,
+                    e.what());
+    }
+  }
+
+  // Skips the batch's rows that are already in Kafka; returns those to send.
+  std::vector<const Record*> take_skipped(std::span<const Record> batch, uint64_t seq, size_t& skipped) {
+    std::vector<const Record*> send;
+    send.reserve(batch.size());
+    std::lock_guard lock(mu);
+    std::map<std::string, int64_t> lowest_sent;   // uid -> lowest offset sent now
+    for (const Record& r : batch) {
+      auto it = skip.find(std::string(r.key));
+      std::string_view uid;
+      int64_t off = 0;
+      if (it == skip.end() || !split_key(r.key, uid, off)) {
+        send.push_back(&r);
+        if (split_key(r.key, uid, off)) {
+          auto [pos, fresh] = lowest_sent.emplace(std::string(uid), off);
+          if (!fresh) pos->second = std::min(pos->second, off);
+        }
+        continue;
+      }
+      Txn& t = *it->second;
+      auto f = t.offsets.find(std::string(uid));
+      if (f != t.offsets.end()) {
+        f->second.erase(off);
+        if (f->second.empty()) t.offsets.erase(f);
+      }
+      t.last_used = seq;
+      skip.erase(it);
+      ++skipped;
+    }
+    // Rows of a file come in offset order: inherited offsets below one sent
+    // now were already removed from the outbox before the stop.
+    for (auto& t : unacked) {
+      if (!t.inherited) continue;
+      for (auto& [uid, low] : lowest_sent) {
+        auto f = t.offsets.find(uid);
+        if (f == t.offsets.end()) continue;
+        for (auto o = f->second.begin(); o != f->second.end() && *o < low;) {
+          skip.erase(host_id + "/" + uid + "/" + std::to_string(*o));
+          o = f->second.erase(o);
+          t.last_used = seq;
+        }
+        if (f->second.empty()) t.offsets.erase(f);
+      }
+    }
+    return send;
+  }
+
+  std::string key_of(const Record& r, std::string& scratch) const {
+    if (key_mode == "file") {
+      auto last = r.key.rfind('/');
+      return std::string(r.key.substr(0, last));
+    }
+    if (key_mode == "field" && !r.fields.empty()) {
+      boost::system::error_code ec;
+      json::value v = json::parse(r.fields, ec);
+      if (!ec && v.is_object()) {
+        if (auto* f = v.as_object().if_contains(key_field)) {
+          if (f->is_string()) return std::string(f->as_string());
+          scratch = json::serialize(*f);
+          return scratch;
+        }
+      }
+    }
+    return std::string(r.key);
+  }
+
+  // Queues one record; returns the error librdkafka gave at once, if any.
+  rd_kafka_resp_err_t produce(const Record& r, BatchReport& report, const std::string& txn_id,
+                              std::string& value) {
+    value.clear();
+    if (ndjson) {
+      append_ndjson(value, r);
+      if (!value.empty() && value.back() == '\n') value.pop_back();
+    } else {
+      value.assign(r.line);
+    }
+    std::string scratch;
+    std::string key = key_of(r, scratch);
+    std::string offset = std::to_string(r.offset);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      ++report.outstanding;
+      rd_kafka_resp_err_t e = rd_kafka_producev(
+          producer, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_VALUE(value.data(), value.size()),
+          RD_KAFKA_V_HEADER("tailbox-key", r.key.data(), static_cast<ssize_t>(r.key.size())),
+          RD_KAFKA_V_HEADER("tailbox-host", r.host.data(), static_cast<ssize_t>(r.host.size())),
+          RD_KAFKA_V_HEADER("tailbox-source", r.source.data(), static_cast<ssize_t>(r.source.size())),
+          RD_KAFKA_V_HEADER("tailbox-path", r.path.data(), static_cast<ssize_t>(r.path.size())),
+          RD_KAFKA_V_HEADER("tailbox-offset", offset.data(), static_cast<ssize_t>(offset.size())),
+          RD_KAFKA_V_HEADER("tailbox-txn", txn_id.data(), static_cast<ssize_t>(txn_id.size())),
+          RD_KAFKA_V_OPAQUE(&report), RD_KAFKA_V_END);
+      if (!e) return e;
+      --report.outstanding;
+      if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || std::chrono::steady_clock::now() > deadline) return e;
+      rd_kafka_poll(producer, 50);
+    }
+  }
+
+  // The progress record of transaction `seq`, listing every unacked one.
+  std::string progress_record(uint64_t seq, const std::string& txn_id,
+                              const std::vector<const Record*>& sent) {
+    json::object files;
+    for (const Record* r : sent) {
+      std::string_view uid;
+      int64_t off = 0;
+      if (!split_key(r->key, uid, off)) continue;
+      json::value& f = files[uid];
+      if (f.is_null()) f = json::object{{"path", r->path}, {"offset", off}};
+      else if (f.as_object()["offset"].as_int64() < off) f.as_object()["offset"] = off;
+    }
+    json::array pending;
+    for (const Txn& t : unacked) {
+      json::object tf;
+      for (auto& [uid, offs] : t.offsets) {
+        json::array a;
+        a.reserve(offs.size());
+        for (int64_t o : offs) a.emplace_back(o);
+        tf[uid] = std::move(a);
+      }
+      pending.push_back(json::object{{"seq", t.seq}, {"files", std::move(tf)}});
+    }
+    json::object o{{"v", 1},
+                   {"host", host_id},
+                   {"txn", txn_id},
+                   {"seq", seq},
+                   {"files", std::move(files)},
+                   {"unacked", std::move(pending)}};
+    return json::serialize(o);
+  }
+
+  void forget(uint64_t seq) {
+    std::lock_guard lock(mu);
+    unacked.remove_if([&](const Txn& t) { return !t.inherited && t.seq == seq; });
+  }
+
+  Delivery abort(const std::string& why, bool reject = false) {
+    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(producer, static_cast<int>(timeout.count()))) {
+      spdlog::warn("{}: cannot abort the transaction ({}); a new producer will be made", name,
+                   rd_kafka_error_string(e));
+      reset_producer = true;
+      rd_kafka_error_destroy(e);
+    }
+    return reject ? Delivery::reject(why) : Delivery::retry(why);
+  }
+
+  static std::string error_text(rd_kafka_error_t* e) {
+    std::string s = rd_kafka_error_string(e);
+    return s;
+  }
+
+  Delivery deliver_transactional(std::span<const Record> batch) {
+    uint64_t seq = next_seq++;
+    std::string state = std::to_string(seq);
+    size_t skipped = 0;
+    std::vector<const Record*> send = take_skipped(batch, seq, skipped);
+    if (send.empty()) return Delivery::delivered(state);
+    if (reset_producer || !producer) {
+      try {
+        start_producer();
+      } catch (const std::exception& e) {
+        return Delivery::retry(e.what());
+      }
+    }
+    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(producer)) {
+      std::string why = error_text(e);
+      if (rd_kafka_error_is_fatal(e)) reset_producer = true;
+      rd_kafka_error_destroy(e);
+      return Delivery::retry("cannot begin a transaction: " + why);
+    }
+    std::string txn_id = session + "." + state;
+    BatchReport report;
+    std::string value;
+    for (const Record* r : send) {
+      rd_kafka_resp_err_t e = produce(*r, report, txn_id, value);
+      if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
+        return abort("a record of " + std::to_string(value.size()) +
+                     " bytes is larger than the producer's message.max.bytes", true);
+      if (e) return abort(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
+    }
+    // Every record is acknowledged by the brokers before the progress record
+    // is queued, so a progress record never names a record that is not there.
+    rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+    if (report.outstanding > 0) return abort("timed out waiting for the brokers' acknowledgements");
+    if (report.failed > 0) {
+      std::string why = std::to_string(report.failed) + " of " + std::to_string(send.size()) +
+                        " records failed: " + rd_kafka_err2str(report.first_error);
+      return abort(why, !retriable_size_error(report.first_error));
+    }
+    Txn txn;
+    txn.seq = seq;
+    for (const Record* r : send) {
+      std::string_view uid;
+      int64_t off = 0;
+      if (split_key(r->key, uid, off)) txn.offsets[std::string(uid)].insert(off);
+    }
+    std::string progress;
+    {
+      std::lock_guard lock(mu);
+      unacked.push_back(std::move(txn));
+      progress = progress_record(seq, txn_id, send);
+    }
+    ++report.outstanding;
+    rd_kafka_resp_err_t pe = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(progress_topic.c_str()),
+        RD_KAFKA_V_PARTITION(kafka_progress_partition(transactional_id, progress_partitions)),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_KEY(transactional_id.data(), transactional_id.size()),
+        RD_KAFKA_V_VALUE(progress.data(), progress.size()), RD_KAFKA_V_OPAQUE(&report), RD_KAFKA_V_END);
+    if (pe) {
+      --report.outstanding;
+      forget(seq);
+      return abort(std::string("cannot queue the progress record: ") + rd_kafka_err2str(pe));
+    }
+    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(producer, static_cast<int>(timeout.count()))) {
+      std::string why = "cannot commit the transaction: " + error_text(e);
+      bool needs_abort = rd_kafka_error_txn_requires_abort(e);
+      if (rd_kafka_error_is_fatal(e)) reset_producer = true;
+      rd_kafka_error_destroy(e);
+      forget(seq);
+      if (needs_abort) return abort(why);
+      // Retriable (e.g. a timeout): the outcome is unknown. A new producer
+      // fences this one; whatever committed is read back after a restart,
+      // and this batch is sent again in a new transaction.
+      reset_producer = true;
+      return Delivery::retry(why);
+    }
+    if (report.failed > 0) {
+      // Cannot happen after a successful commit; keep the rows to be safe.
+      spdlog::error("{}: transaction {} committed with {} failed records", name, txn_id, report.failed);
+    }
+    return Delivery::delivered(state);
+  }
+
+  Delivery deliver_idempotent(std::span<const Record> batch) {
+    if (reset_producer || !producer) {
+      try {
+        start_producer();
+      } catch (const std::exception& e) {
+        return Delivery::retry(e.what());
+      }
+    }
+    BatchReport report;
+    std::string value, none;
+    for (const Record& r : batch) {
+      rd_kafka_resp_err_t e = produce(r, report, none, value);
+      if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && batch.size() == 1)
+        return Delivery::reject("a record of " + std::to_string(value.size()) +
+                                " bytes is larger than the producer's message.max.bytes");
+      if (e) {
+        rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+        return Delivery::retry(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
+      }
+    }
+    rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+    if (report.outstanding > 0) return Delivery::retry("timed out waiting for the brokers' acknowledgements");
+    if (report.failed > 0) {
+      std::string why = std::to_string(report.failed) + " of " + std::to_string(batch.size()) +
+                        " records failed: " + rd_kafka_err2str(report.first_error);
+      if (!retriable_size_error(report.first_error)) return Delivery::reject(why);
+      return Delivery::retry(why);
+    }
+    return Delivery::delivered();
+  }
+};
+
+KafkaSink::KafkaSink(config::Settings& s, const std::string& host_id, asio::any_io_executor executor)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.home = executor;
+  m.host_id = host_id;
+  m.brokers = s.required_string("brokers");
+  m.topic = s.required_string("topic");
+  m.transactional = s.choice("mode", "transactional", {"transactional", "idempotent"}) == "transactional";
+  m.progress_topic = s.string("progress_topic", m.topic + ".tailbox-progress");
+  m.transactional_id = s.string("transactional_id", "tailbox-" + host_id);
+  if (m.transactional_id.empty()) s.fail("transactional_id", "must not be empty");
+  std::string key = s.string("key", "idempotency_key");
+  if (key == "idempotency_key" || key == "file") {
+    m.key_mode = key;
+  } else if (key.rfind("field:", 0) == 0 && key.size() > 6) {
+    m.key_mode = "field";
+    m.key_field = key.substr(6);
+  } else {
+    s.fail("key", "must be \"idempotency_key\", \"file\" or \"field:<name>\", got \"" + key + "\"");
+  }
+  m.ndjson = s.choice("format", "ndjson", {"ndjson", "raw"}) == "ndjson";
+  std::string compression =
+      s.choice("compression", "none", {"none", "gzip", "snappy", "lz4", "zstd"});
+  m.compression = compression;
+  m.timeout = s.duration("timeout", milliseconds(30'000));
+  if (m.timeout.count() < 1000) s.fail("timeout", "must be at least 1s");
+  for (auto& p : s.string_list("properties", false)) {
+    auto eq = p.find('=');
+    if (eq == std::string::npos || eq == 0)
+      s.fail("properties", "each entry must be \"name=value\" (a librdkafka property), got \"" + p + "\"");
+    std::string k = p.substr(0, eq);
+    if (k.find("password") != std::string::npos || k == "sasl.oauthbearer.client.secret")
+      s.fail("properties", k + " is a secret: use sasl_password_file / sasl_password_env or "
+                           "ssl_key_password_file / ssl_key_password_env");
+    if (k == "transactional.id" || k == "enable.idempotence" || k == "bootstrap.servers" ||
+        k == "acks" || k == "isolation.level")
+      s.fail("properties", k + " is set by tailbox (see README, Kafka sink)");
+    m.properties.emplace_back(k, p.substr(eq + 1));
+  }
+  for (auto [what, property] : {std::pair{"sasl_password", "sasl.password"},
+                                std::pair{"ssl_key_password", "ssl.key.password"}}) {
+    auto file = s.optional_string(std::string(what) + "_file");
+    auto env = s.optional_string(std::string(what) + "_env");
+    if (file && env) s.fail(std::string(what) + "_env", std::string("set ") + what + "_file or " + what + "_env, not both");
+    if ((file && file->empty()) || (env && env->empty()))
+      s.fail(std::string(what) + (file ? "_file" : "_env"), "must not be empty");
+    if (file || env) m.secrets.push_back({property, what, file.value_or(""), env.value_or("")});
+  }
+  // Check the properties now, so a typo is a configuration error at start-up.
+  {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[512];
+    for (auto& [k, v] : m.properties)
+      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        s.fail("properties", k + ": " + err);
+      }
+    rd_kafka_conf_destroy(conf);
+  }
+  std::string first = m.brokers.substr(0, m.brokers.find(','));
+  m.name = "kafka:" + first + "/" + m.topic;
+}
+
+KafkaSink::~KafkaSink() = default;
+
+const std::string& KafkaSink::name() const { return impl_->name; }
+
+std::string KafkaSink::guarantee() const {
+  if (impl_->transactional)
+    return "exactly-once for read_committed consumers: each batch and its progress record commit "
+           "in one Kafka transaction; after a restart, rows the progress topic shows as "
+           "committed are acknowledged without sending them again";
+  return "at-least-once: idempotent producer (no duplicates within a producer session); a relay "
+         "crash between the brokers' ack and the outbox ack sends the batch again";
+}
+
+std::optional<std::string> KafkaSink::open(const std::optional<std::string>& committed_state) {
+  Impl& m = *impl_;
+  std::random_device rd;
+  m.session = fmt::format("{:08x}", rd());
+  m.start_producer();
+  if (m.transactional) {
+    uint64_t committed = 0;
+    if (committed_state) {
+      try {
+        committed = std::stoull(*committed_state);
+      } catch (const std::exception&) {
+        spdlog::warn("{}: stored state \"{}\" is not a transaction number; ignored", m.name,
+                     *committed_state);
+      }
+    }
+    m.inherit(m.read_progress(), committed);
+  }
+  spdlog::info("{}: connected ({}), {}", m.name, m.brokers,
+               m.transactional ? "transactional.id " + m.transactional_id : std::string("idempotent"));
+  return std::nullopt;
+}
+
+asio::awaitable<Delivery> KafkaSink::deliver(std::span<const Record> batch) {
+  auto back = co_await asio::this_coro::executor;
+  co_await asio::post(impl_->pool, asio::use_awaitable);
+  Delivery d;
+  try {
+    d = impl_->transactional ? impl_->deliver_transactional(batch) : impl_->deliver_idempotent(batch);
+  } catch (const std::exception& e) {
+    d = Delivery::retry(e.what());
+  }
+  co_await asio::post(back, asio::use_awaitable);
+  co_return d;
+}
+
+void KafkaSink::committed(const std::string& state) {
+  uint64_t seq = 0;
+  try {
+    seq = std::stoull(state);
+  } catch (const std::exception&) {
+    return;
+  }
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  m.unacked.remove_if([&](const Txn& t) {
+    if (t.inherited) return t.offsets.empty() && t.last_used <= seq;
+    return t.seq <= seq;
+  });
+}
+
+}  // namespace tailbox::sinks

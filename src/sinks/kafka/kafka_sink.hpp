@@ -1,0 +1,57 @@
+// KafkaSink (type = "kafka"): produces each record to a Kafka topic with
+// librdkafka (acks=all, enable.idempotence=true).
+//
+// mode = "transactional" (default), exactly-once for read_committed consumers,
+// in the spirit of Kafka Connect's exactly-once sources (KIP-618): each batch
+// is one Kafka transaction (transactional.id "tailbox-<host_id>") holding the
+// batch's records AND one progress record, keyed by the transactional id, in a
+// compacted progress topic. The progress record names, per file of the batch,
+// the highest offset delivered, and lists the exact offsets of every
+// transaction whose outbox ack has not committed yet (including its own). After
+// a crash, open() fences the previous producer (its open transaction is
+// aborted) and reads the latest committed progress record back; deliver() then
+// acknowledges the rows it lists without sending them again. Deliveries are
+// serial (one transaction at a time).
+//
+// mode = "idempotent": no transactions; no duplicates within a producer
+// session, at-least-once across relay crashes.
+//
+// Thread-safety: deliver() is never called concurrently (serial()); the
+// blocking librdkafka calls run on a thread the sink owns; committed() may be
+// called from another strand and takes the sink's mutex.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "config/settings.hpp"
+#include "sinks/sink.hpp"
+
+namespace tailbox::sinks {
+
+// The partition a key goes to among `partitions` (CRC-32 of the key, as
+// librdkafka's "consistent" partitioner): the progress record's partition.
+int32_t kafka_progress_partition(std::string_view key, int32_t partitions);
+
+class KafkaSink : public Sink {
+ public:
+  // Settings: see README "Kafka sink". Throws config::ConfigError naming the key.
+  KafkaSink(config::Settings& settings, const std::string& host_id,
+            boost::asio::any_io_executor executor);
+  ~KafkaSink() override;
+
+  const std::string& name() const override;
+  std::string guarantee() const override;
+  bool serial() const override { return true; }
+  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
+  void committed(const std::string& state) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tailbox::sinks
