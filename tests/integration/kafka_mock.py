@@ -23,6 +23,8 @@ import threading
 
 import harness as h
 
+HOST = "edge1"
+FILES = ["a.log", "b.log", "c.log", "d.log"]
 TOPIC = "logs"
 PROGRESS = "logs.tailbox-progress"
 
@@ -142,3 +144,119 @@ class MockCluster:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+# ---------------------------------------------------------------------------
+# Test helpers shared by the kafka sink's tests
+# ---------------------------------------------------------------------------
+
+def write_kafka_config(wd, bootstrap, sink_extra=None, **kwargs):
+    h.write_config(wd, host_id=HOST, **kwargs)
+    with open(wd.config) as f:
+        text = f.read()
+    text = text[:text.index("\n[sink]\n")]
+    sink = {"type": "kafka", "brokers": bootstrap, "topic": TOPIC, "format": "raw",
+            "timeout": "10s"}
+    sink.update(sink_extra or {})
+    text += "\n[sink]\n" + "".join(f"{k} = {h._toml_value(v)}\n" for k, v in sink.items())
+    with open(wd.config, "w") as f:
+        f.write(text)
+    r = h.run_cli(["check", "-c", wd.config])
+    if r.returncode != 0:
+        h.fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
+
+
+class Writer:
+    def __init__(self, wd, rng, files=FILES):
+        self.rng = rng
+        self.paths = [wd.log_path(n) for n in files]
+        self.src = h.SourceFiles(self.paths)
+        self.seq = 0
+
+    def burst(self, n, path=None, torn=False):
+        path = path or self.rng.choice(self.paths)
+        tag = os.path.basename(path)[0]
+        data = b"".join(h.make_line(self.rng, tag, self.seq + i) for i in range(n))
+        self.seq += n
+        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
+        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
+
+    def close(self):
+        self.src.close()
+
+
+def pending(wd):
+    if not os.path.exists(wd.outbox):
+        return -1
+    try:
+        return h.outbox_states(wd.outbox).get("pending", 0)
+    except Exception:
+        return -1
+
+
+def dead_rows(wd):
+    conn = h.sqlite_connect(wd.outbox)
+    try:
+        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
+                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead'").fetchall()
+    finally:
+        conn.close()
+
+
+def stop_clean(tb):
+    rc = tb.stop()
+    if rc != 0:
+        h.fail(f"tailbox exited {rc} after SIGTERM")
+
+
+def check_exact(cluster, paths, drop=()):
+    recs, hidden = cluster.read_committed()
+    expected = h.expected_from_files(paths)
+    for po in drop:
+        expected.pop(po)
+    h.log(h.check_exact(expected, recs, host_id=HOST, label="topic logs (read_committed)"))
+    h.log(f"{hidden} records of transactions that did not commit were hidden")
+    return recs
+
+
+def run_case(name, body, rng, cluster_kwargs=None):
+    h.log(f"--- {name} ---")
+    wd = h.Workdir(f"tailbox-kafka-{name}-")
+    cluster = MockCluster(log_path=os.path.join(wd.root, "mock.log"), **(cluster_kwargs or {}))
+    tb = h.Tailbox(wd)
+    passed = False
+    try:
+        body(wd, cluster, tb, rng)
+        passed = True
+    except h.TestFailure:
+        h.report_failure_context(wd)
+        raise
+    finally:
+        tb.close()
+        cluster.close()
+        wd.cleanup(passed)
+
+
+def caught_up(wd, paths):
+    """Every file read to its end (read_offset = size) and no row pending."""
+    return pending(wd) == 0 and caught_up_reading(wd, paths)
+
+
+def caught_up_reading(wd, paths):
+    """Every file read to its end (read_offset = size)."""
+    if not os.path.exists(wd.outbox):
+        return False
+    conn = h.sqlite_connect(wd.outbox)
+    try:
+        offsets = dict(conn.execute("SELECT path, read_offset FROM files"))
+    finally:
+        conn.close()
+    return all(offsets.get(p, -1) == os.path.getsize(p) for p in paths)
+
+
+def wait_drained(wd, w, tb, timeout=120, paths=None):
+    paths = paths or w.paths
+    h.wait_until(lambda: caught_up(wd, paths), timeout, f"all {w.seq} lines delivered",
+                 interval=0.5, tailbox=tb, progress=lambda: f"{pending(wd)} rows pending")
+
+

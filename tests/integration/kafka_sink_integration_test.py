@@ -24,6 +24,7 @@ Usage: TAILBOX_BIN=build/tailbox KAFKA_MOCK_BIN=build/tests/kafka_mock \\
 
 import json
 import os
+import random
 import sys
 import time
 
@@ -31,105 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import kafka_mock as km  # noqa: E402
 
-HOST = "edge1"
-FILES = ["a.log", "b.log", "c.log", "d.log"]
-
-
-def write_kafka_config(wd, bootstrap, sink_extra=None, **kwargs):
-    h.write_config(wd, host_id=HOST, **kwargs)
-    with open(wd.config) as f:
-        text = f.read()
-    text = text[:text.index("\n[sink]\n")]
-    sink = {"type": "kafka", "brokers": bootstrap, "topic": km.TOPIC, "format": "raw",
-            "timeout": "10s"}
-    sink.update(sink_extra or {})
-    text += "\n[sink]\n" + "".join(f"{k} = {h._toml_value(v)}\n" for k, v in sink.items())
-    with open(wd.config, "w") as f:
-        f.write(text)
-    r = h.run_cli(["check", "-c", wd.config])
-    if r.returncode != 0:
-        h.fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
-
-
-class Writer:
-    def __init__(self, wd, rng, files=FILES):
-        self.rng = rng
-        self.paths = [wd.log_path(n) for n in files]
-        self.src = h.SourceFiles(self.paths)
-        self.seq = 0
-
-    def burst(self, n, path=None, torn=False):
-        path = path or self.rng.choice(self.paths)
-        tag = os.path.basename(path)[0]
-        data = b"".join(h.make_line(self.rng, tag, self.seq + i) for i in range(n))
-        self.seq += n
-        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
-        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
-
-    def close(self):
-        self.src.close()
-
-
-def pending(wd):
-    if not os.path.exists(wd.outbox):
-        return -1
-    try:
-        return h.outbox_states(wd.outbox).get("pending", 0)
-    except Exception:
-        return -1
-
-
-def dead_rows(wd):
-    conn = h.sqlite_connect(wd.outbox)
-    try:
-        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
-                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead'").fetchall()
-    finally:
-        conn.close()
-
-
-def stop_clean(tb):
-    rc = tb.stop()
-    if rc != 0:
-        h.fail(f"tailbox exited {rc} after SIGTERM")
-
-
-def check_exact(cluster, paths, drop=()):
-    recs, hidden = cluster.read_committed()
-    expected = h.expected_from_files(paths)
-    for po in drop:
-        expected.pop(po)
-    h.log(h.check_exact(expected, recs, host_id=HOST, label="topic logs (read_committed)"))
-    h.log(f"{hidden} records of transactions that did not commit were hidden")
-    return recs
-
-
-def run_case(name, body, rng, cluster_kwargs=None):
-    h.log(f"--- {name} ---")
-    wd = h.Workdir(f"tailbox-kafka-{name}-")
-    cluster = km.MockCluster(log_path=os.path.join(wd.root, "mock.log"), **(cluster_kwargs or {}))
-    tb = h.Tailbox(wd)
-    passed = False
-    try:
-        body(wd, cluster, tb, rng)
-        passed = True
-    except h.TestFailure:
-        h.report_failure_context(wd)
-        raise
-    finally:
-        tb.close()
-        cluster.close()
-        wd.cleanup(passed)
-
-
-def wait_lines_in_outbox_or_done(wd, w, tb):
-    h.wait_until(lambda: pending(wd) == 0, 120, f"all {w.seq} lines delivered", interval=0.5,
-                 tailbox=tb, progress=lambda: f"{pending(wd)} rows pending")
+HOST = km.HOST
 
 
 def case_broker_errors(wd, cluster, tb, rng):
-    write_kafka_config(wd, cluster.bootstrap, delivery={"backoff_min": "100ms", "backoff_max": "1s"})
-    w = Writer(wd, rng)
+    km.write_kafka_config(wd, cluster.bootstrap, delivery={"backoff_min": "100ms", "backoff_max": "1s"})
+    w = km.Writer(wd, rng)
     for p in w.paths:
         w.burst(5_000, path=p)
     tb.start()
@@ -151,21 +59,21 @@ def case_broker_errors(wd, cluster, tb, rng):
         time.sleep(0.15)
     cluster.broker_up(2)
     h.log(f"{w.seq} lines written")
-    wait_lines_in_outbox_or_done(wd, w, tb)
-    stop_clean(tb)
+    km.wait_drained(wd, w, tb)
+    km.stop_clean(tb)
     w.close()
-    check_exact(cluster, w.paths)
-    if dead_rows(wd):
-        h.fail(f"dead rows: {dead_rows(wd)[:5]}")
+    km.check_exact(cluster, w.paths)
+    if km.dead_rows(wd):
+        h.fail(f"dead rows: {km.dead_rows(wd)[:5]}")
 
 
 def case_outage(wd, cluster, tb, rng):
-    write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "3s"},
+    km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "3s"},
                        delivery={"backoff_min": "100ms", "backoff_max": "1s"})
-    w = Writer(wd, rng)
+    w = km.Writer(wd, rng)
     w.burst(3_000)
     tb.start()
-    h.wait_until(lambda: pending(wd) == 0, 60, "the first 3,000 lines", tailbox=tb)
+    h.wait_until(lambda: km.pending(wd) == 0, 60, "the first 3,000 lines", tailbox=tb)
     h.log("all three brokers down for 6 s while lines are written")
     for b in (1, 2, 3):
         cluster.broker_down(b)
@@ -174,23 +82,23 @@ def case_outage(wd, cluster, tb, rng):
         w.burst(rng.randint(100, 500))
         time.sleep(0.2)
     tb.assert_alive("the brokers were down")
-    waiting = pending(wd)
+    waiting = km.pending(wd)
     h.log(f"{w.seq} lines written; {waiting} rows wait in the outbox; brokers up")
     if waiting <= 0:
         h.fail("no rows waited in the outbox while every broker was down")
     for b in (1, 2, 3):
         cluster.broker_up(b)
     w.burst(1_000)
-    wait_lines_in_outbox_or_done(wd, w, tb)
-    stop_clean(tb)
+    km.wait_drained(wd, w, tb)
+    km.stop_clean(tb)
     w.close()
-    check_exact(cluster, w.paths)
-    if dead_rows(wd):
-        h.fail(f"the outage dead-lettered rows: {dead_rows(wd)[:5]}")
+    km.check_exact(cluster, w.paths)
+    if km.dead_rows(wd):
+        h.fail(f"the outage dead-lettered rows: {km.dead_rows(wd)[:5]}")
 
 
 def case_too_large(wd, cluster, tb, rng):
-    write_kafka_config(wd, cluster.bootstrap, sink_extra={"properties": ["message.max.bytes=20000"]})
+    km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"properties": ["message.max.bytes=20000"]})
     path = wd.log_path("big.log")
     data, big_at = b"", None
     for i in range(3_000):
@@ -201,38 +109,38 @@ def case_too_large(wd, cluster, tb, rng):
     with open(path, "wb") as f:
         f.write(data)
     tb.start()
-    h.wait_until(lambda: pending(wd) == 0 and len(dead_rows(wd)) == 1, 60,
+    h.wait_until(lambda: km.caught_up(wd, [path]) and len(km.dead_rows(wd)) == 1, 60,
                  "the big line dead-lettered and the rest delivered", tailbox=tb,
-                 progress=lambda: f"{pending(wd)} pending, {len(dead_rows(wd))} dead")
-    off, p, err = dead_rows(wd)[0]
+                 progress=lambda: f"{km.pending(wd)} pending, {len(km.dead_rows(wd))} dead")
+    off, p, err = km.dead_rows(wd)[0]
     if (p, off) != big_at or "message.max.bytes" not in (err or ""):
         h.fail(f"dead row {(p, off, err)}, expected the 50 KB line at {big_at} with the size reason")
     h.log(f"dead row: {err}")
-    stop_clean(tb)
-    check_exact(cluster, [path], drop=[big_at])
+    km.stop_clean(tb)
+    km.check_exact(cluster, [path], drop=[big_at])
 
 
 def case_idempotent(wd, cluster, tb, rng):
-    write_kafka_config(wd, cluster.bootstrap, sink_extra={"mode": "idempotent"})
-    w = Writer(wd, rng)
+    km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"mode": "idempotent"})
+    w = km.Writer(wd, rng)
     for p in w.paths:
         w.burst(5_000, path=p)
     tb.start()
-    wait_lines_in_outbox_or_done(wd, w, tb)
-    stop_clean(tb)
+    km.wait_drained(wd, w, tb)
+    km.stop_clean(tb)
     w.close()
     expected = h.expected_from_files(w.paths)
     h.log(h.check_exact(expected, cluster.read_all(), host_id=HOST, label="topic logs (idempotent)"))
 
 
 def case_key_file_ndjson(wd, cluster, tb, rng):
-    write_kafka_config(wd, cluster.bootstrap, sink_extra={"key": "file", "format": "ndjson"})
-    w = Writer(wd, rng, files=["a.log", "b.log"])
+    km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"key": "file", "format": "ndjson"})
+    w = km.Writer(wd, rng, files=["a.log", "b.log"])
     for p in w.paths:
         w.burst(1_000, path=p)
     tb.start()
-    wait_lines_in_outbox_or_done(wd, w, tb)
-    stop_clean(tb)
+    km.wait_drained(wd, w, tb)
+    km.stop_clean(tb)
     w.close()
     keys_by_path = {}
     n = 0
@@ -252,7 +160,6 @@ def case_key_file_ndjson(wd, cluster, tb, rng):
 
 
 def main():
-    import random
     seed = h.seed_from_env()
     rng = random.Random(seed)
     only = os.environ.get("TAILBOX_CASE")
@@ -260,13 +167,9 @@ def main():
                        ("too_large", case_too_large), ("idempotent", case_idempotent),
                        ("key_file", case_key_file_ndjson)):
         if not only or only == name:
-            run_case(name, body, rng)
+            km.run_case(name, body, rng)
     h.log("PASS")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except h.TestFailure as e:
-        h.log(f"FAIL: {e}")
-        sys.exit(1)
+    h.main(main, "integration_kafka")
