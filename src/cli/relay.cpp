@@ -77,6 +77,19 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                  [&ds] { return double(ds.dead.load()); });
   reg.gauge_fn("tailbox_sink_in_flight_rows", "Rows leased to workers right now.", sl,
                [&ds] { return double(ds.in_flight.load()); });
+  reg.gauge_fn("tailbox_sink_last_failure_timestamp_seconds",
+               "Unix time of the last failed delivery (0: none since start).", sl,
+               [&ds] { return double(ds.last_failure_ms.load()) / 1000.0; });
+  reg.add_collector([&ds, name = sink.name()] {
+    // The last failure's message as a label: one series per sink, replaced.
+    std::string e = ds.last_error();
+    if (e.empty()) return std::string();
+    if (e.size() > 200) e = e.substr(0, 200) + "...";
+    return "# HELP tailbox_sink_last_error The destination's message of the last failed delivery.\n"
+           "# TYPE tailbox_sink_last_error gauge\n"
+           "tailbox_sink_last_error{sink=\"" + metrics::escape_label(name) + "\",error=\"" +
+           metrics::escape_label(e) + "\"} 1\n";
+  });
   reg.add_collector([&ds, name = sink.name()] {
     // The dispatcher owns its histogram; render it here with the sink label.
     const auto& h = ds.batch_seconds;

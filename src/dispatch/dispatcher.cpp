@@ -211,7 +211,10 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       Delivery d = co_await sink.deliver(records);
       stats.batch_seconds.observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
-      if (d.outcome != Delivery::Outcome::delivered) stats.last_failure_ms = unix_ms();
+      if (d.outcome != Delivery::Outcome::delivered) {
+        stats.last_failure_ms = unix_ms();
+        stats.set_last_error(d.detail);
+      }
       if (d.outcome == Delivery::Outcome::delivered) {
         co_await wait_acks(w);
         if (w.ack_dropped) co_return false;   // stopping: these rows stay pending

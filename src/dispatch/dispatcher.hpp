@@ -13,6 +13,8 @@
 #pragma once
 
 #include <atomic>
+#include <mutex>
+#include <string>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
@@ -38,8 +40,21 @@ struct DispatchStats {
   std::atomic<int64_t> in_flight{0};       // rows leased right now
   std::atomic<int64_t> last_success_ms{0};
   std::atomic<int64_t> last_failure_ms{0};
+  // The destination's message of the last failed delivery (retry or reject).
+  std::string last_error() const {
+    std::lock_guard lock(error_mu);
+    return last_error_;
+  }
+  void set_last_error(std::string e) {
+    std::lock_guard lock(error_mu);
+    last_error_ = std::move(e);
+  }
   // Seconds a sink took per deliver() call, whatever the outcome.
   metrics::Histogram batch_seconds{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
+
+ private:
+  mutable std::mutex error_mu;
+  std::string last_error_;
 };
 
 class Dispatcher {

@@ -10,7 +10,8 @@ the mock does not implement) and compares it line by line with the files.
    EndTxn requests (COORDINATOR_NOT_AVAILABLE) and takes broker 2 down for 1.5 s:
    each line exactly once, nothing dead-lettered.
 2. Outage: all three brokers down for 6 s while lines are written: tailbox
-   keeps reading (rows wait in the outbox), then delivers each line once.
+   keeps reading (rows wait in the outbox), /metrics shows the retries and the
+   last error, then each line is delivered once (and counted as delivered).
 3. A record larger than message.max.bytes is dead-lettered with the reason;
    the lines around it arrive.
 4. mode = "idempotent" (no transactions): 20,000 lines, each exactly once
@@ -25,8 +26,11 @@ Usage: TAILBOX_BIN=build/tailbox KAFKA_MOCK_BIN=build/tests/kafka_mock \\
 import json
 import os
 import random
+import re
+import socket
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -36,7 +40,8 @@ HOST = km.HOST
 
 
 def case_broker_errors(wd, cluster, tb, rng):
-    km.write_kafka_config(wd, cluster.bootstrap, delivery={"backoff_min": "100ms", "backoff_max": "1s"})
+    km.write_kafka_config(wd, cluster.bootstrap,
+                          delivery={"backoff_min": "100ms", "backoff_max": "1s"})
     w = km.Writer(wd, rng)
     for p in w.paths:
         w.burst(5_000, path=p)
@@ -67,9 +72,29 @@ def case_broker_errors(wd, cluster, tb, rng):
         h.fail(f"dead rows: {km.dead_rows(wd)[:5]}")
 
 
+def scrape(port):
+    """{metric name: [(labels text, value)]} from tailbox's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^(\w+)(\{.*\})? (\S+)$', line)
+        if m:
+            out.setdefault(m.group(1), []).append((m.group(2) or "", float(m.group(3))))
+    return out
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def case_outage(wd, cluster, tb, rng):
+    port = free_port()
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "3s"},
-                       delivery={"backoff_min": "100ms", "backoff_max": "1s"})
+                          delivery={"backoff_min": "100ms", "backoff_max": "1s"},
+                          metrics={"listen": f"127.0.0.1:{port}"})
     w = km.Writer(wd, rng)
     w.burst(3_000)
     tb.start()
@@ -86,10 +111,19 @@ def case_outage(wd, cluster, tb, rng):
     h.log(f"{w.seq} lines written; {waiting} rows wait in the outbox; brokers up")
     if waiting <= 0:
         h.fail("no rows waited in the outbox while every broker was down")
+    m = scrape(port)
+    retries = sum(v for _, v in m.get("tailbox_sink_retries_total", []))
+    errors = [lab for lab, _ in m.get("tailbox_sink_last_error", [])]
+    if retries <= 0 or not errors or 'sink="kafka:' not in errors[0]:
+        h.fail(f"/metrics during the outage: retries {retries}, last error {errors}")
+    h.log(f"/metrics during the outage: {retries:.0f} retries, last error {errors[0][:160]}")
     for b in (1, 2, 3):
         cluster.broker_up(b)
     w.burst(1_000)
     km.wait_drained(wd, w, tb)
+    delivered = sum(v for _, v in scrape(port).get("tailbox_sink_delivered_rows_total", []))
+    if delivered != w.seq:
+        h.fail(f"tailbox_sink_delivered_rows_total is {delivered}, {w.seq} lines were delivered")
     km.stop_clean(tb)
     w.close()
     km.check_exact(cluster, w.paths)
