@@ -7,7 +7,6 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -20,6 +19,7 @@
 #include <boost/asio/this_coro.hpp>
 
 #include "cli/logging.hpp"
+#include "core/blocking.hpp"
 #include "core/clock.hpp"
 #include "dispatch/dispatcher.hpp"
 #include "metrics/http_server.hpp"
@@ -148,16 +148,8 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
     std::string error;
     try {
       auto state = co_await outbox.run([&](outbox::Outbox& o) { return o.sink_state(sink.name()); });
-      co_await asio::post(opener, asio::use_awaitable);
-      std::optional<std::string> initial;
-      std::exception_ptr failure;
-      try {
-        initial = sink.open(state);
-      } catch (...) {
-        failure = std::current_exception();
-      }
-      co_await asio::post(home, asio::use_awaitable);
-      if (failure) std::rethrow_exception(failure);
+      auto open = [&sink, &state] { return sink.open(state); };
+      std::optional<std::string> initial = co_await run_blocking(opener, open);
       if (initial) {
         Status st = co_await outbox.run(
             [&](outbox::Outbox& o) { return o.set_sink_state(sink.name(), *initial); });

@@ -3,6 +3,7 @@
 #include "sinks/file/file_sink.hpp"
 #include "sinks/http/http_sink.hpp"
 #include "sinks/kafka/kafka_sink.hpp"
+#include "sinks/nats/nats_sink.hpp"
 #include "sinks/postgres/postgres_sink.hpp"
 #include "sinks/sqlite/sqlite_sink.hpp"
 
@@ -15,7 +16,8 @@ std::unique_ptr<Sink> make_sink(config::SinkConfig& config, boost::asio::any_io_
   else if (config.type == "postgres") sink = std::make_unique<PostgresSink>(config.settings, executor);
   else if (config.type == "http") sink = std::make_unique<HttpSink>(config.settings, executor);
   else if (config.type == "kafka") sink = std::make_unique<KafkaSink>(config.settings, config.host_id, executor);
-  else config.settings.fail("type", "unknown sink \"" + config.type + "\"; known: \"sqlite\", \"file\", \"postgres\", \"http\", \"kafka\"");
+  else if (config.type == "nats") sink = std::make_unique<NatsSink>(config.settings, config.host_id, executor);
+  else config.settings.fail("type", "unknown sink \"" + config.type + "\"; known: \"sqlite\", \"file\", \"postgres\", \"http\", \"kafka\", \"nats\"");
   config.settings.finish();
   return sink;
 }

@@ -10,6 +10,9 @@
 //       rtt <id> <ms>                         slows a broker down
 //     Exits when stdin closes.
 //
+//   kafka_mock count <bootstrap> <topic>
+//     Prints how many records the topic took (sum of its high watermarks).
+//
 //   kafka_mock dump <bootstrap> <topic>
 //     Reads every message of every partition from the start (the mock ignores
 //     isolation.level: it shows aborted and open transactions too) and prints
@@ -199,9 +202,38 @@ int dump(const std::string& bootstrap, const std::string& topic) {
 
 }  // namespace
 
+// Sum of the high watermarks of `topic`'s partitions: the records it holds
+// (the mock writes no transaction markers).
+int count(const std::string& bootstrap, const std::string& topic) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+  rd_kafka_t* c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (!c) return 1;
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(c, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rd_kafka_metadata(c, 0, rkt, &md, 10000) || md->topic_cnt != 1 || md->topics[0].err) {
+    std::fprintf(stderr, "no metadata for %s\n", topic.c_str());
+    return 1;
+  }
+  int parts = md->topics[0].partition_cnt;
+  rd_kafka_metadata_destroy(md);
+  rd_kafka_topic_destroy(rkt);
+  long long total = 0;
+  for (int p = 0; p < parts; ++p) {
+    int64_t lo = 0, hi = 0;
+    if (rd_kafka_query_watermark_offsets(c, topic.c_str(), p, &lo, &hi, 10000)) return 1;
+    total += hi;
+  }
+  std::printf("%lld\n", total);
+  rd_kafka_destroy(c);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "serve") return serve(argc, argv);
+  if (argc == 4 && std::string(argv[1]) == "count") return count(argv[2], argv[3]);
   if (argc == 4 && std::string(argv[1]) == "dump") return dump(argv[2], argv[3]);
-  std::fprintf(stderr, "usage: kafka_mock serve [--brokers N] [--topic name:partitions]... | dump <bootstrap> <topic>\n");
+  std::fprintf(stderr, "usage: kafka_mock serve [--brokers N] [--topic name:partitions]... | count|dump <bootstrap> <topic>\n");
   return 2;
 }

@@ -4,8 +4,6 @@
 #include <spdlog/spdlog.h>
 #include <zlib.h>
 
-#include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
@@ -18,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/blocking.hpp"
 #include "core/log_limit.hpp"
 #include "core/secret.hpp"
 #include "sinks/ndjson.hpp"
@@ -671,16 +670,15 @@ std::optional<std::string> KafkaSink::open(const std::optional<std::string>& com
 }
 
 asio::awaitable<Delivery> KafkaSink::deliver(std::span<const Record> batch) {
-  auto back = co_await asio::this_coro::executor;
-  co_await asio::post(impl_->pool, asio::use_awaitable);
-  Delivery d;
-  try {
-    d = impl_->transactional ? impl_->deliver_transactional(batch) : impl_->deliver_idempotent(batch);
-  } catch (const std::exception& e) {
-    d = Delivery::retry(e.what());
-  }
-  co_await asio::post(back, asio::use_awaitable);
-  co_return d;
+  Impl& m = *impl_;
+  auto work = [&m, batch]() -> Delivery {
+    try {
+      return m.transactional ? m.deliver_transactional(batch) : m.deliver_idempotent(batch);
+    } catch (const std::exception& e) {
+      return Delivery::retry(e.what());
+    }
+  };
+  co_return co_await run_blocking(m.pool, work);
 }
 
 void KafkaSink::committed(const std::string& state) {
