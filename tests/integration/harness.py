@@ -660,6 +660,78 @@ def _write_all(fd, data):
         view = view[n:]
 
 
+
+# ---------------------------------------------------------------------------
+# Shared by the tests of the network sinks (postgres, kafka, nats, ...)
+# ---------------------------------------------------------------------------
+
+def write_sink_config(wd, sink, **kwargs):
+    """write_config() with `sink` (a dict) as the [sink] table; `tailbox check` must accept it."""
+    write_config(wd, **kwargs)
+    with open(wd.config) as f:
+        text = f.read()
+    text = text[:text.index("\n[sink]\n")]
+    text += "\n[sink]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in sink.items())
+    with open(wd.config, "w") as f:
+        f.write(text)
+    r = run_cli(["check", "-c", wd.config])
+    if r.returncode != 0:
+        fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
+    return r
+
+
+class Writer:
+    """Appends unique lines (make_line) to files of a work directory, in bursts."""
+
+    def __init__(self, wd, rng, files=("a.log", "b.log", "c.log", "d.log")):
+        self.wd, self.rng = wd, rng
+        self.paths = [wd.log_path(n) for n in files]
+        self.src = SourceFiles(self.paths)
+        self.seq = 0
+
+    def burst(self, n, path=None, torn=False):
+        path = path or self.rng.choice(self.paths)
+        tag = os.path.basename(path)[0]
+        data = b"".join(make_line(self.rng, tag, self.seq + i) for i in range(n))
+        self.seq += n
+        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
+        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
+
+    def spread(self, n, bursts):
+        for k in range(bursts):
+            self.burst(n // bursts + (1 if k < n % bursts else 0), path=self.paths[k % len(self.paths)])
+
+    def close(self):
+        self.src.close()
+
+
+def pending_rows(wd):
+    """Rows pending in the outbox; -1 while it (or its schema) is not there yet."""
+    if not os.path.exists(wd.outbox):
+        return -1
+    try:
+        return outbox_states(wd.outbox).get("pending", 0)
+    except Exception:
+        return -1
+
+
+def dead_rows(wd):
+    """[(offset, path, last_error)] of the dead rows, by offset."""
+    conn = sqlite_connect(wd.outbox)
+    try:
+        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
+                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead' "
+                            "ORDER BY o.offset").fetchall()
+    finally:
+        conn.close()
+
+
+def stop_clean(tb):
+    """SIGTERM; fails unless tailbox exits 0."""
+    rc = tb.stop()
+    if rc != 0:
+        fail(f"tailbox exited {rc} after SIGTERM")
+
 # ---------------------------------------------------------------------------
 # Running a test
 # ---------------------------------------------------------------------------

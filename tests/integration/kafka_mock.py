@@ -151,62 +151,16 @@ class MockCluster:
 # ---------------------------------------------------------------------------
 
 def write_kafka_config(wd, bootstrap, sink_extra=None, **kwargs):
-    h.write_config(wd, host_id=HOST, **kwargs)
-    with open(wd.config) as f:
-        text = f.read()
-    text = text[:text.index("\n[sink]\n")]
     sink = {"type": "kafka", "brokers": bootstrap, "topic": TOPIC, "format": "raw",
             "timeout": "10s"}
     sink.update(sink_extra or {})
-    text += "\n[sink]\n" + "".join(f"{k} = {h._toml_value(v)}\n" for k, v in sink.items())
-    with open(wd.config, "w") as f:
-        f.write(text)
-    r = h.run_cli(["check", "-c", wd.config])
-    if r.returncode != 0:
-        h.fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
+    return h.write_sink_config(wd, sink, host_id=HOST, **kwargs)
 
 
-class Writer:
-    def __init__(self, wd, rng, files=FILES):
-        self.rng = rng
-        self.paths = [wd.log_path(n) for n in files]
-        self.src = h.SourceFiles(self.paths)
-        self.seq = 0
-
-    def burst(self, n, path=None, torn=False):
-        path = path or self.rng.choice(self.paths)
-        tag = os.path.basename(path)[0]
-        data = b"".join(h.make_line(self.rng, tag, self.seq + i) for i in range(n))
-        self.seq += n
-        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
-        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
-
-    def close(self):
-        self.src.close()
-
-
-def pending(wd):
-    if not os.path.exists(wd.outbox):
-        return -1
-    try:
-        return h.outbox_states(wd.outbox).get("pending", 0)
-    except Exception:
-        return -1
-
-
-def dead_rows(wd):
-    conn = h.sqlite_connect(wd.outbox)
-    try:
-        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
-                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead'").fetchall()
-    finally:
-        conn.close()
-
-
-def stop_clean(tb):
-    rc = tb.stop()
-    if rc != 0:
-        h.fail(f"tailbox exited {rc} after SIGTERM")
+Writer = h.Writer
+pending = h.pending_rows
+dead_rows = h.dead_rows
+stop_clean = h.stop_clean
 
 
 def check_exact(cluster, paths, drop=()):

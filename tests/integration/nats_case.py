@@ -16,46 +16,17 @@ FILES = ["a.log", "b.log", "c.log", "d.log"]
 
 
 def write_nats_config(wd, url, stream, sink_extra=None, **kwargs):
-    """harness.write_config with a [sink] table for the nats sink; `tailbox check` must accept it."""
+    """The nats sink's [sink] table over harness.write_config; `tailbox check` must accept it."""
     kwargs.setdefault("delivery", {"backoff_min": "100ms", "backoff_max": "1s"})
-    h.write_config(wd, host_id=HOST, **kwargs)
-    with open(wd.config) as f:
-        text = f.read()
-    text = text[:text.index("\n[sink]\n")]
     sink = {"type": "nats", "url": url, "stream": stream, "timeout": "5s"}
     sink.update(sink_extra or {})
-    text += "\n[sink]\n" + "".join(f"{k} = {h._toml_value(v)}\n" for k, v in sink.items())
-    with open(wd.config, "w") as f:
-        f.write(text)
-    r = h.run_cli(["check", "-c", wd.config])
-    if r.returncode != 0:
-        h.fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
-    return r
+    return h.write_sink_config(wd, sink, host_id=HOST, **kwargs)
 
 
-class Writer:
-    """Appends unique lines (harness.make_line's variety) to FILES."""
-
-    def __init__(self, wd, rng, files=FILES):
-        self.wd, self.rng = wd, rng
-        self.paths = [wd.log_path(n) for n in files]
-        self.src = h.SourceFiles(self.paths)
-        self.seq = 0
-
-    def burst(self, n, path=None, torn=False):
-        path = path or self.rng.choice(self.paths)
-        tag = os.path.basename(path)[0]
-        data = b"".join(h.make_line(self.rng, tag, self.seq + i) for i in range(n))
-        self.seq += n
-        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
-        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
-
-    def spread(self, n, bursts):
-        for k in range(bursts):
-            self.burst(n // bursts + (1 if k < n % bursts else 0), path=self.paths[k % len(self.paths)])
-
-    def close(self):
-        self.src.close()
+Writer = h.Writer
+pending = h.pending_rows
+dead_rows = h.dead_rows
+stop_clean = h.stop_clean
 
 
 def client(ports):
@@ -113,25 +84,6 @@ def read_records(ports, stream):
     return recs
 
 
-def pending(wd):
-    if not os.path.exists(wd.outbox):
-        return -1
-    try:
-        return h.outbox_states(wd.outbox).get("pending", 0)
-    except Exception:   # the schema is not there yet
-        return -1
-
-
-def dead_rows(wd):
-    conn = h.sqlite_connect(wd.outbox)
-    try:
-        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
-                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead' "
-                            "ORDER BY o.offset").fetchall()
-    finally:
-        conn.close()
-
-
 def wait_all(ports, stream, wd, tb, expected, timeout, what):
     """Until the outbox has nothing pending and the stream holds >= expected messages."""
     def done():
@@ -149,12 +101,6 @@ def check_exact(ports, stream, paths, drop=()):
     recs = read_records(ports, stream)
     h.log(h.check_exact(expected, recs, host_id=HOST, label=f"stream {stream}")
           + f" (read back in {time.monotonic() - t0:.1f}s)")
-
-
-def stop_clean(tb):
-    rc = tb.stop()
-    if rc != 0:
-        h.fail(f"tailbox exited {rc} after SIGTERM")
 
 
 READ_BACK = re.compile(r"read back (\d+) messages after sequence (\d+): (\d+) of this host's")

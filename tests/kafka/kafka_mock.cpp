@@ -107,6 +107,20 @@ int serve(int argc, char** argv) {
   return 0;
 }
 
+// The topic's partition count, or 0 (after saying why) when it is unknown.
+int partitions_of(rd_kafka_t* c, const std::string& topic) {
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(c, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* md = nullptr;
+  int parts = 0;
+  if (rd_kafka_metadata(c, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (md->topic_cnt == 1 && !md->topics[0].err) parts = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+  }
+  rd_kafka_topic_destroy(rkt);
+  if (parts <= 0) std::fprintf(stderr, "no metadata for %s\n", topic.c_str());
+  return parts;
+}
+
 int dump(const std::string& bootstrap, const std::string& topic) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
@@ -120,15 +134,8 @@ int dump(const std::string& bootstrap, const std::string& topic) {
     std::fprintf(stderr, "rd_kafka_new: %s\n", err);
     return 1;
   }
-  rd_kafka_topic_t* rkt = rd_kafka_topic_new(c, topic.c_str(), nullptr);
-  const rd_kafka_metadata_t* md = nullptr;
-  if (rd_kafka_metadata(c, 0, rkt, &md, 10000) || md->topic_cnt != 1 || md->topics[0].err) {
-    std::fprintf(stderr, "no metadata for %s\n", topic.c_str());
-    return 1;
-  }
-  int parts = md->topics[0].partition_cnt;
-  rd_kafka_metadata_destroy(md);
-  rd_kafka_topic_destroy(rkt);
+  int parts = partitions_of(c, topic);
+  if (parts <= 0) return 1;
   // Read each partition up to its high watermark (asked first), so that an
   // EOF event seen twice for one partition cannot end the dump early.
   std::vector<int64_t> high(static_cast<size_t>(parts)), next(static_cast<size_t>(parts), 0);
@@ -200,8 +207,6 @@ int dump(const std::string& bootstrap, const std::string& topic) {
   return 0;
 }
 
-}  // namespace
-
 // Sum of the high watermarks of `topic`'s partitions: the records it holds
 // (the mock writes no transaction markers).
 int count(const std::string& bootstrap, const std::string& topic) {
@@ -210,15 +215,8 @@ int count(const std::string& bootstrap, const std::string& topic) {
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
   rd_kafka_t* c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
   if (!c) return 1;
-  rd_kafka_topic_t* rkt = rd_kafka_topic_new(c, topic.c_str(), nullptr);
-  const rd_kafka_metadata_t* md = nullptr;
-  if (rd_kafka_metadata(c, 0, rkt, &md, 10000) || md->topic_cnt != 1 || md->topics[0].err) {
-    std::fprintf(stderr, "no metadata for %s\n", topic.c_str());
-    return 1;
-  }
-  int parts = md->topics[0].partition_cnt;
-  rd_kafka_metadata_destroy(md);
-  rd_kafka_topic_destroy(rkt);
+  int parts = partitions_of(c, topic);
+  if (parts <= 0) return 1;
   long long total = 0;
   for (int p = 0; p < parts; ++p) {
     int64_t lo = 0, hi = 0;
@@ -229,6 +227,8 @@ int count(const std::string& bootstrap, const std::string& topic) {
   rd_kafka_destroy(c);
   return 0;
 }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "serve") return serve(argc, argv);
