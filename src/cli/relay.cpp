@@ -222,6 +222,9 @@ int run_relay(config::Config cfg) {
   spdlog::info("tailbox {} starting: host_id {}, outbox {} ({} rows waiting), sink {} ({})",
                TAILBOX_VERSION, cfg.host_id, cfg.outbox.path, backlog.rows, sink->name(),
                sink->guarantee());
+  if (cfg.sink.type == "kafka" && cfg.outbox.synchronous != config::Synchronous::full)
+    spdlog::warn("[outbox] synchronous is not \"full\": after a power loss, lines Kafka already "
+                 "has may be sent again (a Kafka transaction cannot be rolled back with the outbox)");
 
   std::unique_ptr<tail::Tailer> tailer_ptr;
   try {

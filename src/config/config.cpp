@@ -179,6 +179,10 @@ Config load_string(const std::string& text, const std::string& origin) {
     if (cfg.outbox.path.empty()) o.fail("path", "must not be empty");
     cfg.outbox.max_rows = o.integer("max_rows", cfg.outbox.max_rows, 100, int64_t{1} << 40);
     cfg.outbox.max_bytes = o.integer("max_bytes", cfg.outbox.max_bytes, 1 << 16, int64_t{1} << 50);
+    // Default "normal", but "full" for the kafka sink: a Kafka transaction
+    // cannot be rolled back, so the outbox must not forget (power loss) rows
+    // or acks that Kafka already has. Set after [sink] is read, below.
+    cfg.outbox.synchronous_set = o.optional_string("synchronous").has_value();
     std::string sync = o.choice("synchronous", "normal", {"off", "normal", "full"});
     cfg.outbox.synchronous = sync == "off" ? Synchronous::off
                              : sync == "full" ? Synchronous::full : Synchronous::normal;
@@ -219,6 +223,7 @@ Config load_string(const std::string& text, const std::string& origin) {
     Settings sk = to_settings("sink", table_at(root, "sink"));
     cfg.sink.type = sk.required_string("type");
     cfg.sink.host_id = cfg.host_id;
+    if (cfg.sink.type == "kafka" && !cfg.outbox.synchronous_set) cfg.outbox.synchronous = Synchronous::full;
     cfg.sink.settings = std::move(sk);  // the sink reads and finishes the rest
   }
   return cfg;

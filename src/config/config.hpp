@@ -68,7 +68,8 @@ struct OutboxConfig {
   std::string path = "tailbox-outbox.db";
   int64_t max_rows = 2'000'000;            // reading pauses at this backlog...
   int64_t max_bytes = 1LL << 30;           // ...or this many payload bytes
-  Synchronous synchronous = Synchronous::normal;
+  Synchronous synchronous = Synchronous::normal;   // "full" by default with the kafka sink
+  bool synchronous_set = false;            // written in the file (else the default above)
 };
 
 struct DeliveryConfig {

@@ -9,8 +9,9 @@
    brokers are down; another process then locks the outbox and the brokers come
    back, so transactions commit in Kafka but their rows cannot be deleted; then
    tailbox is killed. The restarted tailbox must read its progress record back and
-   acknowledge those rows WITHOUT sending them again: exactly once, and its log
-   says how many rows it skipped.
+   acknowledge those rows WITHOUT sending them again, also when its first
+   attempts fail and are retried (Produce errors injected): exactly once, and
+   its log says how many rows it skipped.
 3. The same gap with mode = "idempotent": the rows ARE sent again, and the
    topic holds duplicates, which is what the README says of that mode
    (at-least-once across crashes). This also shows that case 2 can fail.
@@ -102,7 +103,13 @@ def make_gap(wd, cluster, tb, rng, mode):
 
 def case_gap_transactional(wd, cluster, tb, rng):
     w = make_gap(wd, cluster, tb, rng, "transactional")
-    h.log(f"killed with {km.pending(wd)} rows pending; restarting")
+    # Restart with bigger batches, so that the first batch mixes rows to skip
+    # with rows to send, and make its first attempts fail: a retry must skip
+    # the same rows again.
+    km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "2s"},
+                          delivery={"batch_rows": 1000, "linger": "0ms", "backoff_max": "500ms"})
+    cluster.produce_errors(40, km.TOPIC_AUTHORIZATION_FAILED)
+    h.log(f"killed with {km.pending(wd)} rows pending; restarting with Produce failing for a while")
     tb.start()
     km.wait_drained(wd, w, tb)
     km.stop_clean(tb)
@@ -113,6 +120,11 @@ def case_gap_transactional(wd, cluster, tb, rng):
         h.fail("the restarted tailbox did not acknowledge any committed row without sending it: "
                "the test did not make the gap it is about")
     h.log(f"tailbox said: {skipped[0][24:]}")
+    with open(wd.tailbox_log, errors="replace") as f:
+        retries = sum(1 for line in f if "failed (" in line and "retrying" in line)
+    if retries == 0:
+        h.fail("no delivery failed after the restart: the retry of skipped rows was not tested")
+    h.log(f"{retries} failed attempts logged after the restart")
     km.check_exact(cluster, w.paths)
 
 

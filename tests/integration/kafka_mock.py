@@ -32,7 +32,9 @@ PROGRESS = "logs.tailbox-progress"
 NOT_LEADER_FOR_PARTITION = 6
 REQUEST_TIMED_OUT = 7
 NOT_ENOUGH_REPLICAS = 19
+TOPIC_AUTHORIZATION_FAILED = 29
 COORDINATOR_NOT_AVAILABLE = 15
+COORDINATOR_LOAD_IN_PROGRESS = 14
 API_END_TXN = 26
 
 
@@ -205,7 +207,7 @@ def caught_up_reading(wd, paths):
         offsets = dict(conn.execute("SELECT path, read_offset FROM files"))
     finally:
         conn.close()
-    return all(offsets.get(p, -1) == os.path.getsize(p) for p in paths)
+    return all(offsets.get(p, -1) == os.path.getsize(p) for p in paths if os.path.exists(p))
 
 
 def wait_drained(wd, w, tb, timeout=120, paths=None):

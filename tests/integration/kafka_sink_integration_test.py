@@ -14,9 +14,12 @@ the mock does not implement) and compares it line by line with the files.
    last error, then each line is delivered once (and counted as delivered).
 3. A record larger than message.max.bytes is dead-lettered with the reason;
    the lines around it arrive.
-4. mode = "idempotent" (no transactions): 20,000 lines, each exactly once
+4. Commit timeouts (EndTxn answered with COORDINATOR_LOAD_IN_PROGRESS for longer
+   than `timeout`): the sink learns from its progress record whether the
+   transaction committed and sends nothing twice.
+5. mode = "idempotent" (no transactions): 20,000 lines, each exactly once
    when nothing crashes.
-5. key = "file" and format = "ndjson": the Kafka key is "<host>/<file uid>"
+6. key = "file" and format = "ndjson": the Kafka key is "<host>/<file uid>"
    for every record of a file, and the value is the NDJSON object.
 
 Usage: TAILBOX_BIN=build/tailbox KAFKA_MOCK_BIN=build/tests/kafka_mock \\
@@ -37,6 +40,7 @@ import harness as h  # noqa: E402
 import kafka_mock as km  # noqa: E402
 
 HOST = km.HOST
+SETTLED = "the transaction whose commit timed out did commit"
 
 
 def case_broker_errors(wd, cluster, tb, rng):
@@ -154,6 +158,33 @@ def case_too_large(wd, cluster, tb, rng):
     km.check_exact(cluster, [path], drop=[big_at])
 
 
+def case_commit_timeout(wd, cluster, tb, rng):
+    """Commits that time out (the coordinator answers EndTxn with a retriable
+    error for longer than `timeout`): the outcome is unknown to the sink; it
+    makes a new producer, reads its progress back and learns whether the
+    transaction committed, and sends nothing twice."""
+    km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "2s"},
+                          delivery={"backoff_min": "100ms", "backoff_max": "500ms"})
+    w = km.Writer(wd, rng, files=["a.log"])
+    w.burst(2_000)
+    tb.start()
+    km.wait_drained(wd, w, tb, timeout=60)
+    for _ in range(3):
+        cluster.request_errors(km.API_END_TXN, 60, km.COORDINATOR_LOAD_IN_PROGRESS)
+        w.burst(1_000)
+        h.wait_until(lambda: SETTLED in open(wd.tailbox_log, errors="replace").read()
+                     or km.caught_up(wd, w.paths), 60, "the commit timing out", tailbox=tb)
+    km.wait_drained(wd, w, tb, timeout=120)
+    km.stop_clean(tb)
+    w.close()
+    text = open(wd.tailbox_log, errors="replace").read()
+    settled = text.count(SETTLED)
+    h.log(f"commits that timed out and were found committed on the next attempt: {settled}")
+    if "cannot commit the transaction" not in text:
+        h.fail("no commit timed out: the test did not test what it is about")
+    km.check_exact(cluster, w.paths)
+
+
 def case_idempotent(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"mode": "idempotent"})
     w = km.Writer(wd, rng)
@@ -198,7 +229,8 @@ def main():
     rng = random.Random(seed)
     only = os.environ.get("TAILBOX_CASE")
     for name, body in (("errors", case_broker_errors), ("outage", case_outage),
-                       ("too_large", case_too_large), ("idempotent", case_idempotent),
+                       ("too_large", case_too_large), ("commit_timeout", case_commit_timeout),
+                       ("idempotent", case_idempotent),
                        ("key_file", case_key_file_ndjson)):
         if not only or only == name:
             km.run_case(name, body, rng)

@@ -35,18 +35,27 @@ int32_t kafka_progress_partition(std::string_view key, int32_t partitions) {
 namespace {
 
 // Delivery reports of one batch, counted by librdkafka's callback (which runs
-// inside rd_kafka_flush/poll, on the sink's own thread).
+// inside rd_kafka_flush/poll, on the sink's own thread). Owned by the sink
+// until every report of it arrived: a batch given up early (a timeout) still
+// gets its reports later.
 struct BatchReport {
   int64_t outstanding = 0;
   int64_t failed = 0;
+  bool too_large = false;      // a record was refused for its size
   rd_kafka_resp_err_t first_error = RD_KAFKA_RESP_ERR_NO_ERROR;
 };
+
+bool is_size_error(rd_kafka_resp_err_t e) {
+  return e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || e == RD_KAFKA_RESP_ERR_INVALID_RECORD;
+}
 
 void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void*) {
   auto* report = static_cast<BatchReport*>(m->_private);
   if (!report) return;
   --report->outstanding;
-  if (m->err && report->failed++ == 0) report->first_error = m->err;
+  if (!m->err) return;
+  if (report->failed++ == 0) report->first_error = m->err;
+  if (is_size_error(m->err)) report->too_large = true;
 }
 
 // "<host>/<uid>/<offset>" -> uid and offset.
@@ -63,19 +72,43 @@ bool split_key(std::string_view key, std::string_view& uid, int64_t& offset) {
   return true;
 }
 
-// One Kafka transaction whose rows' outbox ack has not committed yet (or, when
-// inherited, rows read back from the progress topic after a restart that are
-// still to be acknowledged without sending).
+// A file's offsets, ascending, as "first,delta,delta,..." (compact in JSON).
+std::string encode_offsets(const std::set<int64_t>& offsets) {
+  std::string out;
+  int64_t prev = 0;
+  for (int64_t o : offsets) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(o - prev);
+    prev = o;
+  }
+  return out;
+}
+
+std::set<int64_t> decode_offsets(std::string_view text) {
+  std::set<int64_t> out;
+  int64_t prev = 0;
+  while (!text.empty()) {
+    auto comma = text.find(',');
+    std::string_view part = text.substr(0, comma);
+    int64_t v = std::stoll(std::string(part));
+    prev += v;
+    out.insert(prev);
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+// A Kafka transaction whose rows may still be in the outbox. Own: sent by
+// this run, forgotten once its ack committed. Carried: committed to Kafka
+// before the last stop (read back from the progress record); its rows are
+// acknowledged without sending, and each offset is forgotten once the ack of
+// the delivery that skipped it committed.
 struct Txn {
   uint64_t seq = 0;
   std::map<std::string, std::set<int64_t>> offsets;   // file uid -> offsets
-  bool inherited = false;
-  uint64_t last_used = 0;                             // inherited: last delivery that skipped rows
+  bool carried = false;
 };
-
-bool retriable_size_error(rd_kafka_resp_err_t e) {
-  return e != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && e != RD_KAFKA_RESP_ERR_INVALID_RECORD;
-}
 
 }  // namespace
 
@@ -106,14 +139,27 @@ struct KafkaSink::Impl {
   // sending; shared with committed() (another strand).
   std::mutex mu;
   std::list<Txn> unacked;
-  std::unordered_map<std::string, std::list<Txn>::iterator> skip;
+  struct Skip {
+    std::list<Txn>::iterator txn;
+    uint64_t skipped_in = 0;   // the delivery that acknowledged it (0: not yet)
+  };
+  std::unordered_map<std::string, Skip> skip;
+  // A transaction whose commit outcome is unknown (a commit that timed out or
+  // failed fatally): the next delivery reads progress back to learn it.
+  uint64_t unknown_seq = 0;
+  std::list<std::unique_ptr<BatchReport>> reports;   // see BatchReport
 
   ~Impl() {
     pool.join();
     if (producer) {
       rd_kafka_flush(producer, 2000);
-      rd_kafka_destroy(producer);
+      rd_kafka_destroy(producer);   // outstanding reports arrive here, into `reports`
     }
+  }
+
+  BatchReport& new_report() {
+    reports.remove_if([](const std::unique_ptr<BatchReport>& r) { return r->outstanding <= 0; });
+    return *reports.emplace_back(std::make_unique<BatchReport>());
   }
 
   // librdkafka's settings, secrets included (read now, never logged).
@@ -221,6 +267,13 @@ struct KafkaSink::Impl {
   }
 
   // The latest committed progress record of this relay, or "" (read_committed).
+  // Reads backwards from the high watermark (taken after init_transactions,
+  // so it covers this relay's last commit) in growing windows: the progress
+  // partition is shared with other relays and not compacted in its active
+  // segment. The first window must be read up to that watermark: a
+  // read_committed consumer stops at the last stable offset, so another
+  // relay's open transaction makes this wait (and open() fail and retry)
+  // rather than return an older record. Throws when it cannot finish.
   std::string read_progress() {
     rd_kafka_conf_t* conf = base_conf(false);
     char err[512];
@@ -231,38 +284,45 @@ struct KafkaSink::Impl {
                         std::pair{"auto.offset.reset", "earliest"}})
       rd_kafka_conf_set(conf, k, v, err, sizeof err);
     rd_kafka_t* c = make(RD_KAFKA_CONSUMER, conf);
-    std::string latest;
-    std::string failure;
+    std::string latest, failure;
     int32_t p = kafka_progress_partition(transactional_id, progress_partitions);
     int64_t lo = 0, hi = 0;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
     rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(c, progress_topic.c_str(), p, &lo, &hi,
                                                              static_cast<int>(timeout.count()));
-    if (e) {
-      failure = "cannot read the progress topic " + progress_topic + ": " + rd_kafka_err2str(e);
-    } else if (hi > lo) {
+    if (e) failure = "cannot read the progress topic " + progress_topic + ": " + rd_kafka_err2str(e);
+    int64_t end = hi, window = 512;
+    while (failure.empty() && latest.empty() && end > lo) {
+      int64_t start = std::max(lo, end - window);
       rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(1);
-      rd_kafka_topic_partition_list_add(list, progress_topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+      rd_kafka_topic_partition_list_add(list, progress_topic.c_str(), p)->offset = start;
       rd_kafka_assign(c, list);
       rd_kafka_topic_partition_list_destroy(list);
-      auto deadline = std::chrono::steady_clock::now() + timeout;
-      bool done = false;
-      while (!done) {
+      for (bool done = false; !done;) {
         if (std::chrono::steady_clock::now() > deadline) {
-          failure = "timed out reading the progress topic " + progress_topic;
+          failure = "timed out reading the progress topic " + progress_topic + " [" +
+                    std::to_string(p) + "] up to offset " + std::to_string(hi) +
+                    " (another producer's open transaction there holds read_committed back)";
           break;
         }
         rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 200);
         if (!m) continue;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-          done = true;
+          done = m->offset >= end;
         } else if (m->err) {
           if (auto held = log_limit.allow("progress_read"))
             spdlog::warn("{}: reading progress: {}", name, rd_kafka_message_errstr(m));
-        } else if (m->key && std::string_view(static_cast<const char*>(m->key), m->key_len) == transactional_id) {
-          latest.assign(static_cast<const char*>(m->payload), m->len);
+        } else if (m->offset >= end) {
+          done = true;
+        } else {
+          if (m->key && std::string_view(static_cast<const char*>(m->key), m->key_len) == transactional_id)
+            latest.assign(static_cast<const char*>(m->payload), m->len);
+          done = m->offset + 1 >= end;
         }
         rd_kafka_message_destroy(m);
       }
+      end = start;
+      window *= 4;
     }
     rd_kafka_consumer_close(c);
     rd_kafka_destroy(c);
@@ -270,31 +330,54 @@ struct KafkaSink::Impl {
     return latest;
   }
 
-  // Turns the progress record's unacked transactions into keys to skip.
+  // The progress record's transactions whose rows may still be in the outbox:
+  // carried ones, and own ones after the last ack the outbox committed.
+  static std::vector<Txn> pending_in(const std::string& record, uint64_t committed_seq,
+                                     uint64_t& record_seq) {
+    std::vector<Txn> out;
+    json::object o = json::parse(record).as_object();
+    record_seq = static_cast<uint64_t>(o.at("seq").to_number<int64_t>());
+    for (auto& tv : o.at("unacked").as_array()) {
+      auto& t = tv.as_object();
+      Txn txn;
+      txn.seq = static_cast<uint64_t>(t.at("seq").to_number<int64_t>());
+      bool carried = t.contains("carried") && t.at("carried").as_bool();
+      if (!carried && txn.seq <= committed_seq) continue;   // its ack committed: rows gone
+      txn.carried = true;
+      for (auto& [uid, offs] : t.at("files").as_object())
+        txn.offsets[std::string(uid)] = decode_offsets(offs.as_string());
+      out.push_back(std::move(txn));
+    }
+    return out;
+  }
+
+  // Adds `txn` (carried) and its keys to skip. REQUIRES: mu held.
+  size_t carry(Txn txn) {
+    txn.carried = true;
+    auto it = unacked.insert(unacked.end(), std::move(txn));
+    size_t keys = 0;
+    for (auto& [uid, offs] : it->offsets)
+      for (int64_t off : offs) {
+        skip[host_id + "/" + uid + "/" + std::to_string(off)] = Skip{it, 0};
+        ++keys;
+      }
+    return keys;
+  }
+
+  // At open(): what was committed to Kafka but not yet removed from the outbox.
   void inherit(const std::string& record, uint64_t committed_seq) {
     std::lock_guard lock(mu);
     unacked.clear();
     skip.clear();
+    unknown_seq = 0;
     next_seq = committed_seq + 1;
     if (record.empty()) return;
     try {
-      json::object o = json::parse(record).as_object();
-      next_seq = std::max<uint64_t>(next_seq, static_cast<uint64_t>(o.at("seq").to_number<int64_t>()) + 1);
+      uint64_t record_seq = 0;
+      std::vector<Txn> txns = pending_in(record, committed_seq, record_seq);
+      next_seq = std::max<uint64_t>(next_seq, record_seq + 1);
       size_t keys = 0;
-      for (auto& tv : o.at("unacked").as_array()) {
-        auto& t = tv.as_object();
-        Txn txn;
-        txn.seq = static_cast<uint64_t>(t.at("seq").to_number<int64_t>());
-        txn.inherited = true;
-        for (auto& [uid, offs] : t.at("files").as_object())
-          for (auto& off : offs.as_array()) txn.offsets[std::string(uid)].insert(off.to_number<int64_t>());
-        auto it = unacked.insert(unacked.end(), std::move(txn));
-        for (auto& [uid, offs] : it->offsets)
-          for (int64_t off : offs) {
-            skip[host_id + "/" + uid + "/" + std::to_string(off)] = it;
-            ++keys;
-          }
-      }
+      for (auto& t : txns) keys += carry(std::move(t));
       if (keys)
         spdlog::info("{}: {} lines were committed to Kafka before the last stop but not yet "
                      "removed from the outbox; they are acknowledged without sending them again",
@@ -306,48 +389,49 @@ struct KafkaSink::Impl {
     }
   }
 
-  // Skips the batch's rows that are already in Kafka; returns those to send.
+  // After a commit with an unknown outcome (and a new producer, which made the
+  // coordinator finish or abort it): did transaction `seq` commit? Reads the
+  // latest progress record: it is ours and names `seq` exactly when it did.
+  void settle_unknown() {
+    std::string record = read_progress();   // throws: stays unknown, retried
+    uint64_t record_seq = 0;
+    if (!record.empty()) {
+      try {
+        json::object o = json::parse(record).as_object();
+        record_seq = static_cast<uint64_t>(o.at("seq").to_number<int64_t>());
+      } catch (const std::exception&) {
+        record_seq = 0;
+      }
+    }
+    std::lock_guard lock(mu);
+    auto it = std::find_if(unacked.begin(), unacked.end(),
+                           [&](const Txn& t) { return !t.carried && t.seq == unknown_seq; });
+    if (it != unacked.end()) {
+      Txn t = std::move(*it);
+      unacked.erase(it);
+      if (record_seq == unknown_seq) {
+        size_t keys = carry(std::move(t));
+        spdlog::info("{}: the transaction whose commit timed out did commit; its {} lines are "
+                     "acknowledged without sending them again", name, keys);
+      }
+    }
+    unknown_seq = 0;
+  }
+
+  // Splits the batch: rows already in Kafka (acknowledged without sending,
+  // marked as skipped in delivery `seq`) and rows to send.
   std::vector<const Record*> take_skipped(std::span<const Record> batch, uint64_t seq, size_t& skipped) {
     std::vector<const Record*> send;
     send.reserve(batch.size());
     std::lock_guard lock(mu);
-    std::map<std::string, int64_t> lowest_sent;   // uid -> lowest offset sent now
     for (const Record& r : batch) {
-      auto it = skip.find(std::string(r.key));
-      std::string_view uid;
-      int64_t off = 0;
-      if (it == skip.end() || !split_key(r.key, uid, off)) {
+      auto it = skip.empty() ? skip.end() : skip.find(std::string(r.key));
+      if (it == skip.end()) {
         send.push_back(&r);
-        if (split_key(r.key, uid, off)) {
-          auto [pos, fresh] = lowest_sent.emplace(std::string(uid), off);
-          if (!fresh) pos->second = std::min(pos->second, off);
-        }
         continue;
       }
-      Txn& t = *it->second;
-      auto f = t.offsets.find(std::string(uid));
-      if (f != t.offsets.end()) {
-        f->second.erase(off);
-        if (f->second.empty()) t.offsets.erase(f);
-      }
-      t.last_used = seq;
-      skip.erase(it);
+      it->second.skipped_in = seq;
       ++skipped;
-    }
-    // Rows of a file come in offset order: inherited offsets below one sent
-    // now were already removed from the outbox before the stop.
-    for (auto& t : unacked) {
-      if (!t.inherited) continue;
-      for (auto& [uid, low] : lowest_sent) {
-        auto f = t.offsets.find(uid);
-        if (f == t.offsets.end()) continue;
-        for (auto o = f->second.begin(); o != f->second.end() && *o < low;) {
-          skip.erase(host_id + "/" + uid + "/" + std::to_string(*o));
-          o = f->second.erase(o);
-          t.last_used = seq;
-        }
-        if (f->second.empty()) t.offsets.erase(f);
-      }
     }
     return send;
   }
@@ -419,13 +503,10 @@ struct KafkaSink::Impl {
     json::array pending;
     for (const Txn& t : unacked) {
       json::object tf;
-      for (auto& [uid, offs] : t.offsets) {
-        json::array a;
-        a.reserve(offs.size());
-        for (int64_t o : offs) a.emplace_back(o);
-        tf[uid] = std::move(a);
-      }
-      pending.push_back(json::object{{"seq", t.seq}, {"files", std::move(tf)}});
+      for (auto& [uid, offs] : t.offsets) tf[uid] = encode_offsets(offs);
+      json::object entry{{"seq", t.seq}, {"files", std::move(tf)}};
+      if (t.carried) entry["carried"] = true;
+      pending.push_back(std::move(entry));
     }
     json::object o{{"v", 1},
                    {"host", host_id},
@@ -438,7 +519,7 @@ struct KafkaSink::Impl {
 
   void forget(uint64_t seq) {
     std::lock_guard lock(mu);
-    unacked.remove_if([&](const Txn& t) { return !t.inherited && t.seq == seq; });
+    unacked.remove_if([&](const Txn& t) { return !t.carried && t.seq == seq; });
   }
 
   Delivery abort(const std::string& why, bool reject = false) {
@@ -456,19 +537,26 @@ struct KafkaSink::Impl {
     return s;
   }
 
+  // A new producer (after a fatal error or an unknown commit outcome), and
+  // the answer to that outcome. Returns an error text, or "" when ready.
+  std::string ready() {
+    try {
+      if (reset_producer || !producer) start_producer();
+      if (unknown_seq) settle_unknown();
+    } catch (const std::exception& e) {
+      reset_producer = true;
+      return e.what();
+    }
+    return "";
+  }
+
   Delivery deliver_transactional(std::span<const Record> batch) {
+    if (std::string why = ready(); !why.empty()) return Delivery::retry(why);
     uint64_t seq = next_seq++;
     std::string state = std::to_string(seq);
     size_t skipped = 0;
     std::vector<const Record*> send = take_skipped(batch, seq, skipped);
     if (send.empty()) return Delivery::delivered(state);
-    if (reset_producer || !producer) {
-      try {
-        start_producer();
-      } catch (const std::exception& e) {
-        return Delivery::retry(e.what());
-      }
-    }
     if (rd_kafka_error_t* e = rd_kafka_begin_transaction(producer)) {
       std::string why = error_text(e);
       if (rd_kafka_error_is_fatal(e)) reset_producer = true;
@@ -476,7 +564,7 @@ struct KafkaSink::Impl {
       return Delivery::retry("cannot begin a transaction: " + why);
     }
     std::string txn_id = session + "." + state;
-    BatchReport report;
+    BatchReport& report = new_report();
     std::string value;
     for (const Record* r : send) {
       rd_kafka_resp_err_t e = produce(*r, report, txn_id, value);
@@ -492,7 +580,7 @@ struct KafkaSink::Impl {
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(send.size()) +
                         " records failed: " + rd_kafka_err2str(report.first_error);
-      return abort(why, !retriable_size_error(report.first_error));
+      return abort(why, report.too_large);
     }
     Txn txn;
     txn.seq = seq;
@@ -517,54 +605,53 @@ struct KafkaSink::Impl {
     if (pe) {
       --report.outstanding;
       forget(seq);
-      return abort(std::string("cannot queue the progress record: ") + rd_kafka_err2str(pe));
+      // Too large: a smaller batch makes a smaller record (a single row is
+      // retried, never dead-lettered for the progress record's size).
+      bool split = pe == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && batch.size() > 1;
+      return abort("cannot queue the progress record (" + std::to_string(progress.size()) +
+                   " bytes): " + rd_kafka_err2str(pe), split);
     }
     if (rd_kafka_error_t* e = rd_kafka_commit_transaction(producer, static_cast<int>(timeout.count()))) {
       std::string why = "cannot commit the transaction: " + error_text(e);
       bool needs_abort = rd_kafka_error_txn_requires_abort(e);
-      if (rd_kafka_error_is_fatal(e)) reset_producer = true;
       rd_kafka_error_destroy(e);
-      forget(seq);
-      if (needs_abort) return abort(why);
-      // Retriable (e.g. a timeout): the outcome is unknown. A new producer
-      // fences this one; whatever committed is read back after a restart,
-      // and this batch is sent again in a new transaction.
+      if (needs_abort) {
+        forget(seq);
+        return abort(why);
+      }
+      // Timed out or fatal: the outcome is unknown. A new producer makes the
+      // coordinator finish or abort it; the next delivery reads the progress
+      // record back to learn which, before it sends anything.
       reset_producer = true;
+      unknown_seq = seq;
       return Delivery::retry(why);
     }
-    if (report.failed > 0) {
-      // Cannot happen after a successful commit; keep the rows to be safe.
+    if (report.failed > 0)
       spdlog::error("{}: transaction {} committed with {} failed records", name, txn_id, report.failed);
-    }
     return Delivery::delivered(state);
   }
 
   Delivery deliver_idempotent(std::span<const Record> batch) {
-    if (reset_producer || !producer) {
-      try {
-        start_producer();
-      } catch (const std::exception& e) {
-        return Delivery::retry(e.what());
-      }
-    }
-    BatchReport report;
+    if (std::string why = ready(); !why.empty()) return Delivery::retry(why);
+    BatchReport& report = new_report();
     std::string value, none;
     for (const Record& r : batch) {
       rd_kafka_resp_err_t e = produce(r, report, none, value);
-      if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && batch.size() == 1)
+      if (!e) continue;
+      // What was queued is still delivered (at-least-once); the batch is
+      // split (too large: the big record ends dead) or retried.
+      rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+      if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
         return Delivery::reject("a record of " + std::to_string(value.size()) +
                                 " bytes is larger than the producer's message.max.bytes");
-      if (e) {
-        rd_kafka_flush(producer, static_cast<int>(timeout.count()));
-        return Delivery::retry(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
-      }
+      return Delivery::retry(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
     }
     rd_kafka_flush(producer, static_cast<int>(timeout.count()));
     if (report.outstanding > 0) return Delivery::retry("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(batch.size()) +
                         " records failed: " + rd_kafka_err2str(report.first_error);
-      if (!retriable_size_error(report.first_error)) return Delivery::reject(why);
+      if (report.too_large) return Delivery::reject(why);
       return Delivery::retry(why);
     }
     return Delivery::delivered();
@@ -690,8 +777,25 @@ void KafkaSink::committed(const std::string& state) {
   }
   Impl& m = *impl_;
   std::lock_guard lock(m.mu);
+  // Rows skipped by this delivery are now gone from the outbox.
+  for (auto it = m.skip.begin(); it != m.skip.end();) {
+    if (it->second.skipped_in != seq) {
+      ++it;
+      continue;
+    }
+    std::string_view uid;
+    int64_t off = 0;
+    if (split_key(it->first, uid, off)) {
+      auto f = it->second.txn->offsets.find(std::string(uid));
+      if (f != it->second.txn->offsets.end()) {
+        f->second.erase(off);
+        if (f->second.empty()) it->second.txn->offsets.erase(f);
+      }
+    }
+    it = m.skip.erase(it);
+  }
   m.unacked.remove_if([&](const Txn& t) {
-    if (t.inherited) return t.offsets.empty() && t.last_used <= seq;
+    if (t.carried) return t.offsets.empty();
     return t.seq <= seq;
   });
 }
