@@ -143,6 +143,16 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
   // open() may block for a while (a broker's metadata, reading progress back):
   // it runs on a thread of its own, never on the threads that read files.
   asio::thread_pool opener(1);
+  // open() may ask which keys still have a row in the outbox: on a read-only
+  // connection of its own, opened per call on the opener's thread (the
+  // writer's connection belongs to the outbox strand).
+  sink.set_outbox_lookup([path = cfg.outbox.path](const std::vector<std::string>& keys) {
+    auto reader = outbox::Outbox::open({path, config::Synchronous::normal, true});
+    Status st;
+    std::vector<bool> found = reader->rows_exist(keys, st);
+    if (!st) throw std::runtime_error("cannot look keys up in the outbox: " + st.message());
+    return found;
+  });
   auto delay = cfg.delivery.backoff_min;
   for (int attempt = 1; !stopping.load(); ++attempt) {
     std::string error;

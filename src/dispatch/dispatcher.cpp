@@ -188,6 +188,20 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
                                  state = std::move(state)]() mutable {
       asio::co_spawn(self->outbox.strand(), self->ack(std::move(ids), bytes, std::move(state)),
                      [self, wp](std::exception_ptr e, bool acked) {
+                       if (e) {
+                         // A bug, not an I/O failure (those are retried): going on
+                         // would deliver these rows again and again.
+                         try {
+                           std::rethrow_exception(e);
+                         } catch (const std::exception& ex) {
+                           spdlog::error("acknowledging delivered rows failed: {}; stopping the relay",
+                                         ex.what());
+                         } catch (...) {
+                           spdlog::error("acknowledging delivered rows failed; stopping the relay");
+                         }
+                         self->failed = true;
+                         self->stop_all();
+                       }
                        asio::post(wp->strand, [wp, ok = acked && !e] {
                          // A dropped ack (only when stopping) must not be followed by
                          // another: a serial sink's later state would cover rows

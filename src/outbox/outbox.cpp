@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <SQLiteCpp/SQLiteCpp.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -505,6 +506,32 @@ Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
   });
   impl_->bury_row->tryReset();
   return impl_->track(st);
+}
+
+std::vector<bool> Outbox::rows_exist(const std::vector<std::string>& keys, Status& status) {
+  std::vector<bool> out(keys.size(), false);
+  status = guarded([&] {
+    SQLite::Database& db = *impl_->db;
+    SQLite::Statement q(db, sql::kRowForKey);
+    SQLite::Transaction snapshot(db);   // rolled back at the end: it only reads
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::string_view key = keys[i];
+      size_t first = key.find('/'), last = key.rfind('/');
+      if (first == 0 || first == std::string_view::npos || last <= first + 1 ||
+          last + 1 >= key.size())
+        continue;
+      std::string_view offset = key.substr(last + 1);
+      if (offset.size() > 18 ||
+          !std::all_of(offset.begin(), offset.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        continue;
+      q.bind(1, std::string(key.substr(first + 1, last - first - 1)));
+      q.bind(2, static_cast<int64_t>(std::stoll(std::string(offset))));
+      out[i] = q.executeStep();
+      q.reset();
+    }
+  });
+  if (!status) out.assign(keys.size(), false);
+  return out;
 }
 
 std::optional<std::string> Outbox::sink_state(const std::string& sink) {

@@ -129,6 +129,13 @@ class Outbox {
   // Marks rows dead at once (the sink rejected them).
   Status bury(std::span<const int64_t> ids, std::string_view error);
 
+  // For each idempotency key "<host_id>/<file uid>/<offset>": whether its row
+  // is still in the outbox (pending or dead), read in one snapshot. The host
+  // part is not checked (an outbox belongs to one host); a key that does not
+  // parse is false. Reads on the writer connection: call it where the writer
+  // methods may be called, or on a read-only Outbox of its own (any thread).
+  std::vector<bool> rows_exist(const std::vector<std::string>& keys, Status& status);
+
   std::optional<std::string> sink_state(const std::string& sink);
   Status set_sink_state(const std::string& sink, const std::string& value);
   Backlog backlog() const;

@@ -45,6 +45,12 @@ inline constexpr const char* kGetSinkState = "SELECT value FROM sink_state WHERE
 inline constexpr const char* kBacklog =
     "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM outbox";
 
+// Whether a key's row ("<host>/<file uid>/<offset>") is still in the outbox,
+// pending or dead: through files.uid, then the UNIQUE (file, inode, offset) index.
+inline constexpr const char* kRowForKey =
+    "SELECT 1 FROM files f JOIN outbox o ON o.file = f.id AND o.inode = f.inode AND o.offset = ?2 "
+    "WHERE f.uid = ?1 LIMIT 1";
+
 inline constexpr const char* kFileInfo = "SELECT source, path, uid FROM files WHERE id = ?1";
 
 inline constexpr const char* kTrackedFiles =

@@ -17,10 +17,12 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/record.hpp"
 
@@ -46,6 +48,11 @@ struct Delivery {
   }
 };
 
+// For each key ("<host_id>/<file uid>/<offset>"): whether its row is still in
+// the outbox (pending or dead). Throws std::runtime_error when the outbox
+// cannot be read.
+using KeysInOutbox = std::function<std::vector<bool>(const std::vector<std::string>& keys)>;
+
 class Sink {
  public:
   virtual ~Sink() = default;
@@ -55,6 +62,10 @@ class Sink {
   virtual std::string guarantee() const = 0;
   // Deliveries must run one at a time, and their acks commit in order.
   virtual bool serial() const { return false; }
+  // Called once before the first open() by the relay: lets open() ask which
+  // keys still have a row in the outbox. Valid for the sink's life; call it
+  // from open() only (it reads the outbox on a connection of its own).
+  virtual void set_outbox_lookup(KeysInOutbox lookup) { (void)lookup; }
   // Called once before any deliver(), with the state committed by the last ack
   // (nullopt on first use). Returns a state to commit before the first
   // delivery (e.g. the starting size of a fresh output file), or nullopt.

@@ -29,13 +29,13 @@ dead_rows = h.dead_rows
 stop_clean = h.stop_clean
 
 
-def client(ports):
-    return nats_server.NatsClient(ports)
+def client(ports, token=None):
+    return nats_server.NatsClient(ports, token=token)
 
 
-def stream_count(ports, stream):
+def stream_count(ports, stream, token=None):
     try:
-        c = client(ports)
+        c = client(ports, token)
         try:
             return c.stream_info(stream)["state"]["messages"]
         finally:
@@ -52,10 +52,10 @@ def delete_stream(ports, stream):
         c.close()
 
 
-def read_records(ports, stream):
+def read_records(ports, stream, token=None):
     """Every message of the stream as harness.Rec, from its NDJSON body; fails on
     a message whose headers disagree with its body."""
-    c = client(ports)
+    c = client(ports, token)
     try:
         msgs = c.read_stream(stream)
     finally:
@@ -93,12 +93,12 @@ def wait_all(ports, stream, wd, tb, expected, timeout, what):
                                   f"stream, {pending(wd)} pending in the outbox")
 
 
-def check_exact(ports, stream, paths, drop=()):
+def check_exact(ports, stream, paths, drop=(), token=None):
     expected = h.expected_from_files(paths)
     for po in drop:
         expected.pop(po)
     t0 = time.monotonic()
-    recs = read_records(ports, stream)
+    recs = read_records(ports, stream, token)
     h.log(h.check_exact(expected, recs, host_id=HOST, label=f"stream {stream}")
           + f" (read back in {time.monotonic() - t0:.1f}s)")
 

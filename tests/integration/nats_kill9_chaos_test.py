@@ -11,6 +11,17 @@ the stream must hold every line exactly once. Seeded (the seed is printed).
    acknowledged sequence) keeps the published-but-unconfirmed lines from being
    published twice. Repeated until at least 2 restarts found such lines
    (tailbox logs how many), at most 10 rounds; exact at the end.
+3. Replayed dead rows beyond the window (duplicate_window = "1s"): rows R are
+   dead-lettered while the server is down (max_attempts = 2); rows P are
+   published and stored while another connection holds the outbox's write
+   lock (so their rows stay pending), then kill -9. R is replayed with
+   tools/replay: R has the lower ids and is delivered first after the
+   restart, past the window. Once some of R is confirmed the outbox is locked
+   again and tailbox killed, with P still pending; after a second restart past
+   the window the stream must hold every line exactly once. The committed
+   state must never pass a message of P before P's rows are confirmed
+   (a sink that lets R's batches release P's read-back holds publishes P
+   twice here).
 
 Exit 77 (skip) when nats-server is not installed.
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_kill9_chaos_test.py
@@ -18,6 +29,8 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_kill9_chaos_test
 
 import os
 import random
+import sqlite3
+import subprocess
 import sys
 import time
 
@@ -95,13 +108,142 @@ def case_beyond_window(ns, wd, tb, rng):
     nc.delete_stream(ns.port, stream)
 
 
+REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "replay")
+
+
+def outbox_ids(wd, state):
+    conn = h.sqlite_connect(wd.outbox)
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = ?", (state,))}
+    finally:
+        conn.close()
+
+
+def committed_state(wd, stream):
+    conn = h.sqlite_connect(wd.outbox)
+    try:
+        row = conn.execute("SELECT value FROM sink_state WHERE sink = ?",
+                           (f"nats:{stream}",)).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
+
+
+class OutboxLock:
+    """Another connection's write lock on the outbox: tailbox can lease and
+    publish, but not delete delivered rows (nor commit its state)."""
+
+    def __init__(self, wd):
+        self.conn = sqlite3.connect(wd.outbox, timeout=30, isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self):
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+def case_dead_replayed(ns, wd, tb, rng):
+    stream, warm, n_dead, n_stored = "REPLAYED", 500, 4_000, 3_000
+
+    def config(**delivery):
+        d = {"backoff_min": "100ms", "backoff_max": "500ms"}
+        d.update(delivery)
+        nc.write_nats_config(wd, ns.url, stream, delivery=d,
+                             sink_extra={"create_stream": True, "duplicate_window": "1s"})
+
+    config(max_attempts=2)
+    w = nc.Writer(wd, rng)
+    w.burst(warm, path=w.paths[0])
+    tb.start()
+    nc.wait_all(ns.port, stream, wd, tb, warm, 30, f"the first {warm} lines")
+
+    # R: dead-lettered while the server is down.
+    ns.stop()
+    w.burst(n_dead, path=w.paths[1])
+    h.wait_until(lambda: len(outbox_ids(wd, "dead")) == n_dead, 30,
+                 f"{n_dead} rows dead-lettered (max_attempts = 2, server down)", tailbox=tb)
+    tb.kill9()
+    dead = outbox_ids(wd, "dead")
+
+    # P: published and stored, never confirmed.
+    config(max_attempts=0)
+    tb.start()
+    w.burst(n_stored, path=w.paths[2])
+    h.wait_until(lambda: nc.pending(wd) == n_stored, 30, f"{n_stored} more lines in the outbox",
+                 tailbox=tb)
+    lock = OutboxLock(wd)
+    try:
+        ns.start()
+        h.wait_until(lambda: nc.stream_count(ns.port, stream) > warm, 60,
+                     "messages stored while the outbox is locked", interval=0.2, tailbox=tb)
+        time.sleep(1.0)
+        tb.kill9()
+    finally:
+        lock.release()
+    stored = nc.stream_count(ns.port, stream) - warm
+    p_ids = outbox_ids(wd, "pending")
+    if len(p_ids) != n_stored or outbox_ids(wd, "dead") != dead:
+        h.fail(f"{len(p_ids)} pending (expected {n_stored}), {len(outbox_ids(wd, 'dead'))} dead "
+               f"(expected {n_dead}) after the kill: the lock did not hold the acks back")
+    if max(dead) >= min(p_ids):
+        h.fail("test bug: the dead rows must have the lower ids")
+    h.log(f"{stored} of {n_stored} lines stored in the stream but pending in the outbox; "
+          f"{n_dead} dead rows; state {committed_state(wd, stream)}")
+
+    r = subprocess.run([REPLAY, "--db", wd.outbox], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 or nc.pending(wd) != n_stored + n_dead:
+        h.fail(f"tools/replay exited {r.returncode}, {nc.pending(wd)} pending: "
+               f"{r.stdout}{r.stderr}")
+    h.log(f"replayed: {r.stdout.strip()}")
+
+    # Restart past the window: R (lower ids) goes first. Lock once some of R
+    # is confirmed, while P is still pending, and kill.
+    time.sleep(2.5)
+    config(max_attempts=0, batch_rows=50, linger="0ms")
+    before = len(nc.read_backs(wd))
+    tb.start()
+    h.wait_until(lambda: 0 <= nc.pending(wd) <= n_stored + n_dead - 100, 30,
+                 "the first replayed rows confirmed", interval=0.01, tailbox=tb)
+    lock = OutboxLock(wd)
+    try:
+        time.sleep(1.0)
+        tb.kill9()
+    finally:
+        lock.release()
+    backs = nc.read_backs(wd)
+    if len(backs) <= before or backs[-1][2] < stored:
+        h.fail(f"the restart did not find the {stored} stored lines in the stream: "
+               f"{backs[before:]}")
+    left = outbox_ids(wd, "pending")
+    if not p_ids <= left:
+        h.fail(f"{len(p_ids - left)} of P's rows were confirmed before the lock: the test did not "
+               "make the gap it is about")
+    h.log(f"restart #1 read back {backs[-1][0]} messages after sequence {backs[-1][1]}, "
+          f"{backs[-1][2]} held; killed with {len(left)} rows pending ({len(left & p_ids)} of P); "
+          f"state {committed_state(wd, stream)}")
+
+    # Past the window again: only the read-back keeps P from a second copy.
+    time.sleep(2.5)
+    tb.start()
+    nc.wait_all(ns.port, stream, wd, tb, w.seq, 60, "every line after the second restart")
+    nc.stop_clean(tb)
+    w.close()
+    nc.check_exact(ns.port, stream, w.paths[:3])
+    nc.delete_stream(ns.port, stream)
+
+
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
     h.tailbox_bin()
     with nats_server.NatsServer() as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
-        for name, body in (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window)):
+        only = os.environ.get("TAILBOX_CASE")
+        for name, body in (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
+                           ("nats_dead_replayed", case_dead_replayed)):
+            if only and only != name:
+                continue
             t0 = time.monotonic()
             h.log(f"--- {name} ---")
             wd = h.Workdir(f"tailbox-{name}-")

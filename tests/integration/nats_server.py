@@ -203,9 +203,10 @@ class NatsClient:
     """A minimal blocking NATS client: requests, and pipelined stream reads.
     Tries the given ports in turn (a cluster member may be down)."""
 
-    def __init__(self, ports, timeout=10.0):
+    def __init__(self, ports, timeout=10.0, token=None):
         self.ports = [ports] if isinstance(ports, int) else list(ports)
         self.timeout = timeout
+        self.token = token
         self.sock = None
         self.buf = b""
         self.inbox = "_INBOX." + uuid.uuid4().hex
@@ -221,6 +222,8 @@ class NatsClient:
                 self._read_line()   # INFO
                 connect = {"verbose": False, "pedantic": False, "headers": True,
                            "no_responders": True, "protocol": 1, "name": "tailbox-test"}
+                if self.token:
+                    connect["auth_token"] = self.token
                 self.sock.sendall(f"CONNECT {json.dumps(connect)}\r\nSUB {self.inbox}.* 1\r\n"
                                   f"PING\r\n".encode())
                 while self._read_op() != "PONG":

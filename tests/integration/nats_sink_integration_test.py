@@ -15,6 +15,11 @@ it line by line (key = Nats-Msg-Id, path, offset, exact bytes) with the files.
 2. A line larger than the server's max_payload among 3,000 others: that row
    is dead-lettered with a message naming max_payload, every other line
    arrives exactly once.
+3. A connection libnats closes for good: a server of its own with token
+   authentication is restarted with a new token (the token file is rewritten),
+   so libnats' reconnects fail authorization and it closes the connection.
+   The next delivery must open a new connection, reading the token file
+   again: every line arrives exactly once, without restarting tailbox.
 
 Exit 77 (skip) when nats-server is not installed.
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_sink_integration_test.py
@@ -97,14 +102,53 @@ def case_too_large(ns, wd, tb, rng):
     nc.check_exact(ns.port, stream, [path], drop=[(path, big_at)])
 
 
+def case_closed_connection(_ns, wd, tb, rng):
+    stream = "CLOSED"
+    token_file = os.path.join(wd.root, "nats.token")
+    with open(token_file, "w") as f:
+        f.write("first-token\n")
+    os.chmod(token_file, 0o600)
+    with nats_server.NatsServer(config='authorization { token: "first-token" }') as ts:
+        url = f"nats://127.0.0.1:{ts.port}"
+        nc.write_nats_config(wd, url, stream, sink_extra={"create_stream": True, "timeout": "3s",
+                                                          "token_file": token_file})
+        w = nc.Writer(wd, rng)
+        w.spread(2_000, 2)
+        tb.start()
+        h.wait_until(lambda: nc.stream_count(ts.port, stream, "first-token") == 2_000, 30,
+                     "the first 2,000 lines", tailbox=tb)
+        ts.stop()
+        ts.config = 'authorization { token: "second-token" }'
+        with open(token_file, "w") as f:
+            f.write("second-token\n")
+        ts.start()
+        w.spread(2_000, 2)
+        h.wait_until(lambda: nc.pending(wd) == 0, 60, "the lines written after the token changed",
+                     interval=0.5, tailbox=tb)
+        nc.stop_clean(tb)
+        w.close()
+        with open(wd.tailbox_log, errors="replace") as f:
+            log = f.read()
+        after = log.split("closed the connection", 1)
+        if len(after) < 2 or " again" not in after[1]:
+            h.fail("tailbox did not log that libnats closed the connection and that it connected "
+                   "again")
+        h.log("libnats closed the connection; tailbox connected again with the new token")
+        nc.check_exact(ts.port, stream, w.paths[:2], token="second-token")
+
+
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
     h.tailbox_bin()
     with nats_server.NatsServer(config="max_payload: 65536") as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
+        only = os.environ.get("TAILBOX_CASE")
         for name, body in (("nats_120k_outage", case_120k_with_outage),
-                           ("nats_too_large", case_too_large)):
+                           ("nats_too_large", case_too_large),
+                           ("nats_closed_connection", case_closed_connection)):
+            if only and only != name:
+                continue
             t0 = time.monotonic()
             h.log(f"--- {name} ---")
             wd = h.Workdir(f"tailbox-{name}-")

@@ -164,6 +164,54 @@ TEST_SUITE("outbox") {
     CHECK(f.ob->sink_state("file:/out") == std::optional<std::string>("1:2:300"));
   }
 
+  TEST_CASE("rows_exist says which keys still have a row, pending or dead") {
+    Fixture f;
+    int64_t a = f.add("a.log"), b = f.add("b.log");
+    uint64_t inode_a = 0;
+    std::string uid_a, uid_b;
+    for (const auto& t : f.ob->tracked_files()) {
+      if (t.id == a) inode_a = t.identity.inode, uid_a = t.uid;
+      if (t.id == b) uid_b = t.uid;
+    }
+    Chunk ca = f.chunk(a, "one\ntwo\nthree\n", 0);   // offsets 0, 4, 8
+    ca.inode = inode_a;                               // as the tailer writes it
+    REQUIRE(f.append(ca).is_ok());
+    Chunk cb = f.chunk(b, "other\n", 0);             // another inode than b's: not b's row
+    REQUIRE(f.append(cb).is_ok());
+    auto rows = f.lease_all();
+    REQUIRE(rows.size() == 4);
+
+    std::string k = "edge1/" + uid_a + "/";
+    std::vector<std::string> keys{k + "0", k + "4", k + "8", k + "5", "edge1/" + uid_b + "/0",
+                                  "edge1/nouid/0", "garbage", k, k + "x", "/" + uid_a + "/0",
+                                  k + "-4"};
+    Status st;
+    auto found = f.ob->rows_exist(keys, st);
+    REQUIRE(st.is_ok());
+    CHECK(found == std::vector<bool>{true, true, true, false, false, false, false, false, false,
+                                     false, false});
+    CHECK(f.ob->rows_exist({}, st).empty());
+
+    // Acked: gone. Dead: still there (it may be replayed).
+    std::vector<int64_t> acked{rows[1].id}, buried{rows[2].id};
+    REQUIRE(f.ob->ack(acked, 3, nullptr).is_ok());
+    REQUIRE(f.ob->bury(buried, "rejected").is_ok());
+    found = f.ob->rows_exist({k + "0", k + "4", k + "8"}, st);
+    REQUIRE(st.is_ok());
+    CHECK(found == std::vector<bool>{true, false, true});
+
+    // The relay asks on a read-only connection of its own, beside the writer.
+    auto reader = Outbox::open({f.path, config::Synchronous::normal, true});
+    found = reader->rows_exist({k + "0", k + "4", k + "8"}, st);
+    REQUIRE(st.is_ok());
+    CHECK(found == std::vector<bool>{true, false, true});
+    std::vector<int64_t> first{rows[0].id};
+    REQUIRE(f.ob->ack(first, 3, nullptr).is_ok());
+    found = reader->rows_exist({k + "0", k + "8"}, st);
+    REQUIRE(st.is_ok());
+    CHECK(found == std::vector<bool>{false, true});
+  }
+
   TEST_CASE("lease reads in id order from the cursor, per lane") {
     Fixture f;
     int64_t a = f.add("a.log"), b = f.add("b.log");

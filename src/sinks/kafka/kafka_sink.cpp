@@ -144,6 +144,8 @@ struct KafkaSink::Impl {
     uint64_t skipped_in = 0;   // the delivery that acknowledged it (0: not yet)
   };
   std::unordered_map<std::string, Skip> skip;
+  std::map<uint64_t, std::vector<std::string>> skipped_by;   // delivery -> keys it skipped
+  KeysInOutbox lookup;     // set by the relay before open()
   // A transaction whose commit outcome is unknown (a commit that timed out or
   // failed fatally): the next delivery reads progress back to learn it.
   uint64_t unknown_seq = 0;
@@ -267,14 +269,30 @@ struct KafkaSink::Impl {
   }
 
   // The latest committed progress record of this relay, or "" (read_committed).
-  // Reads backwards from the high watermark (taken after init_transactions,
-  // so it covers this relay's last commit) in growing windows: the progress
-  // partition is shared with other relays and not compacted in its active
-  // segment. The first window must be read up to that watermark: a
+  // Reads backwards from the partition's high watermark (asked after
+  // init_transactions, on a read_uncommitted handle: a read_committed one
+  // would answer the last stable offset) in growing windows: the progress
+  // partition is shared with other relays and its active segment is not
+  // compacted. The first window must be read up to that watermark: a
   // read_committed consumer stops at the last stable offset, so another
   // relay's open transaction makes this wait (and open() fail and retry)
   // rather than return an older record. Throws when it cannot finish.
   std::string read_progress() {
+    int32_t p = kafka_progress_partition(transactional_id, progress_partitions);
+    int64_t lo = 0, hi = 0;
+    {
+      rd_kafka_conf_t* conf = base_conf(false);
+      char err[512];
+      rd_kafka_conf_set(conf, "isolation.level", "read_uncommitted", err, sizeof err);
+      rd_kafka_t* w = make(RD_KAFKA_CONSUMER, conf);
+      rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(w, progress_topic.c_str(), p, &lo, &hi,
+                                                               static_cast<int>(timeout.count()));
+      rd_kafka_destroy(w);
+      if (e)
+        throw std::runtime_error("cannot read the progress topic " + progress_topic + ": " +
+                                 rd_kafka_err2str(e));
+    }
+    if (hi <= lo) return "";
     rd_kafka_conf_t* conf = base_conf(false);
     char err[512];
     for (auto [k, v] : {std::pair{"group.id", "tailbox-progress-reader"},
@@ -285,12 +303,6 @@ struct KafkaSink::Impl {
       rd_kafka_conf_set(conf, k, v, err, sizeof err);
     rd_kafka_t* c = make(RD_KAFKA_CONSUMER, conf);
     std::string latest, failure;
-    int32_t p = kafka_progress_partition(transactional_id, progress_partitions);
-    int64_t lo = 0, hi = 0;
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(c, progress_topic.c_str(), p, &lo, &hi,
-                                                             static_cast<int>(timeout.count()));
-    if (e) failure = "cannot read the progress topic " + progress_topic + ": " + rd_kafka_err2str(e);
     int64_t end = hi, window = 512;
     while (failure.empty() && latest.empty() && end > lo) {
       int64_t start = std::max(lo, end - window);
@@ -298,11 +310,12 @@ struct KafkaSink::Impl {
       rd_kafka_topic_partition_list_add(list, progress_topic.c_str(), p)->offset = start;
       rd_kafka_assign(c, list);
       rd_kafka_topic_partition_list_destroy(list);
+      auto deadline = std::chrono::steady_clock::now() + timeout;   // per window
       for (bool done = false; !done;) {
         if (std::chrono::steady_clock::now() > deadline) {
           failure = "timed out reading the progress topic " + progress_topic + " [" +
-                    std::to_string(p) + "] up to offset " + std::to_string(hi) +
-                    " (another producer's open transaction there holds read_committed back)";
+                    std::to_string(p) + "] up to offset " + std::to_string(end) +
+                    " (another producer's open transaction there may hold read_committed back)";
           break;
         }
         rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 200);
@@ -330,25 +343,56 @@ struct KafkaSink::Impl {
     return latest;
   }
 
-  // The progress record's transactions whose rows may still be in the outbox:
-  // carried ones, and own ones after the last ack the outbox committed.
-  static std::vector<Txn> pending_in(const std::string& record, uint64_t committed_seq,
-                                     uint64_t& record_seq) {
-    std::vector<Txn> out;
+  struct Progress {
+    uint64_t seq = 0;
+    std::string txn;            // "<session>.<seq>"
+    std::vector<Txn> listed;    // every transaction the record lists
+  };
+
+  // Parses a progress record (offsets as delta strings, or as plain arrays in
+  // records written by earlier versions). Throws on anything else.
+  static Progress parse_progress(const std::string& record) {
+    Progress out;
     json::object o = json::parse(record).as_object();
-    record_seq = static_cast<uint64_t>(o.at("seq").to_number<int64_t>());
+    out.seq = static_cast<uint64_t>(o.at("seq").to_number<int64_t>());
+    out.txn = std::string(o.at("txn").as_string());
     for (auto& tv : o.at("unacked").as_array()) {
       auto& t = tv.as_object();
       Txn txn;
       txn.seq = static_cast<uint64_t>(t.at("seq").to_number<int64_t>());
-      bool carried = t.contains("carried") && t.at("carried").as_bool();
-      if (!carried && txn.seq <= committed_seq) continue;   // its ack committed: rows gone
-      txn.carried = true;
-      for (auto& [uid, offs] : t.at("files").as_object())
-        txn.offsets[std::string(uid)] = decode_offsets(offs.as_string());
-      out.push_back(std::move(txn));
+      for (auto& [uid, offs] : t.at("files").as_object()) {
+        auto& set = txn.offsets[std::string(uid)];
+        if (offs.is_string()) {
+          set = decode_offsets(offs.as_string());
+        } else {
+          for (auto& off : offs.as_array()) set.insert(off.to_number<int64_t>());
+        }
+      }
+      out.listed.push_back(std::move(txn));
     }
     return out;
+  }
+
+  // Keeps, of the listed transactions, the rows still in the outbox (pending
+  // or dead): those are in Kafka and must not be sent again. Without a lookup
+  // (unit use), keeps own transactions after the last committed ack.
+  std::vector<Txn> still_in_outbox(std::vector<Txn> listed, uint64_t committed_seq) {
+    if (!lookup) {
+      std::erase_if(listed, [&](const Txn& t) { return t.seq <= committed_seq; });
+      return listed;
+    }
+    std::vector<std::string> keys;
+    for (auto& t : listed)
+      for (auto& [uid, offs] : t.offsets)
+        for (int64_t off : offs) keys.push_back(host_id + "/" + uid + "/" + std::to_string(off));
+    std::vector<bool> present = keys.empty() ? std::vector<bool>() : lookup(keys);   // throws
+    size_t k = 0;
+    for (auto& t : listed)
+      for (auto& [uid, offs] : t.offsets)
+        for (auto o = offs.begin(); o != offs.end();) o = present[k++] ? std::next(o) : offs.erase(o);
+    for (auto& t : listed) std::erase_if(t.offsets, [](const auto& f) { return f.second.empty(); });
+    std::erase_if(listed, [](const Txn& t) { return t.offsets.empty(); });
+    return listed;
   }
 
   // Adds `txn` (carried) and its keys to skip. REQUIRES: mu held.
@@ -364,43 +408,52 @@ struct KafkaSink::Impl {
     return keys;
   }
 
-  // At open(): what was committed to Kafka but not yet removed from the outbox.
+  // At open(): what was committed to Kafka but not yet removed from the
+  // outbox. Throws when the record cannot be read or the outbox not asked
+  // (open() then fails and is retried: guessing could send lines twice).
   void inherit(const std::string& record, uint64_t committed_seq) {
+    std::vector<Txn> carried;
+    uint64_t record_seq = 0;
+    if (!record.empty()) {
+      Progress pr;
+      try {
+        pr = parse_progress(record);
+      } catch (const std::exception& e) {
+        throw std::runtime_error("the progress record of " + transactional_id + " in " +
+                                 progress_topic + " cannot be read (" + e.what() +
+                                 "); not sending anything rather than risk sending lines twice");
+      }
+      record_seq = pr.seq;
+      carried = still_in_outbox(std::move(pr.listed), committed_seq);
+    }
     std::lock_guard lock(mu);
     unacked.clear();
     skip.clear();
+    skipped_by.clear();
     unknown_seq = 0;
-    next_seq = committed_seq + 1;
-    if (record.empty()) return;
-    try {
-      uint64_t record_seq = 0;
-      std::vector<Txn> txns = pending_in(record, committed_seq, record_seq);
-      next_seq = std::max<uint64_t>(next_seq, record_seq + 1);
-      size_t keys = 0;
-      for (auto& t : txns) keys += carry(std::move(t));
-      if (keys)
-        spdlog::info("{}: {} lines were committed to Kafka before the last stop but not yet "
-                     "removed from the outbox; they are acknowledged without sending them again",
-                     name, keys);
-    } catch (const std::exception& e) {
-      spdlog::error("{}: the progress record of {} in {} cannot be read ({}); lines delivered just "
-                    "before the last stop may be sent again", name, transactional_id, progress_topic,
-                    e.what());
-    }
+    next_seq = std::max(committed_seq, record_seq) + 1;
+    size_t keys = 0;
+    for (auto& t : carried) keys += carry(std::move(t));
+    if (keys)
+      spdlog::info("{}: {} lines were committed to Kafka before the last stop but not yet "
+                   "removed from the outbox; they are acknowledged without sending them again",
+                   name, keys);
   }
 
   // After a commit with an unknown outcome (and a new producer, which made the
-  // coordinator finish or abort it): did transaction `seq` commit? Reads the
-  // latest progress record: it is ours and names `seq` exactly when it did.
+  // coordinator finish or abort it): did transaction `unknown_seq` commit? The
+  // latest committed progress record is its own exactly when it did.
   void settle_unknown() {
     std::string record = read_progress();   // throws: stays unknown, retried
-    uint64_t record_seq = 0;
+    std::string want = session + "." + std::to_string(unknown_seq);
+    bool did_commit = false;
     if (!record.empty()) {
       try {
-        json::object o = json::parse(record).as_object();
-        record_seq = static_cast<uint64_t>(o.at("seq").to_number<int64_t>());
-      } catch (const std::exception&) {
-        record_seq = 0;
+        Progress pr = parse_progress(record);
+        did_commit = pr.txn == want;
+        next_seq = std::max(next_seq, pr.seq + 1);
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("the progress record cannot be read: ") + e.what());
       }
     }
     std::lock_guard lock(mu);
@@ -409,7 +462,7 @@ struct KafkaSink::Impl {
     if (it != unacked.end()) {
       Txn t = std::move(*it);
       unacked.erase(it);
-      if (record_seq == unknown_seq) {
+      if (did_commit) {
         size_t keys = carry(std::move(t));
         spdlog::info("{}: the transaction whose commit timed out did commit; its {} lines are "
                      "acknowledged without sending them again", name, keys);
@@ -431,6 +484,7 @@ struct KafkaSink::Impl {
         continue;
       }
       it->second.skipped_in = seq;
+      skipped_by[seq].push_back(it->first);
       ++skipped;
     }
     return send;
@@ -563,6 +617,19 @@ struct KafkaSink::Impl {
       rd_kafka_error_destroy(e);
       return Delivery::retry("cannot begin a transaction: " + why);
     }
+    try {
+      return in_transaction(batch, send, seq, state);
+    } catch (const std::exception& e) {
+      // Whatever failed (memory), the transaction must not stay open.
+      forget(seq);
+      return abort(std::string("unexpected error in a transaction: ") + e.what());
+    }
+  }
+
+  // The part of deliver_transactional() after begin_transaction: every path
+  // commits or aborts (or leaves the outcome to settle_unknown()).
+  Delivery in_transaction(std::span<const Record> batch, const std::vector<const Record*>& send,
+                          uint64_t seq, const std::string& state) {
     std::string txn_id = session + "." + state;
     BatchReport& report = new_report();
     std::string value;
@@ -617,7 +684,9 @@ struct KafkaSink::Impl {
       rd_kafka_error_destroy(e);
       if (needs_abort) {
         forget(seq);
-        return abort(why);
+        // The brokers refused a record for its size (the progress record,
+        // when the topic's max.message.bytes is lower): a smaller batch.
+        return abort(why, report.too_large && batch.size() > 1);
       }
       // Timed out or fatal: the outcome is unknown. A new producer makes the
       // coordinator finish or abort it; the next delivery reads the progress
@@ -768,36 +837,40 @@ asio::awaitable<Delivery> KafkaSink::deliver(std::span<const Record> batch) {
   co_return co_await run_blocking(m.pool, work);
 }
 
-void KafkaSink::committed(const std::string& state) {
-  uint64_t seq = 0;
+void KafkaSink::committed(const std::string& state) noexcept {
   try {
-    seq = std::stoull(state);
-  } catch (const std::exception&) {
-    return;
-  }
-  Impl& m = *impl_;
-  std::lock_guard lock(m.mu);
-  // Rows skipped by this delivery are now gone from the outbox.
-  for (auto it = m.skip.begin(); it != m.skip.end();) {
-    if (it->second.skipped_in != seq) {
-      ++it;
-      continue;
-    }
-    std::string_view uid;
-    int64_t off = 0;
-    if (split_key(it->first, uid, off)) {
-      auto f = it->second.txn->offsets.find(std::string(uid));
-      if (f != it->second.txn->offsets.end()) {
-        f->second.erase(off);
-        if (f->second.empty()) it->second.txn->offsets.erase(f);
+    Impl& m = *impl_;
+    uint64_t seq = std::stoull(state);
+    std::lock_guard lock(m.mu);
+    // Rows skipped by this delivery are now gone from the outbox; skips
+    // recorded by earlier deliveries that failed are stale.
+    for (auto by = m.skipped_by.begin(); by != m.skipped_by.end() && by->first <= seq;) {
+      for (const std::string& key : by->second) {
+        auto it = m.skip.find(key);
+        if (it == m.skip.end() || it->second.skipped_in != seq) continue;
+        std::string_view uid;
+        int64_t off = 0;
+        if (split_key(it->first, uid, off)) {
+          auto f = it->second.txn->offsets.find(std::string(uid));
+          if (f != it->second.txn->offsets.end()) {
+            f->second.erase(off);
+            if (f->second.empty()) it->second.txn->offsets.erase(f);
+          }
+        }
+        m.skip.erase(it);
       }
+      by = m.skipped_by.erase(by);
     }
-    it = m.skip.erase(it);
+    m.unacked.remove_if([&](const Txn& t) {
+      if (t.carried) return t.offsets.empty();
+      return t.seq <= seq;
+    });
+  } catch (const std::exception& e) {
+    // Keeping entries longer only makes progress records longer.
+    spdlog::error("kafka: cannot note the ack of delivery {}: {}", state, e.what());
   }
-  m.unacked.remove_if([&](const Txn& t) {
-    if (t.carried) return t.offsets.empty();
-    return t.seq <= seq;
-  });
 }
+
+void KafkaSink::set_outbox_lookup(KeysInOutbox lookup) { impl_->lookup = std::move(lookup); }
 
 }  // namespace tailbox::sinks

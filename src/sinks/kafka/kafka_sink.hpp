@@ -47,7 +47,8 @@ class KafkaSink : public Sink {
   bool serial() const override { return true; }
   std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
-  void committed(const std::string& state) override;
+  void committed(const std::string& state) noexcept override;
+  void set_outbox_lookup(KeysInOutbox lookup) override;
 
  private:
   struct Impl;

@@ -217,15 +217,6 @@ std::string optional_secret(const char* what, const std::string& file, const std
 struct NatsSink::Impl {
   static constexpr uint64_t kRefused = std::numeric_limits<uint64_t>::max();
 
-  // A message published and stored (read back at open(), or acked in a
-  // failed attempt) whose row the outbox has not confirmed: its record is
-  // acknowledged without publishing it again.
-  struct Stored {
-    uint64_t seq;
-    bool holds;  // the committed state must stay below seq
-    bool from_read_back;
-  };
-
   // A message of this process (the libnats message is built before publishing).
   struct Out {
     std::string key;
@@ -235,14 +226,20 @@ struct NatsSink::Impl {
   nats::Options o;
   std::string host_id, name, display;
   std::string host_prefix;    // "<host_id>/": the keys this relay wrote
+  KeysInOutbox in_outbox;     // set by the relay; unset: every key read back holds
   asio::thread_pool pool{1};  // runs the blocking part of deliver()
 
   natsOptions* opts = nullptr;
   natsConnection* nc = nullptr;
   jsCtx* js = nullptr;
+  uintptr_t conn_id = 0;      // the callbacks' closure for nc (see live())
 
   // Owned by the delivering thread (one delivery at a time).
-  std::unordered_map<std::string, Stored> skip;
+  // Messages published and stored (read back at open(), or acked in a failed
+  // attempt) whose rows are still in the outbox: their records are
+  // acknowledged without publishing them again, and until then the committed
+  // state stays below their sequence (key -> sequence).
+  std::unordered_map<std::string, uint64_t> skip;
   // Published in a failed attempt without an answer: maybe stored, above
   // `high` at that time. Published again (the window drops a recent copy).
   std::unordered_map<std::string, uint64_t> unsure;
@@ -257,18 +254,55 @@ struct NatsSink::Impl {
   std::string failure;     // the first negative PubAck
   bool too_large = false;  // the stream refused a message as too large
   std::atomic<uint64_t> disconnects{0};
+  bool closed = false;                 // the closed callback of conn_id ran
+  std::atomic<bool> closing{false};    // our own close(): not worth a warning
 
   ~Impl() {
     pool.join();
     close();
   }
 
+  // libnats runs its callbacks on its own threads, and may still run one
+  // after natsConnection_Destroy() (the closed callback is queued), so the
+  // closure is not the Impl but a number that close() retires: under live()'s
+  // mutex a callback either finds its Impl alive or does nothing, and close()
+  // cannot retire the number while a callback uses it.
+  struct Live {
+    std::mutex mu;
+    std::unordered_map<uintptr_t, Impl*> impls;
+    uintptr_t next = 1;
+  };
+  static Live& live() {
+    static Live* l = new Live;  // never destroyed: callbacks may run at exit
+    return *l;
+  }
+  template <typename F>
+  static void with_impl(void* closure, F&& f) {
+    Live& l = live();
+    std::lock_guard lock(l.mu);
+    auto it = l.impls.find(reinterpret_cast<uintptr_t>(closure));
+    if (it != l.impls.end()) f(*it->second);
+  }
+
   void close() {
-    if (js) jsCtx_Destroy(js);
     if (nc) {
-      natsConnection_Close(nc);
-      natsConnection_Destroy(nc);
+      closing = true;
+      natsConnection_Close(nc);  // queues the closed callback (once per connection)
+      // Let the callbacks queued before it (disconnected, errors) run while
+      // this Impl is still theirs; bounded: a stuck callback thread must not
+      // hold up a shutdown (later callbacks then find nothing).
+      std::unique_lock lock(mu);
+      cv.wait_for(lock, std::min<milliseconds>(o.timeout, milliseconds(2000)),
+                  [&] { return closed; });
     }
+    if (conn_id) {
+      Live& l = live();
+      std::lock_guard lock(l.mu);
+      l.impls.erase(conn_id);
+      conn_id = 0;
+    }
+    if (js) jsCtx_Destroy(js);
+    if (nc) natsConnection_Destroy(nc);
     if (opts) natsOptions_Destroy(opts);
     js = nullptr;
     nc = nullptr;
@@ -276,47 +310,69 @@ struct NatsSink::Impl {
   }
 
   static void on_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
-    auto* m = static_cast<Impl*>(closure);
-    const char* id = nullptr;
-    if (natsMsgHeader_Get(msg, kMsgId, &id) == NATS_OK && id) {
-      std::lock_guard lock(m->mu);
-      auto it = m->waiting.find(id);
-      // Not found or answered already: an ack of an attempt given up on, or
-      // of the first copy of a retried message.
-      if (it != m->waiting.end() && it->second == 0) {
-        if (pa) {
-          it->second = std::max<uint64_t>(pa->Sequence, 1);
-          --m->outstanding;
-        } else if (pae) {
-          it->second = kRefused;
-          if (m->failure.empty()) {
-            m->too_large = pae->ErrCode == JSStreamMessageExceedsMaximumErr;
-            m->failure = pae->ErrText && *pae->ErrText ? pae->ErrText : status_text(pae->Err);
+    with_impl(closure, [&](Impl& m) {
+      const char* id = nullptr;
+      if (natsMsgHeader_Get(msg, kMsgId, &id) == NATS_OK && id) {
+        std::lock_guard lock(m.mu);
+        auto it = m.waiting.find(id);
+        // Not found or answered already: an ack of an attempt given up on, or
+        // of the first copy of a retried message.
+        if (it != m.waiting.end() && it->second == 0) {
+          if (pa) {
+            it->second = std::max<uint64_t>(pa->Sequence, 1);
+            --m.outstanding;
+          } else if (pae) {
+            it->second = kRefused;
+            if (m.failure.empty()) {
+              m.too_large = pae->ErrCode == JSStreamMessageExceedsMaximumErr;
+              m.failure = pae->ErrText && *pae->ErrText ? pae->ErrText : status_text(pae->Err);
+            }
           }
         }
       }
-    }
-    m->cv.notify_all();
+      m.cv.notify_all();
+    });
     natsMsg_Destroy(msg);
   }
 
   static void on_disconnected(natsConnection* nc, void* closure) {
-    auto* m = static_cast<Impl*>(closure);
-    {
-      std::lock_guard lock(m->mu);
-      ++m->disconnects;
-    }
-    m->cv.notify_all();
-    if (!natsConnection_IsClosed(nc))  // not our own close()
-      spdlog::warn("{}: disconnected from NATS; reconnecting", m->name);
+    with_impl(closure, [&](Impl& m) {
+      {
+        std::lock_guard lock(m.mu);
+        ++m.disconnects;
+      }
+      m.cv.notify_all();
+      if (!m.closing.load() && !natsConnection_IsClosed(nc))
+        spdlog::warn("{}: disconnected from NATS; reconnecting", m.name);
+    });
+  }
+  static void on_closed(natsConnection* nc, void* closure) {
+    with_impl(closure, [&](Impl& m) {
+      {
+        std::lock_guard lock(m.mu);
+        m.closed = true;
+        ++m.disconnects;  // a delivery waiting for PubAcks gives up now
+      }
+      m.cv.notify_all();
+      if (!m.closing.load()) {
+        const char* text = nullptr;
+        natsStatus s = natsConnection_GetLastError(nc, &text);
+        spdlog::warn("{}: libnats closed the connection to NATS ({}); the next delivery connects "
+                     "again", m.name, text && *text ? text : natsStatus_GetText(s));
+      }
+    });
   }
   static void on_reconnected(natsConnection* nc, void* closure) {
-    char url[256] = "";
-    natsConnection_GetConnectedUrl(nc, url, sizeof url);
-    spdlog::info("{}: reconnected to {}", static_cast<Impl*>(closure)->name, nats::display_url(url));
+    with_impl(closure, [&](Impl& m) {
+      char url[256] = "";
+      natsConnection_GetConnectedUrl(nc, url, sizeof url);
+      spdlog::info("{}: reconnected to {}", m.name, nats::display_url(url));
+    });
   }
   static void on_error(natsConnection*, natsSubscription*, natsStatus err, void* closure) {
-    spdlog::warn("{}: NATS: {}", static_cast<Impl*>(closure)->name, natsStatus_GetText(err));
+    with_impl(closure, [&](Impl& m) {
+      spdlog::warn("{}: NATS: {}", m.name, natsStatus_GetText(err));
+    });
   }
 
   static void check(natsStatus s, const std::string& what) {
@@ -325,6 +381,18 @@ struct NatsSink::Impl {
 
   void connect() {
     close();
+    {
+      Live& l = live();
+      std::lock_guard lock(l.mu);
+      conn_id = l.next++;
+      l.impls.emplace(conn_id, this);
+    }
+    {
+      std::lock_guard lock(mu);
+      closed = false;
+    }
+    closing = false;
+    void* closure = reinterpret_cast<void*>(conn_id);
     std::string password = optional_secret("password", o.password_file, o.password_env);
     std::string token = optional_secret("token", o.token_file, o.token_env);
     check(natsOptions_Create(&opts), "natsOptions_Create");
@@ -338,9 +406,10 @@ struct NatsSink::Impl {
     check(natsOptions_SetTimeout(opts, std::min<int64_t>(o.timeout.count(), 5000)), "timeout");
     check(natsOptions_SetMaxReconnect(opts, -1), "max reconnect");
     check(natsOptions_SetReconnectWait(opts, 500), "reconnect wait");
-    check(natsOptions_SetDisconnectedCB(opts, on_disconnected, this), "callbacks");
-    check(natsOptions_SetReconnectedCB(opts, on_reconnected, this), "callbacks");
-    check(natsOptions_SetErrorHandler(opts, on_error, this), "callbacks");
+    check(natsOptions_SetDisconnectedCB(opts, on_disconnected, closure), "callbacks");
+    check(natsOptions_SetReconnectedCB(opts, on_reconnected, closure), "callbacks");
+    check(natsOptions_SetClosedCB(opts, on_closed, closure), "callbacks");
+    check(natsOptions_SetErrorHandler(opts, on_error, closure), "callbacks");
     if (!o.user.empty()) check(natsOptions_SetUserInfo(opts, o.user.c_str(), password.c_str()), "user");
     if (!token.empty()) check(natsOptions_SetToken(opts, token.c_str()), "token");
     std::fill(password.begin(), password.end(), '\0');
@@ -367,7 +436,7 @@ struct NatsSink::Impl {
     jsOptions_Init(&jo);
     jo.Wait = o.timeout.count();
     jo.PublishAsync.AckHandler = on_ack;
-    jo.PublishAsync.AckHandlerClosure = this;
+    jo.PublishAsync.AckHandlerClosure = closure;
     check(natsConnection_JetStream(&js, nc, &jo), "JetStream context");
   }
 
@@ -408,9 +477,37 @@ struct NatsSink::Impl {
     throw std::runtime_error("cannot create stream " + o.stream + ": " + status_text(s));
   }
 
+  struct ReadBack {
+    uint64_t seen = 0;   // messages looked at
+    uint64_t stale = 0;  // this host's, whose rows are no longer in the outbox
+  };
+
+  // Of the keys read back, those whose rows are still in the outbox (pending
+  // or dead) go into `skip`; the others were confirmed (or purged) after they
+  // were published, and are forgotten.
+  void keep_in_outbox(std::vector<std::pair<std::string, uint64_t>>& found, ReadBack& rb) {
+    if (found.empty()) return;
+    std::vector<std::string> keys;
+    keys.reserve(found.size());
+    for (const auto& [key, seq] : found) keys.push_back(key);
+    std::vector<bool> in = in_outbox ? in_outbox(keys) : std::vector<bool>(keys.size(), true);
+    if (in.size() != keys.size())
+      throw std::runtime_error("the outbox lookup answered " + std::to_string(in.size()) +
+                               " of " + std::to_string(keys.size()) + " keys");
+    for (size_t i = 0; i < found.size(); ++i) {
+      if (!in[i]) {
+        ++rb.stale;
+        continue;
+      }
+      uint64_t& seq = skip[found[i].first];
+      seq = std::max(seq, found[i].second);  // the last copy: the read-back finds it
+    }
+    found.clear();
+  }
+
   // Reads this host's messages after sequence `after`, up to `last`, into
-  // `skip`. Returns how many messages it looked at.
-  uint64_t read_back(uint64_t after, uint64_t last) {
+  // `skip` (those whose rows are still in the outbox).
+  ReadBack read_back(uint64_t after, uint64_t last) {
     std::string filter = nats::host_filter(o.subject, host_id);
     jsSubOptions so;
     jsSubOptions_Init(&so);
@@ -437,7 +534,8 @@ struct NatsSink::Impl {
     check(natsSubscription_GetConsumerInfo(&ci, sub, nullptr, &jerr), what);
     bool more = ci->NumPending > 0 || ci->Delivered.Consumer > 0;
     jsConsumerInfo_Destroy(ci);
-    uint64_t seen = 0;
+    ReadBack rb;
+    std::vector<std::pair<std::string, uint64_t>> found;
     while (more) {
       natsMsg* msg = nullptr;
       check(natsSubscription_NextMsg(&msg, sub, o.timeout.count()), what);
@@ -451,15 +549,17 @@ struct NatsSink::Impl {
       more = meta->NumPending > 0 && seq < last;
       jsMsgMetaData_Destroy(meta);
       if (seq <= last) {
-        ++seen;
+        ++rb.seen;
         const char* id = nullptr;
         if (natsMsgHeader_Get(msg, kMsgId, &id) == NATS_OK && id &&
             std::string_view(id).starts_with(host_prefix))
-          skip[id] = Stored{seq, true, true};
+          found.emplace_back(id, seq);
       }
       natsMsg_Destroy(msg);
+      if (found.size() >= 4096) keep_in_outbox(found, rb);
     }
-    return seen;
+    keep_in_outbox(found, rb);
+    return rb;
   }
 
   std::optional<std::string> open(const std::optional<std::string>& committed) {
@@ -502,11 +602,12 @@ struct NatsSink::Impl {
       spdlog::warn("{}: stream {} no longer holds sequences {}..{} (retention removed them before "
                    "tailbox confirmed them): lines published then may be published again",
                    name, o.stream, *from + 1, first - 1);
-    uint64_t seen = *from < last ? read_back(*from, last) : 0;
+    ReadBack rb = *from < last ? read_back(*from, last) : ReadBack{};
     spdlog::info("{}: connected to {}; stream {} (duplicate window {} ms); read back {} messages "
                  "after sequence {}: {} of this host's were published but not confirmed and will "
-                 "not be published again", name, display, o.stream, window_ms, seen, *from,
-                 skip.size());
+                 "not be published again ({} more were confirmed already){}", name, display,
+                 o.stream, window_ms, rb.seen, *from, skip.size(), rb.stale,
+                 in_outbox ? "" : " (no outbox lookup: every one holds the state)");
     return std::nullopt;
   }
 
@@ -514,8 +615,7 @@ struct NatsSink::Impl {
   // lies above it.
   std::string state() const {
     uint64_t s = high;
-    for (const auto& [key, stored] : skip)
-      if (stored.holds) s = std::min(s, stored.seq - 1);
+    for (const auto& [key, seq] : skip) s = std::min(s, seq - 1);
     for (const auto& [key, bound] : unsure) s = std::min(s, bound - 1);
     return o.stream + ":" + std::to_string(s);
   }
@@ -532,7 +632,7 @@ struct NatsSink::Impl {
       uint64_t seq = it == waiting.end() ? 0 : it->second;
       if (seq == kRefused) continue;
       if (seq != 0) {
-        skip[outs[i].key] = Stored{seq, true, false};
+        skip[outs[i].key] = seq;
         unsure.erase(outs[i].key);
       } else {
         unsure.emplace(outs[i].key, high + 1);
@@ -565,7 +665,17 @@ struct NatsSink::Impl {
   }
 
   Delivery publish(std::span<const Record> batch, std::vector<Out>& outs, size_t& sent) {
-    if (!nc || !js) return Delivery::retry("not connected");
+    if (!nc || !js || natsConnection_IsClosed(nc)) {
+      // libnats gave the connection up (e.g. an authorization error on
+      // reconnect) and will not reconnect by itself: open a new one, with the
+      // secrets read again. skip, unsure and high are kept.
+      try {
+        connect();
+      } catch (const std::exception& e) {
+        return Delivery::retry(std::string("connecting to NATS again: ") + e.what());
+      }
+      spdlog::info("{}: connected to {} again", name, display);
+    }
     if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
       return Delivery::retry("not connected to NATS (reconnecting to " + display + ")");
     const int64_t max_payload = natsConnection_GetMaxPayload(nc);
@@ -647,7 +757,8 @@ struct NatsSink::Impl {
       if (error.empty()) {
         std::unique_lock lock(mu);
         bool done = cv.wait_until(lock, deadline, [&] {
-          return outstanding == 0 || !failure.empty() || disconnects.load() != disconnects_before;
+          return outstanding == 0 || !failure.empty() || disconnects.load() != disconnects_before ||
+                 closed;
         });
         if (!failure.empty()) {
           error = failure;
@@ -667,19 +778,11 @@ struct NatsSink::Impl {
       for (const auto& [key, seq] : waiting) high = std::max(high, seq);
       for (const auto& out : outs) unsure.erase(out.key);
       waiting.clear();
-      // Rows are leased in id order, so the stored rows still pending come
-      // back in the first batches after a start: once a batch holds only
-      // fresh records, a read-back entry not hit belongs to a row confirmed
-      // before the crash (the state was held below it), and must not hold
-      // the state forever.
-      if (hits.empty())
-        for (auto& [key, stored] : skip)
-          if (stored.from_read_back) stored.holds = false;
     }
     std::string before = state();
     for (const auto& key : hits) {
       auto it = skip.find(key);
-      high = std::max(high, it->second.seq);
+      high = std::max(high, it->second);
       skip.erase(it);
       unsure.erase(key);
     }
@@ -707,6 +810,8 @@ std::string NatsSink::guarantee() const {
   return "exactly-once: Nats-Msg-Id dedup inside the stream's duplicate window; beyond it the "
          "stream is read back from the last acknowledged sequence at start";
 }
+
+void NatsSink::set_outbox_lookup(KeysInOutbox lookup) { impl_->in_outbox = std::move(lookup); }
 
 std::optional<std::string> NatsSink::open(const std::optional<std::string>& committed_state) {
   return impl_->open(committed_state);

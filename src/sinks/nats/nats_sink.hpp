@@ -9,20 +9,26 @@
 // commits "<stream>:<sequence>" in the outbox together with the deletion of its
 // rows, where no message of ours still pending in the outbox lies at or below
 // that sequence. At open() the stream is read back after that sequence (our
-// subjects only, when the template names {host}); the Nats-Msg-Ids of this
-// host found there were published but never confirmed, and deliver()
-// acknowledges those records without publishing them again. This needs serial
-// deliveries (serial() is true) and a stream that keeps its messages at least
-// as long as tailbox may be down.
+// subjects only, when the template names {host}); of the Nats-Msg-Ids of this
+// host found there, those whose rows are still in the outbox (pending or dead:
+// asked through set_outbox_lookup()) were published but never confirmed:
+// deliver() acknowledges those records without publishing them again, and
+// the state stays below them until then (a dead row holds it until it is
+// replayed and delivered, or purged). The others were confirmed and are
+// forgotten. This needs serial deliveries (serial() is true) and a stream
+// that keeps its messages at least as long as tailbox may be down.
 //
 // libnats blocks (connect, publish when its buffer is full, the wait for
 // PubAcks): deliver() runs that part on a thread the sink owns, never on the
 // caller's I/O threads, and every wait is bounded by `timeout`. libnats
-// reconnects by itself; while it is disconnected deliveries are retried.
+// reconnects by itself; while it is disconnected deliveries are retried. A
+// connection libnats closed for good (e.g. an authorization error on
+// reconnect) is opened anew by the next delivery, with the secrets read again.
 //
 // Thread-safety: open() completes before the first deliver(); deliveries run
-// one at a time (serial). libnats' PubAck callbacks run on its own thread and
-// meet the delivering thread under a mutex.
+// one at a time (serial). libnats' callbacks run on its own threads and meet
+// the delivering thread under a mutex; they reach the sink through a registry
+// that close() retires, so a late callback never touches a destroyed sink.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -96,6 +102,9 @@ class NatsSink : public Sink {
   const std::string& name() const override;
   std::string guarantee() const override;
   bool serial() const override { return true; }
+  // open() asks it which of the keys read back still have a row in the
+  // outbox: only those hold the state (the others were confirmed).
+  void set_outbox_lookup(KeysInOutbox lookup) override;
   // Reads the secrets, connects, finds (or creates) the stream and reads it
   // back after the committed sequence. Returns "<stream>:<last sequence>" on
   // first use (or when the stream was recreated). Throws std::runtime_error
