@@ -239,27 +239,8 @@ def test():
     h.tailbox_bin()
     with nats_server.NatsServer() as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
-        only = os.environ.get("TAILBOX_CASE")
-        for name, body in (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
-                           ("nats_dead_replayed", case_dead_replayed)):
-            if only and only != name:
-                continue
-            t0 = time.monotonic()
-            h.log(f"--- {name} ---")
-            wd = h.Workdir(f"tailbox-{name}-")
-            tb = h.Tailbox(wd)
-            passed = False
-            try:
-                body(ns, wd, tb, rng)
-                passed = True
-            except h.TestFailure:
-                h.report_failure_context(wd, seed)
-                h.log(f"nats-server log:\n{ns.log_tail()}")
-                raise
-            finally:
-                tb.close()
-                wd.cleanup(passed)
-            h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")
+        nc.run_cases(ns, (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
+                     ("nats_dead_replayed", case_dead_replayed)), rng, seed)
 
 
 if __name__ == "__main__":

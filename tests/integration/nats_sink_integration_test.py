@@ -143,28 +143,9 @@ def test():
     h.tailbox_bin()
     with nats_server.NatsServer(config="max_payload: 65536") as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
-        only = os.environ.get("TAILBOX_CASE")
-        for name, body in (("nats_120k_outage", case_120k_with_outage),
-                           ("nats_too_large", case_too_large),
-                           ("nats_closed_connection", case_closed_connection)):
-            if only and only != name:
-                continue
-            t0 = time.monotonic()
-            h.log(f"--- {name} ---")
-            wd = h.Workdir(f"tailbox-{name}-")
-            tb = h.Tailbox(wd)
-            passed = False
-            try:
-                body(ns, wd, tb, rng)
-                passed = True
-            except h.TestFailure:
-                h.report_failure_context(wd, seed)
-                h.log(f"nats-server log:\n{ns.log_tail()}")
-                raise
-            finally:
-                tb.close()
-                wd.cleanup(passed)
-            h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")
+        nc.run_cases(ns, (("nats_120k_outage", case_120k_with_outage),
+                     ("nats_too_large", case_too_large),
+                     ("nats_closed_connection", case_closed_connection)), rng, seed)
 
 
 if __name__ == "__main__":
