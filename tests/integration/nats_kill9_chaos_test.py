@@ -23,15 +23,26 @@ the stream must hold every line exactly once. Seeded (the seed is printed).
    (a sink that lets R's batches release P's read-back holds publishes P
    twice here).
 
+4. An outage beyond the window while tailbox keeps running
+   (duplicate_window = "1s", timeout = "2s"): tailbox talks to the server
+   through a proxy that, for a while, drops everything the server sends (the
+   PubAcks) but passes what tailbox sends. A batch is then stored in the
+   stream without any answer, the attempt fails, and the retries come more
+   than the window later. When the proxy cuts the connections and passes
+   answers again, tailbox reconnects; the stream must hold every line exactly
+   once (a sink that publishes the unanswered lines again stores them twice).
+
 Exit 77 (skip) when nats-server is not installed.
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_kill9_chaos_test.py
 """
 
 import os
 import random
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -233,6 +244,127 @@ def case_dead_replayed(ns, wd, tb, rng):
     nc.delete_stream(ns.port, stream)
 
 
+class AnswerDropProxy:
+    """A TCP proxy to a nats-server. drop(True): what the server sends is read
+    and thrown away (the client's messages still reach it, their PubAcks never
+    come back). drop(False): the open connections are cut (their byte streams
+    are no longer whole) and answers pass again for the next ones."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.dropping = False
+        self.lock = threading.Lock()
+        self.socks = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, answers):
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if answers and self.dropping:
+                continue
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def drop(self, on):
+        self.dropping = on
+        if not on:
+            with self.lock:
+                socks, self.socks = self.socks, []
+            for s in socks:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self):
+        self.listener.close()
+        self.drop(False)
+
+
+def log_count(wd, text):
+    try:
+        with open(wd.tailbox_log, "rb") as f:
+            return f.read().decode("utf-8", "replace").count(text)
+    except OSError:
+        return 0
+
+
+def case_outage_beyond_window(ns, wd, tb, rng):
+    stream, warm, n = "OUTAGE", 300, 3_000
+    proxy = AnswerDropProxy(ns.port)
+    try:
+        nc.write_nats_config(wd, proxy.url, stream,
+                             delivery={"backoff_min": "100ms", "backoff_max": "500ms"},
+                             sink_extra={"create_stream": True, "duplicate_window": "1s",
+                                         "timeout": "2s"})
+        w = nc.Writer(wd, rng)
+        w.spread(warm, 4)
+        tb.start()
+        nc.wait_all(ns.port, stream, wd, tb, warm, 30, f"the first {warm} lines")
+
+        # The outage: messages reach the server, the answers do not.
+        proxy.drop(True)
+        failed = log_count(wd, "no PubAck for")
+        w.spread(n, 4)
+        h.wait_until(lambda: nc.stream_count(ns.port, stream) > warm, 30,
+                     "messages stored without an answer", interval=0.1, tailbox=tb)
+        h.wait_until(lambda: log_count(wd, "no PubAck for") > failed, 30,
+                     "the attempt to fail without PubAcks", interval=0.1, tailbox=tb)
+        stored = nc.stream_count(ns.port, stream) - warm
+        h.log(f"{stored} messages stored while their attempt failed without an answer; "
+              f"keeping the answers away 3 s (beyond the 1 s duplicate window)")
+        time.sleep(3)
+        h.log(f"{nc.stream_count(ns.port, stream) - warm} messages stored after the outage")
+        proxy.drop(False)
+        nc.wait_all(ns.port, stream, wd, tb, w.seq, 60, "every line after the outage")
+        h.wait_until(lambda: sum(h.outbox_states(wd.outbox).values()) == 0, 30,
+                     "an empty outbox", interval=0.2, tailbox=tb)
+        nc.stop_clean(tb)
+        w.close()
+        h.log(f"{log_count(wd, 'were stored and will not be published again')} read-backs "
+              f"before publishing again")
+        nc.check_exact(ns.port, stream, w.paths)
+        nc.delete_stream(ns.port, stream)
+    finally:
+        proxy.close()
+
+
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
@@ -240,7 +372,8 @@ def test():
     with nats_server.NatsServer() as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
         nc.run_cases(ns, (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
-                     ("nats_dead_replayed", case_dead_replayed)), rng, seed)
+                     ("nats_dead_replayed", case_dead_replayed),
+                     ("nats_outage_beyond_window", case_outage_beyond_window)), rng, seed)
 
 
 if __name__ == "__main__":

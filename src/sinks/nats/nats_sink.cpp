@@ -241,9 +241,17 @@ struct NatsSink::Impl {
   // state stays below their sequence (key -> sequence).
   std::unordered_map<std::string, uint64_t> skip;
   // Published in a failed attempt without an answer: maybe stored, above
-  // `high` at that time. Published again (the window drops a recent copy).
-  std::unordered_map<std::string, uint64_t> unsure;
+  // `bound` - 1, not before `since`. Published again while the window surely
+  // drops a second copy (less than half of it since then); later the stream
+  // is read back first (recheck_unsure()).
+  struct Unsure {
+    uint64_t bound = 0;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::unordered_map<std::string, Unsure> unsure;
   uint64_t high = 0;  // every message of ours at or below it is confirmed or held
+  milliseconds window{0};  // the stream's duplicate window (stream info)
+  std::chrono::steady_clock::time_point attempt_start;  // of the attempt in flight
   std::string buffer;
 
   // The batch in flight, shared with libnats' PubAck callback thread.
@@ -440,15 +448,16 @@ struct NatsSink::Impl {
     check(natsConnection_JetStream(&js, nc, &jo), "JetStream context");
   }
 
-  // The stream's info; creates the stream when asked. The caller destroys it.
-  jsStreamInfo* stream_info() {
+  // The stream's info; creates the stream when asked (and `create`). The
+  // caller destroys it.
+  jsStreamInfo* stream_info(bool create = true) {
     jsStreamInfo* si = nullptr;
     jsErrCode jerr = static_cast<jsErrCode>(0);
     natsStatus s = js_GetStreamInfo(&si, js, o.stream.c_str(), nullptr, &jerr);
     if (s == NATS_OK) return si;
     if (s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
       throw std::runtime_error("cannot read stream " + o.stream + ": " + status_text(s));
-    if (!o.create_stream)
+    if (!o.create_stream || !create)
       throw std::runtime_error("stream " + o.stream +
                                " does not exist (create it, or set create_stream = true)");
     std::vector<const char*> subjects;
@@ -477,6 +486,18 @@ struct NatsSink::Impl {
     throw std::runtime_error("cannot create stream " + o.stream + ": " + status_text(s));
   }
 
+  struct StreamState {
+    uint64_t first = 0, last = 0;
+  };
+  // The stream's first and last sequences; also refreshes `window`.
+  StreamState stream_state(bool create) {
+    jsStreamInfo* si = stream_info(create);
+    StreamState st{si->State.FirstSeq, si->State.LastSeq};
+    window = milliseconds(si->Config ? si->Config->Duplicates / 1'000'000 : 0);
+    jsStreamInfo_Destroy(si);
+    return st;
+  }
+
   struct ReadBack {
     uint64_t seen = 0;   // messages looked at
     uint64_t stale = 0;  // this host's, whose rows are no longer in the outbox
@@ -485,12 +506,13 @@ struct NatsSink::Impl {
   // Of the keys read back, those whose rows are still in the outbox (pending
   // or dead) go into `skip`; the others were confirmed (or purged) after they
   // were published, and are forgotten.
-  void keep_in_outbox(std::vector<std::pair<std::string, uint64_t>>& found, ReadBack& rb) {
+  void keep_in_outbox(std::vector<std::pair<std::string, uint64_t>>& found, ReadBack& rb,
+                      const KeysInOutbox& lookup) {
     if (found.empty()) return;
     std::vector<std::string> keys;
     keys.reserve(found.size());
     for (const auto& [key, seq] : found) keys.push_back(key);
-    std::vector<bool> in = in_outbox ? in_outbox(keys) : std::vector<bool>(keys.size(), true);
+    std::vector<bool> in = lookup ? lookup(keys) : std::vector<bool>(keys.size(), true);
     if (in.size() != keys.size())
       throw std::runtime_error("the outbox lookup answered " + std::to_string(in.size()) +
                                " of " + std::to_string(keys.size()) + " keys");
@@ -506,8 +528,8 @@ struct NatsSink::Impl {
   }
 
   // Reads this host's messages after sequence `after`, up to `last`, into
-  // `skip` (those whose rows are still in the outbox).
-  ReadBack read_back(uint64_t after, uint64_t last) {
+  // `skip` (those whose rows are still in the outbox, asked through `lookup`).
+  ReadBack read_back(uint64_t after, uint64_t last, const KeysInOutbox& lookup) {
     std::string filter = nats::host_filter(o.subject, host_id);
     jsSubOptions so;
     jsSubOptions_Init(&so);
@@ -556,9 +578,9 @@ struct NatsSink::Impl {
           found.emplace_back(id, seq);
       }
       natsMsg_Destroy(msg);
-      if (found.size() >= 4096) keep_in_outbox(found, rb);
+      if (found.size() >= 4096) keep_in_outbox(found, rb, lookup);
     }
-    keep_in_outbox(found, rb);
+    keep_in_outbox(found, rb, lookup);
     return rb;
   }
 
@@ -566,10 +588,8 @@ struct NatsSink::Impl {
     skip.clear();
     unsure.clear();
     connect();
-    jsStreamInfo* si = stream_info();
-    const uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
-    const int64_t window_ms = si->Config ? si->Config->Duplicates / 1'000'000 : 0;
-    jsStreamInfo_Destroy(si);
+    const auto [first, last] = stream_state(true);
+    const int64_t window_ms = window.count();
 
     std::optional<uint64_t> from;
     if (committed) {
@@ -602,7 +622,7 @@ struct NatsSink::Impl {
       spdlog::warn("{}: stream {} no longer holds sequences {}..{} (retention removed them before "
                    "tailbox confirmed them): lines published then may be published again",
                    name, o.stream, *from + 1, first - 1);
-    ReadBack rb = *from < last ? read_back(*from, last) : ReadBack{};
+    ReadBack rb = *from < last ? read_back(*from, last, in_outbox) : ReadBack{};
     spdlog::info("{}: connected to {}; stream {} (duplicate window {} ms); read back {} messages "
                  "after sequence {}: {} of this host's were published but not confirmed and will "
                  "not be published again ({} more were confirmed already){}", name, display,
@@ -616,7 +636,7 @@ struct NatsSink::Impl {
   std::string state() const {
     uint64_t s = high;
     for (const auto& [key, seq] : skip) s = std::min(s, seq - 1);
-    for (const auto& [key, bound] : unsure) s = std::min(s, bound - 1);
+    for (const auto& [key, u] : unsure) s = std::min(s, u.bound - 1);
     return o.stream + ":" + std::to_string(s);
   }
 
@@ -635,13 +655,71 @@ struct NatsSink::Impl {
         skip[outs[i].key] = seq;
         unsure.erase(outs[i].key);
       } else {
-        unsure.emplace(outs[i].key, high + 1);
+        unsure.emplace(outs[i].key, Unsure{high + 1, attempt_start});
       }
     }
     waiting.clear();
     outstanding = 0;
     failure.clear();
     too_large = false;
+  }
+
+  // Before records sent in an earlier attempt without an answer are published
+  // again: when half of the duplicate window or more has passed since then,
+  // the window may no longer drop a second copy, so the stream is read back
+  // first (as open() does, from below the oldest of them up to its current
+  // end). Those found there go into `skip` and are acknowledged without being
+  // published; the others were not stored by the time the read-back began, and
+  // count from then on. Returns a retry when the stream cannot be read back
+  // (they are never published blindly), nullopt to go on.
+  std::optional<Delivery> recheck_unsure(std::span<const Record> batch) {
+    using clock = std::chrono::steady_clock;
+    const auto start = clock::now();
+    uint64_t after = std::numeric_limits<uint64_t>::max();
+    clock::time_point oldest = start;
+    std::vector<std::string> keys;
+    for (const Record& r : batch) {
+      std::string key = header_value(r.key);
+      auto it = unsure.find(key);
+      if (it == unsure.end() || skip.count(key)) continue;
+      keys.push_back(std::move(key));
+      after = std::min(after, it->second.bound - 1);
+      oldest = std::min(oldest, it->second.since);
+    }
+    if (keys.empty() || start - oldest < window / 2) return std::nullopt;
+    const auto age = std::chrono::duration_cast<milliseconds>(start - oldest).count();
+    size_t found = 0;
+    try {
+      const StreamState st = stream_state(false);
+      // Only our own records without an answer (or already held) are still
+      // pending in the outbox: every other key of ours was confirmed.
+      KeysInOutbox pending = [this](const std::vector<std::string>& ks) {
+        std::vector<bool> in;
+        in.reserve(ks.size());
+        for (const auto& k : ks) in.push_back(unsure.count(k) > 0 || skip.count(k) > 0);
+        return in;
+      };
+      ReadBack rb = after < st.last ? read_back(after, st.last, pending) : ReadBack{};
+      for (const auto& key : keys) {
+        auto it = unsure.find(key);
+        if (skip.count(key)) {
+          ++found;
+          if (it != unsure.end()) unsure.erase(it);
+        } else if (it != unsure.end()) {  // not stored up to st.last
+          it->second.bound = std::max(it->second.bound, st.last + 1);
+          it->second.since = start;
+        }
+      }
+      spdlog::info("{}: {} lines of this batch were sent {} ms ago without an answer (duplicate "
+                   "window {} ms): read back {} messages of stream {} after sequence {}: {} were "
+                   "stored and will not be published again", name, keys.size(), age,
+                   window.count(), rb.seen, o.stream, after, found);
+    } catch (const std::exception& e) {
+      return Delivery::retry("reading stream " + o.stream + " back before publishing again lines "
+                             "sent " + std::to_string(age) + " ms ago without an answer: " +
+                             e.what());
+    }
+    return std::nullopt;
   }
 
   // One batch, on the sink's thread. Never throws.
@@ -678,6 +756,8 @@ struct NatsSink::Impl {
     }
     if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
       return Delivery::retry("not connected to NATS (reconnecting to " + display + ")");
+    if (auto d = recheck_unsure(batch)) return std::move(*d);
+    attempt_start = std::chrono::steady_clock::now();
     const int64_t max_payload = natsConnection_GetMaxPayload(nc);
 
     // Build every message first: one too large for the server rejects the

@@ -15,8 +15,12 @@
 // deliver() acknowledges those records without publishing them again, and
 // the state stays below them until then (a dead row holds it until it is
 // replayed and delivered, or purged). The others were confirmed and are
-// forgotten. This needs serial deliveries (serial() is true) and a stream
-// that keeps its messages at least as long as tailbox may be down.
+// forgotten. While running, a record sent in a failed attempt without an
+// answer is published again only while less than half of the window has
+// passed since then; later the stream is read back the same way first, and
+// those found there are acknowledged without being published (a failed
+// read-back is a retry). This needs serial deliveries (serial() is true) and
+// a stream that keeps its messages at least as long as tailbox may be down.
 //
 // libnats blocks (connect, publish when its buffer is full, the wait for
 // PubAcks): deliver() runs that part on a thread the sink owns, never on the
