@@ -683,16 +683,17 @@ def write_sink_config(wd, sink, **kwargs):
 class Writer:
     """Appends unique lines (make_line) to files of a work directory, in bursts."""
 
-    def __init__(self, wd, rng, files=("a.log", "b.log", "c.log", "d.log")):
+    def __init__(self, wd, rng, files=("a.log", "b.log", "c.log", "d.log"), line=None):
         self.wd, self.rng = wd, rng
         self.paths = [wd.log_path(n) for n in files]
         self.src = SourceFiles(self.paths)
         self.seq = 0
+        self.line = line or make_line     # line(rng, tag, seq) -> bytes with its newline
 
     def burst(self, n, path=None, torn=False):
         path = path or self.rng.choice(self.paths)
         tag = os.path.basename(path)[0]
-        data = b"".join(make_line(self.rng, tag, self.seq + i) for i in range(n))
+        data = b"".join(self.line(self.rng, tag, self.seq + i) for i in range(n))
         self.seq += n
         split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
         self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)

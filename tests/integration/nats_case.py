@@ -117,7 +117,7 @@ def read_backs(wd):
 
 
 def run_cases(ns, cases, rng, seed):
-    """Runs each (name, body(ns, wd, tb, rng)) in a fresh work directory with its
+    """Runs each (name, body(ns, wd, tb, rng)) (ns: a NatsServer or NatsCluster) in a fresh work directory with its
     own tailbox; TAILBOX_CASE=<name> runs one. On failure prints the context."""
     only = os.environ.get("TAILBOX_CASE")
     for name, body in cases:
@@ -133,7 +133,8 @@ def run_cases(ns, cases, rng, seed):
             passed = True
         except h.TestFailure:
             h.report_failure_context(wd, seed)
-            h.log(f"nats-server log:\n{ns.log_tail()}")
+            tails = ns.log_tails() if hasattr(ns, "log_tails") else ns.log_tail()
+            h.log(f"nats-server log:\n{tails}")
             raise
         finally:
             tb.close()

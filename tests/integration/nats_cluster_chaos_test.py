@@ -99,20 +99,7 @@ def test():
     h.tailbox_bin()
     with nats_server.NatsCluster(3) as cl:
         h.log(f"nats-server cluster on {cl.url} ({cl.root})")
-        wd = h.Workdir("tailbox-nats-cluster-")
-        tb = h.Tailbox(wd)
-        passed = False
-        try:
-            case_cluster(cl, wd, tb, rng)
-            passed = True
-        except h.TestFailure:
-            h.report_failure_context(wd, seed)
-            h.log(f"nats-server logs:\n{cl.log_tails()}")
-            raise
-        finally:
-            tb.close()
-            wd.cleanup(passed)
-
+        nc.run_cases(cl, (("nats_cluster", case_cluster),), rng, seed)
 
 if __name__ == "__main__":
     nats_server.require_nats_server()

@@ -87,29 +87,9 @@ def good_line(rng, tag, seq):
         return h.make_line(rng, tag, seq, variety=False)
 
 
-class Writer:
-    """Appends unique good lines to FILES in a work directory."""
-
-    def __init__(self, wd, rng, files=FILES):
-        self.wd, self.rng = wd, rng
-        self.paths = [wd.log_path(n) for n in files]
-        self.src = h.SourceFiles(self.paths)
-        self.seq = 0
-
-    def burst(self, n, path=None, torn=False):
-        path = path or self.rng.choice(self.paths)
-        tag = os.path.basename(path)[0]
-        data = b"".join(good_line(self.rng, tag, self.seq + i) for i in range(n))
-        self.seq += n
-        split = self.rng.randrange(1, len(data)) if torn and len(data) > 1 else None
-        self.src.write(path, data, n, split_at=split, pause=0.02 if split else 0.0)
-
-    def spread(self, n, bursts):
-        for k in range(bursts):
-            self.burst(n // bursts + (1 if k < n % bursts else 0), path=self.paths[k % len(self.paths)])
-
-    def close(self):
-        self.src.close()
+def Writer(wd, rng, files=FILES):
+    """harness.Writer with lines PostgreSQL text accepts."""
+    return h.Writer(wd, rng, files=files, line=good_line)
 
 
 def read_table(pg, db, table="tailbox_logs"):
