@@ -733,6 +733,23 @@ def stop_clean(tb):
     if rc != 0:
         fail(f"tailbox exited {rc} after SIGTERM")
 
+
+def caught_up(wd, paths):
+    """Every file read to its end (read_offset = size) and no row pending."""
+    return pending_rows(wd) == 0 and caught_up_reading(wd, paths)
+
+
+def caught_up_reading(wd, paths):
+    """Every file read to its end (read_offset = size)."""
+    if not os.path.exists(wd.outbox):
+        return False
+    conn = sqlite_connect(wd.outbox)
+    try:
+        offsets = dict(conn.execute("SELECT path, read_offset FROM files"))
+    finally:
+        conn.close()
+    return all(offsets.get(p, -1) == os.path.getsize(p) for p in paths if os.path.exists(p))
+
 # ---------------------------------------------------------------------------
 # Running a test
 # ---------------------------------------------------------------------------

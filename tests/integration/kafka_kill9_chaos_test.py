@@ -35,7 +35,7 @@ SKIP_LOG = "were committed to Kafka before the last stop"
 def case_random_kills(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "5s"},
                           delivery={"backoff_min": "100ms", "backoff_max": "1s", "batch_rows": 500})
-    w = km.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     for p in w.paths:
         w.burst(2_000, path=p)
     tb.start()
@@ -49,7 +49,7 @@ def case_random_kills(wd, cluster, tb, rng):
             time.sleep(rng.uniform(0, 0.05))
         tb.kill9()
         h.log(f"kill -9 #{k + 1}{' (slow brokers)' if slow else ''}: {w.seq} lines written, "
-              f"{km.pending(wd)} rows pending")
+              f"{h.pending_rows(wd)} rows pending")
         if rng.random() < 0.5:
             w.burst(rng.randint(100, 2000))
         tb.start()
@@ -57,7 +57,7 @@ def case_random_kills(wd, cluster, tb, rng):
         cluster.command(f"rtt {b} 0")
     w.burst(1_000)
     km.wait_drained(wd, w, tb, timeout=180)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     km.check_exact(cluster, w.paths)
     with open(wd.tailbox_log, errors="replace") as f:
@@ -75,13 +75,13 @@ def make_gap(wd, cluster, tb, rng, mode):
     """
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"mode": mode, "timeout": "3s"},
                           delivery={"batch_rows": 200, "linger": "0ms", "backoff_max": "500ms"})
-    w = km.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     for p in w.paths:
         w.burst(5_000, path=p)
     for b in (1, 2, 3):
         cluster.broker_down(b)
     tb.start()
-    h.wait_until(lambda: km.caught_up_reading(wd, w.paths), 60, "every line in the outbox",
+    h.wait_until(lambda: h.caught_up_reading(wd, w.paths), 60, "every line in the outbox",
                  tailbox=tb)
     lock = sqlite3.connect(wd.outbox, timeout=30, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
@@ -95,8 +95,8 @@ def make_gap(wd, cluster, tb, rng, mode):
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    if km.pending(wd) != w.seq:
-        h.fail(f"{km.pending(wd)} rows pending after the kill, expected all {w.seq}: the lock did "
+    if h.pending_rows(wd) != w.seq:
+        h.fail(f"{h.pending_rows(wd)} rows pending after the kill, expected all {w.seq}: the lock did "
                "not hold the acks back")
     return w
 
@@ -109,10 +109,10 @@ def case_gap_transactional(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "2s"},
                           delivery={"batch_rows": 1000, "linger": "0ms", "backoff_max": "500ms"})
     cluster.produce_errors(40, km.TOPIC_AUTHORIZATION_FAILED)
-    h.log(f"killed with {km.pending(wd)} rows pending; restarting with Produce failing for a while")
+    h.log(f"killed with {h.pending_rows(wd)} rows pending; restarting with Produce failing for a while")
     tb.start()
     km.wait_drained(wd, w, tb)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     with open(wd.tailbox_log, errors="replace") as f:
         skipped = [line.strip() for line in f if SKIP_LOG in line]
@@ -132,7 +132,7 @@ def case_gap_idempotent(wd, cluster, tb, rng):
     w = make_gap(wd, cluster, tb, rng, "idempotent")
     tb.start()
     km.wait_drained(wd, w, tb)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     recs = cluster.read_all()
     keys = [r.key for r in recs]

@@ -159,12 +159,6 @@ def write_kafka_config(wd, bootstrap, sink_extra=None, **kwargs):
     return h.write_sink_config(wd, sink, host_id=HOST, **kwargs)
 
 
-Writer = h.Writer
-pending = h.pending_rows
-dead_rows = h.dead_rows
-stop_clean = h.stop_clean
-
-
 def check_exact(cluster, paths, drop=()):
     recs, hidden = cluster.read_committed()
     expected = h.expected_from_files(paths)
@@ -193,26 +187,9 @@ def run_case(name, body, rng, cluster_kwargs=None):
         wd.cleanup(passed)
 
 
-def caught_up(wd, paths):
-    """Every file read to its end (read_offset = size) and no row pending."""
-    return pending(wd) == 0 and caught_up_reading(wd, paths)
-
-
-def caught_up_reading(wd, paths):
-    """Every file read to its end (read_offset = size)."""
-    if not os.path.exists(wd.outbox):
-        return False
-    conn = h.sqlite_connect(wd.outbox)
-    try:
-        offsets = dict(conn.execute("SELECT path, read_offset FROM files"))
-    finally:
-        conn.close()
-    return all(offsets.get(p, -1) == os.path.getsize(p) for p in paths if os.path.exists(p))
-
-
 def wait_drained(wd, w, tb, timeout=120, paths=None):
     paths = paths or w.paths
-    h.wait_until(lambda: caught_up(wd, paths), timeout, f"all {w.seq} lines delivered",
-                 interval=0.5, tailbox=tb, progress=lambda: f"{pending(wd)} rows pending")
+    h.wait_until(lambda: h.caught_up(wd, paths), timeout, f"all {w.seq} lines delivered",
+                 interval=0.5, tailbox=tb, progress=lambda: f"{h.pending_rows(wd)} rows pending")
 
 

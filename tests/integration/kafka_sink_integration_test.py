@@ -46,7 +46,7 @@ SETTLED = "the transaction whose commit timed out did commit"
 def case_broker_errors(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap,
                           delivery={"backoff_min": "100ms", "backoff_max": "1s"})
-    w = km.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     for p in w.paths:
         w.burst(5_000, path=p)
     tb.start()
@@ -69,11 +69,11 @@ def case_broker_errors(wd, cluster, tb, rng):
     cluster.broker_up(2)
     h.log(f"{w.seq} lines written")
     km.wait_drained(wd, w, tb)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     km.check_exact(cluster, w.paths)
-    if km.dead_rows(wd):
-        h.fail(f"dead rows: {km.dead_rows(wd)[:5]}")
+    if h.dead_rows(wd):
+        h.fail(f"dead rows: {h.dead_rows(wd)[:5]}")
 
 
 def scrape(port):
@@ -99,10 +99,10 @@ def case_outage(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "3s"},
                           delivery={"backoff_min": "100ms", "backoff_max": "1s"},
                           metrics={"listen": f"127.0.0.1:{port}"})
-    w = km.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     w.burst(3_000)
     tb.start()
-    h.wait_until(lambda: km.pending(wd) == 0, 60, "the first 3,000 lines", tailbox=tb)
+    h.wait_until(lambda: h.pending_rows(wd) == 0, 60, "the first 3,000 lines", tailbox=tb)
     h.log("all three brokers down for 6 s while lines are written")
     for b in (1, 2, 3):
         cluster.broker_down(b)
@@ -111,7 +111,7 @@ def case_outage(wd, cluster, tb, rng):
         w.burst(rng.randint(100, 500))
         time.sleep(0.2)
     tb.assert_alive("the brokers were down")
-    waiting = km.pending(wd)
+    waiting = h.pending_rows(wd)
     h.log(f"{w.seq} lines written; {waiting} rows wait in the outbox; brokers up")
     if waiting <= 0:
         h.fail("no rows waited in the outbox while every broker was down")
@@ -128,11 +128,11 @@ def case_outage(wd, cluster, tb, rng):
     delivered = sum(v for _, v in scrape(port).get("tailbox_sink_delivered_rows_total", []))
     if delivered != w.seq:
         h.fail(f"tailbox_sink_delivered_rows_total is {delivered}, {w.seq} lines were delivered")
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     km.check_exact(cluster, w.paths)
-    if km.dead_rows(wd):
-        h.fail(f"the outage dead-lettered rows: {km.dead_rows(wd)[:5]}")
+    if h.dead_rows(wd):
+        h.fail(f"the outage dead-lettered rows: {h.dead_rows(wd)[:5]}")
 
 
 def case_too_large(wd, cluster, tb, rng):
@@ -147,14 +147,14 @@ def case_too_large(wd, cluster, tb, rng):
     with open(path, "wb") as f:
         f.write(data)
     tb.start()
-    h.wait_until(lambda: km.caught_up(wd, [path]) and len(km.dead_rows(wd)) == 1, 60,
+    h.wait_until(lambda: h.caught_up(wd, [path]) and len(h.dead_rows(wd)) == 1, 60,
                  "the big line dead-lettered and the rest delivered", tailbox=tb,
-                 progress=lambda: f"{km.pending(wd)} pending, {len(km.dead_rows(wd))} dead")
-    off, p, err = km.dead_rows(wd)[0]
+                 progress=lambda: f"{h.pending_rows(wd)} pending, {len(h.dead_rows(wd))} dead")
+    off, p, err = h.dead_rows(wd)[0]
     if (p, off) != big_at or "message.max.bytes" not in (err or ""):
         h.fail(f"dead row {(p, off, err)}, expected the 50 KB line at {big_at} with the size reason")
     h.log(f"dead row: {err}")
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     km.check_exact(cluster, [path], drop=[big_at])
 
 
@@ -165,7 +165,7 @@ def case_commit_timeout(wd, cluster, tb, rng):
     transaction committed, and sends nothing twice."""
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "2s"},
                           delivery={"backoff_min": "100ms", "backoff_max": "500ms"})
-    w = km.Writer(wd, rng, files=["a.log"])
+    w = h.Writer(wd, rng, files=["a.log"])
     w.burst(2_000)
     tb.start()
     km.wait_drained(wd, w, tb, timeout=60)
@@ -173,9 +173,9 @@ def case_commit_timeout(wd, cluster, tb, rng):
         cluster.request_errors(km.API_END_TXN, 60, km.COORDINATOR_LOAD_IN_PROGRESS)
         w.burst(1_000)
         h.wait_until(lambda: SETTLED in open(wd.tailbox_log, errors="replace").read()
-                     or km.caught_up(wd, w.paths), 60, "the commit timing out", tailbox=tb)
+                     or h.caught_up(wd, w.paths), 60, "the commit timing out", tailbox=tb)
     km.wait_drained(wd, w, tb, timeout=120)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     text = open(wd.tailbox_log, errors="replace").read()
     settled = text.count(SETTLED)
@@ -187,12 +187,12 @@ def case_commit_timeout(wd, cluster, tb, rng):
 
 def case_idempotent(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"mode": "idempotent"})
-    w = km.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     for p in w.paths:
         w.burst(5_000, path=p)
     tb.start()
     km.wait_drained(wd, w, tb)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     expected = h.expected_from_files(w.paths)
     h.log(h.check_exact(expected, cluster.read_all(), host_id=HOST, label="topic logs (idempotent)"))
@@ -200,12 +200,12 @@ def case_idempotent(wd, cluster, tb, rng):
 
 def case_key_file_ndjson(wd, cluster, tb, rng):
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"key": "file", "format": "ndjson"})
-    w = km.Writer(wd, rng, files=["a.log", "b.log"])
+    w = h.Writer(wd, rng, files=["a.log", "b.log"])
     for p in w.paths:
         w.burst(1_000, path=p)
     tb.start()
     km.wait_drained(wd, w, tb)
-    km.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     keys_by_path = {}
     n = 0

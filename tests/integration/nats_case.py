@@ -23,12 +23,6 @@ def write_nats_config(wd, url, stream, sink_extra=None, **kwargs):
     return h.write_sink_config(wd, sink, host_id=HOST, **kwargs)
 
 
-Writer = h.Writer
-pending = h.pending_rows
-dead_rows = h.dead_rows
-stop_clean = h.stop_clean
-
-
 def client(ports, token=None):
     return nats_server.NatsClient(ports, token=token)
 
@@ -87,10 +81,10 @@ def read_records(ports, stream, token=None):
 def wait_all(ports, stream, wd, tb, expected, timeout, what):
     """Until the outbox has nothing pending and the stream holds >= expected messages."""
     def done():
-        return pending(wd) == 0 and stream_count(ports, stream) >= expected
+        return h.pending_rows(wd) == 0 and stream_count(ports, stream) >= expected
     h.wait_until(done, timeout, what, interval=0.5, tailbox=tb,
                  progress=lambda: f"{stream_count(ports, stream)} of {expected} messages in the "
-                                  f"stream, {pending(wd)} pending in the outbox")
+                                  f"stream, {h.pending_rows(wd)} pending in the outbox")
 
 
 def check_exact(ports, stream, paths, drop=(), token=None):

@@ -65,7 +65,7 @@ def case_cluster(cl, wd, tb, rng):
     nats_server.wait_jetstream(ports, 60)
     create_stream(ports)
     nc.write_nats_config(wd, cl.url, STREAM, sink_extra={"timeout": "3s"})
-    w = nc.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     w.spread(5_000, 4)
     tb.start()
     write_for(w, rng, rng.uniform(1.0, 2.0))
@@ -86,11 +86,11 @@ def case_cluster(cl, wd, tb, rng):
     write_for(w, rng, 1.0)
     w.burst(1_000)
     nc.wait_all(up, STREAM, wd, tb, w.seq, 120, "every line in the R3 stream")
-    nc.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     nc.check_exact(up, STREAM, w.paths)
-    if nc.dead_rows(wd):
-        h.fail(f"dead rows: {nc.dead_rows(wd)[:5]}")
+    if h.dead_rows(wd):
+        h.fail(f"dead rows: {h.dead_rows(wd)[:5]}")
 
 
 def test():

@@ -61,7 +61,7 @@ def write_for(w, rng, seconds, big=(50, 1500)):
 def case_kill9(ns, wd, tb, rng):
     stream = "KILL9"
     nc.write_nats_config(wd, ns.url, stream, sink_extra={"create_stream": True})
-    w = nc.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     w.spread(5_000, 4)
     tb.start()
     for k in range(5):
@@ -74,7 +74,7 @@ def case_kill9(ns, wd, tb, rng):
         tb.start()
     w.burst(1_000)
     nc.wait_all(ns.port, stream, wd, tb, w.seq, 120, "every line after five kill -9")
-    nc.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     nc.check_exact(ns.port, stream, w.paths)
     nc.delete_stream(ns.port, stream)
@@ -84,7 +84,7 @@ def case_beyond_window(ns, wd, tb, rng):
     stream = "WINDOW"
     nc.write_nats_config(wd, ns.url, stream,
                          sink_extra={"create_stream": True, "duplicate_window": "1s"})
-    w = nc.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     w.spread(20_000, 4)
     tb.start()
     h.wait_until(lambda: nc.read_backs(wd) or nc.stream_count(ns.port, stream) > 0, 30,
@@ -113,7 +113,7 @@ def case_beyond_window(ns, wd, tb, rng):
                f"exercise the read-back")
     w.burst(1_000)
     nc.wait_all(ns.port, stream, wd, tb, w.seq, 120, "every line after the restarts")
-    nc.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     nc.check_exact(ns.port, stream, w.paths)
     nc.delete_stream(ns.port, stream)
@@ -163,7 +163,7 @@ def case_dead_replayed(ns, wd, tb, rng):
                              sink_extra={"create_stream": True, "duplicate_window": "1s"})
 
     config(max_attempts=2)
-    w = nc.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     w.burst(warm, path=w.paths[0])
     tb.start()
     nc.wait_all(ns.port, stream, wd, tb, warm, 30, f"the first {warm} lines")
@@ -180,7 +180,7 @@ def case_dead_replayed(ns, wd, tb, rng):
     config(max_attempts=0)
     tb.start()
     w.burst(n_stored, path=w.paths[2])
-    h.wait_until(lambda: nc.pending(wd) == n_stored, 30, f"{n_stored} more lines in the outbox",
+    h.wait_until(lambda: h.pending_rows(wd) == n_stored, 30, f"{n_stored} more lines in the outbox",
                  tailbox=tb)
     lock = OutboxLock(wd)
     try:
@@ -203,8 +203,8 @@ def case_dead_replayed(ns, wd, tb, rng):
 
     r = subprocess.run([REPLAY, "--db", wd.outbox], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60)
-    if r.returncode != 0 or nc.pending(wd) != n_stored + n_dead:
-        h.fail(f"tools/replay exited {r.returncode}, {nc.pending(wd)} pending: "
+    if r.returncode != 0 or h.pending_rows(wd) != n_stored + n_dead:
+        h.fail(f"tools/replay exited {r.returncode}, {h.pending_rows(wd)} pending: "
                f"{r.stdout}{r.stderr}")
     h.log(f"replayed: {r.stdout.strip()}")
 
@@ -214,7 +214,7 @@ def case_dead_replayed(ns, wd, tb, rng):
     config(max_attempts=0, batch_rows=50, linger="0ms")
     before = len(nc.read_backs(wd))
     tb.start()
-    h.wait_until(lambda: 0 <= nc.pending(wd) <= n_stored + n_dead - 100, 30,
+    h.wait_until(lambda: 0 <= h.pending_rows(wd) <= n_stored + n_dead - 100, 30,
                  "the first replayed rows confirmed", interval=0.01, tailbox=tb)
     lock = OutboxLock(wd)
     try:
@@ -238,7 +238,7 @@ def case_dead_replayed(ns, wd, tb, rng):
     time.sleep(2.5)
     tb.start()
     nc.wait_all(ns.port, stream, wd, tb, w.seq, 60, "every line after the second restart")
-    nc.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     nc.check_exact(ns.port, stream, w.paths[:3])
     nc.delete_stream(ns.port, stream)
@@ -333,7 +333,7 @@ def case_outage_beyond_window(ns, wd, tb, rng):
                              delivery={"backoff_min": "100ms", "backoff_max": "500ms"},
                              sink_extra={"create_stream": True, "duplicate_window": "1s",
                                          "timeout": "2s"})
-        w = nc.Writer(wd, rng)
+        w = h.Writer(wd, rng)
         w.spread(warm, 4)
         tb.start()
         nc.wait_all(ns.port, stream, wd, tb, warm, 30, f"the first {warm} lines")
@@ -355,7 +355,7 @@ def case_outage_beyond_window(ns, wd, tb, rng):
         nc.wait_all(ns.port, stream, wd, tb, w.seq, 60, "every line after the outage")
         h.wait_until(lambda: sum(h.outbox_states(wd.outbox).values()) == 0, 30,
                      "an empty outbox", interval=0.2, tailbox=tb)
-        nc.stop_clean(tb)
+        h.stop_clean(tb)
         w.close()
         h.log(f"{log_count(wd, 'were stored and will not be published again')} read-backs "
               f"before publishing again")

@@ -39,7 +39,7 @@ import nats_server  # noqa: E402
 def case_120k_with_outage(ns, wd, tb, rng):
     stream = "OUTAGE"
     nc.write_nats_config(wd, ns.url, stream, sink_extra={"create_stream": True, "timeout": "3s"})
-    w = nc.Writer(wd, rng)
+    w = h.Writer(wd, rng)
     w.spread(30_000, 4)
     tb.start()
     appended, outage_done = 0, False
@@ -55,7 +55,7 @@ def case_120k_with_outage(ns, wd, tb, rng):
                 appended += n
                 time.sleep(0.1)
             tb.assert_alive("nats-server was down")
-            waiting = nc.pending(wd)
+            waiting = h.pending_rows(wd)
             h.log(f"{w.seq} lines written; {waiting} wait in the outbox; starting nats-server")
             if waiting <= 0:
                 h.fail("no rows waited in the outbox during the outage")
@@ -69,11 +69,11 @@ def case_120k_with_outage(ns, wd, tb, rng):
     t0 = time.monotonic()
     nc.wait_all(ns.port, stream, wd, tb, w.seq, 150, f"{w.seq} lines in the stream")
     h.log(f"delivered within {time.monotonic() - t0:.1f}s of the last write")
-    nc.stop_clean(tb)
+    h.stop_clean(tb)
     w.close()
     nc.check_exact(ns.port, stream, w.paths)
-    if nc.dead_rows(wd):
-        h.fail(f"dead rows: {nc.dead_rows(wd)[:5]}")
+    if h.dead_rows(wd):
+        h.fail(f"dead rows: {h.dead_rows(wd)[:5]}")
     nc.delete_stream(ns.port, stream)   # its subjects are the next case's
 
 
@@ -91,8 +91,8 @@ def case_too_large(ns, wd, tb, rng):
         f.write(data)
     tb.start()
     nc.wait_all(ns.port, stream, wd, tb, 3_000, 60, "the 3,000 lines around the big one")
-    nc.stop_clean(tb)
-    dead = nc.dead_rows(wd)
+    h.stop_clean(tb)
+    dead = h.dead_rows(wd)
     if [(p, off) for off, p, _ in dead] != [(path, big_at)]:
         h.fail(f"dead rows {[(p, off) for off, p, _ in dead]}, expected only the big line at "
                f"{big_at}")
@@ -112,7 +112,7 @@ def case_closed_connection(_ns, wd, tb, rng):
         url = f"nats://127.0.0.1:{ts.port}"
         nc.write_nats_config(wd, url, stream, sink_extra={"create_stream": True, "timeout": "3s",
                                                           "token_file": token_file})
-        w = nc.Writer(wd, rng)
+        w = h.Writer(wd, rng)
         w.spread(2_000, 2)
         tb.start()
         h.wait_until(lambda: nc.stream_count(ts.port, stream, "first-token") == 2_000, 30,
@@ -123,9 +123,9 @@ def case_closed_connection(_ns, wd, tb, rng):
             f.write("second-token\n")
         ts.start()
         w.spread(2_000, 2)
-        h.wait_until(lambda: nc.pending(wd) == 0, 60, "the lines written after the token changed",
+        h.wait_until(lambda: h.pending_rows(wd) == 0, 60, "the lines written after the token changed",
                      interval=0.5, tailbox=tb)
-        nc.stop_clean(tb)
+        h.stop_clean(tb)
         w.close()
         with open(wd.tailbox_log, errors="replace") as f:
             log = f.read()

@@ -62,19 +62,9 @@ TABLE_DDL = """CREATE TABLE {table} (
 
 def write_pg_config(wd, conninfo, sink_extra=None, **kwargs):
     """harness.write_config with a [sink] table for the postgres sink."""
-    h.write_config(wd, **kwargs)
-    with open(wd.config) as f:
-        text = f.read()
-    text = text[:text.index("\n[sink]\n")]
     sink = {"type": "postgres", "conninfo": conninfo, "create_table": True, "timeout": "10s"}
     sink.update(sink_extra or {})
-    text += "\n[sink]\n" + "".join(f"{k} = {h._toml_value(v)}\n" for k, v in sink.items())
-    with open(wd.config, "w") as f:
-        f.write(text)
-    r = h.run_cli(["check", "-c", wd.config])
-    if r.returncode != 0:
-        h.fail(f"tailbox check rejected the test config: {r.stdout}{r.stderr}")
-    return r
+    return h.write_sink_config(wd, sink, **kwargs)
 
 
 def good_line(rng, tag, seq):
@@ -106,37 +96,12 @@ def count_rows(pg, db, table="tailbox_logs"):
         return -1
 
 
-def pending(wd):
-    if not os.path.exists(wd.outbox):
-        return -1
-    try:
-        return h.outbox_states(wd.outbox).get("pending", 0)
-    except Exception:     # the schema is not there yet
-        return -1
-
-
 def wait_all(pg, db, wd, tb, expected, timeout, what):
     def done():
-        return pending(wd) == 0 and count_rows(pg, db) == expected
+        return h.pending_rows(wd) == 0 and count_rows(pg, db) == expected
     h.wait_until(done, timeout, what, interval=0.5, tailbox=tb,
                  progress=lambda: f"{count_rows(pg, db)} of {expected} rows in the table, "
-                                  f"{pending(wd)} pending in the outbox")
-
-
-def dead_rows(wd):
-    conn = h.sqlite_connect(wd.outbox)
-    try:
-        return conn.execute("SELECT o.offset, f.path, o.last_error FROM outbox o "
-                            "JOIN files f ON f.id = o.file WHERE o.state = 'dead' "
-                            "ORDER BY o.offset").fetchall()
-    finally:
-        conn.close()
-
-
-def stop_clean(tb):
-    rc = tb.stop()
-    if rc != 0:
-        h.fail(f"tailbox exited {rc} after SIGTERM")
+                                  f"{h.pending_rows(wd)} pending in the outbox")
 
 
 def check_exact(pg, db, paths, drop=()):
@@ -196,11 +161,11 @@ def case_200k(c, rng):
     t0 = time.monotonic()
     wait_all(c.pg, c.db, c.wd, c.tb, total, 180, "200k lines in PostgreSQL")
     h.log(f"delivered within {time.monotonic() - t0:.1f}s of the last write")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     w.close()
     check_exact(c.pg, c.db, w.paths)
-    if dead_rows(c.wd):
-        h.fail(f"dead rows: {dead_rows(c.wd)[:5]}")
+    if h.dead_rows(c.wd):
+        h.fail(f"dead rows: {h.dead_rows(c.wd)[:5]}")
 
 
 def case_outage(c, rng):
@@ -218,18 +183,18 @@ def case_outage(c, rng):
         w.burst(rng.randint(100, 600))
         time.sleep(0.25)
     c.tb.assert_alive("PostgreSQL was down")
-    waiting = pending(c.wd)
+    waiting = h.pending_rows(c.wd)
     h.log(f"{w.seq} lines written; {waiting} wait in the outbox; starting PostgreSQL")
     if waiting <= 0:
         h.fail("no rows waited in the outbox during the outage")
     c.pg.start()
     w.burst(2_000)
     wait_all(c.pg, c.db, c.wd, c.tb, w.seq, 90, "every line after the outage")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     w.close()
     check_exact(c.pg, c.db, w.paths)
-    if dead_rows(c.wd):
-        h.fail(f"the outage dead-lettered rows: {dead_rows(c.wd)[:5]}")
+    if h.dead_rows(c.wd):
+        h.fail(f"the outage dead-lettered rows: {h.dead_rows(c.wd)[:5]}")
 
 
 def case_kill9(c, rng):
@@ -249,7 +214,7 @@ def case_kill9(c, rng):
         c.tb.start()
     w.burst(1_000)
     wait_all(c.pg, c.db, c.wd, c.tb, w.seq, 120, "every line after five kill -9")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     w.close()
     check_exact(c.pg, c.db, w.paths)
 
@@ -271,7 +236,7 @@ def case_poison(c, rng):
         f.write(data)
     c.tb.start()
     wait_all(c.pg, c.db, c.wd, c.tb, 5_000, 90, "the good lines around the poisoned ones")
-    dead = dead_rows(c.wd)
+    dead = h.dead_rows(c.wd)
     got = {(p, off): err for off, p, err in dead}
     if set(got) != set(poisoned):
         h.fail(f"dead rows at {sorted(got)}, expected exactly the poisoned lines at "
@@ -281,7 +246,7 @@ def case_poison(c, rng):
         if 'invalid byte sequence for encoding "UTF8"' not in err or byte not in err:
             h.fail(f"the dead row at {po} does not carry PostgreSQL's message about {byte}: {err!r}")
     h.log(f"dead rows: {[e for _, _, e in dead]}")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     check_exact(c.pg, c.db, [path], drop=poisoned)
 
 
@@ -308,7 +273,7 @@ def case_password(c, rng):
     c.tb.assert_alive("the password was wrong")
     if count_rows(c.pg, db) > 0:
         h.fail("rows arrived with a wrong password")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     with open(c.wd.tailbox_log, "rb") as f:
         text = f.read().decode("utf-8", "replace")
     if "password authentication failed" not in text:
@@ -319,7 +284,7 @@ def case_password(c, rng):
         f.write(password + "\n")
     c.tb.start()
     wait_all(c.pg, db, c.wd, c.tb, 500, 60, "the lines with the right password")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
 
     # password_env.
     env_name = "TAILBOX_TEST_PG_PASSWORD"
@@ -330,7 +295,7 @@ def case_password(c, rng):
         w.burst(200)
         c.tb.start()
         wait_all(c.pg, db, c.wd, c.tb, 700, 60, "the lines with password_env")
-        stop_clean(c.tb)
+        h.stop_clean(c.tb)
     finally:
         del os.environ[env_name]
     w.close()
@@ -355,7 +320,7 @@ def case_json(c, rng):
         f.write(b"\n".join(lines) + b"\n")
     c.tb.start()
     wait_all(c.pg, c.db, c.wd, c.tb, 4, 30, "the JSON lines")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     rows = c.pg.rows("SELECT file_offset, coalesce(to_char(event_time AT TIME ZONE 'UTC', "
                      "'YYYY-MM-DD HH24:MI:SS.MS'), 'NULL'), coalesce(fields->>'msg', 'NULL'), "
                      "fields IS NULL FROM tailbox_logs ORDER BY file_offset", c.db)
@@ -392,7 +357,7 @@ def case_stall(c, rng):
     finally:
         signal_all(signal.SIGCONT)
     wait_all(c.pg, c.db, c.wd, c.tb, w.seq, 90, "every line after the freeze")
-    stop_clean(c.tb)
+    h.stop_clean(c.tb)
     w.close()
     with open(c.wd.tailbox_log, "rb") as f:
         text = f.read().decode("utf-8", "replace")

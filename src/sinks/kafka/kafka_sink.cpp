@@ -126,7 +126,6 @@ struct KafkaSink::Impl {
   };
   std::vector<Secret> secrets;
 
-  asio::any_io_executor home;
   asio::thread_pool pool{1};   // the blocking librdkafka calls run here
   rd_kafka_t* producer = nullptr;
   bool reset_producer = false; // a fatal error: build a new producer before the next batch
@@ -490,23 +489,20 @@ struct KafkaSink::Impl {
     return send;
   }
 
-  std::string key_of(const Record& r, std::string& scratch) const {
-    if (key_mode == "file") {
-      auto last = r.key.rfind('/');
-      return std::string(r.key.substr(0, last));
-    }
+  // The Kafka key of `r`; may point into `scratch`.
+  std::string_view key_of(const Record& r, std::string& scratch) const {
+    if (key_mode == "file") return r.key.substr(0, r.key.rfind('/'));
     if (key_mode == "field" && !r.fields.empty()) {
       boost::system::error_code ec;
       json::value v = json::parse(r.fields, ec);
       if (!ec && v.is_object()) {
         if (auto* f = v.as_object().if_contains(key_field)) {
-          if (f->is_string()) return std::string(f->as_string());
-          scratch = json::serialize(*f);
+          scratch = f->is_string() ? std::string(f->as_string()) : json::serialize(*f);
           return scratch;
         }
       }
     }
-    return std::string(r.key);
+    return r.key;
   }
 
   // Queues one record; returns the error librdkafka gave at once, if any.
@@ -520,7 +516,7 @@ struct KafkaSink::Impl {
       value.assign(r.line);
     }
     std::string scratch;
-    std::string key = key_of(r, scratch);
+    std::string_view key = key_of(r, scratch);
     std::string offset = std::to_string(r.offset);
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
@@ -730,7 +726,7 @@ struct KafkaSink::Impl {
 KafkaSink::KafkaSink(config::Settings& s, const std::string& host_id, asio::any_io_executor executor)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  m.home = executor;
+  (void)executor;   // librdkafka calls run on the sink's own thread
   m.host_id = host_id;
   m.brokers = s.required_string("brokers");
   m.topic = s.required_string("topic");

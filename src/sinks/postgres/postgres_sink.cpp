@@ -3,7 +3,6 @@
 #include <libpq-fe.h>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,9 +19,9 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <vector>
+
+#include "core/secret.hpp"
 
 namespace tailbox::sinks {
 
@@ -471,7 +470,6 @@ struct PostgresSink::Impl {
   std::vector<Oid> insert_types;
   std::string password;    // read by open(); never logged
   std::vector<const char*> keywords, values;
-  int warned_mode = 0;     // the password file's mode was reported
 
   // Runtime, on the strand.
   asio::strand<asio::any_io_executor> strand;
@@ -700,26 +698,8 @@ std::string PostgresSink::guarantee() const {
 
 std::optional<std::string> PostgresSink::open(const std::optional<std::string>&) {
   Impl& m = *impl_;
-  if (!m.password_file.empty()) {
-    std::ifstream in(m.password_file, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot read password_file " + m.password_file);
-    std::ostringstream text;
-    text << in.rdbuf();
-    m.password = text.str();
-    while (!m.password.empty() && (m.password.back() == '\n' || m.password.back() == '\r'))
-      m.password.pop_back();
-    if (m.password.empty()) throw std::runtime_error("password_file " + m.password_file + " is empty");
-    struct stat st {};
-    if (::stat(m.password_file.c_str(), &st) == 0 && (st.st_mode & 077) && !m.warned_mode++)
-      spdlog::warn("{}: password_file {} can be read by other users (mode {:o}); chmod 600 it",
-                   m.name, m.password_file, st.st_mode & 0777);
-  } else if (!m.password_env.empty()) {
-    const char* v = std::getenv(m.password_env.c_str());
-    if (!v || !*v)
-      throw std::runtime_error("the environment variable " + m.password_env +
-                               " (password_env) is not set");
-    m.password = v;
-  }
+  if (!m.password_file.empty() || !m.password_env.empty())
+    m.password = read_secret("password", m.password_file, m.password_env);
   m.build_params();
 
   // Connect once now, on a private io_context: open() is synchronous.
