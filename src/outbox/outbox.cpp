@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "core/clock.hpp"
 #include "outbox/statements.hpp"
@@ -51,6 +52,28 @@ const char* sync_pragma(config::Synchronous s) {
   }
 }
 
+// PRAGMA synchronous = FULL for the commits made while it lives, then the
+// configured level again. REQUIRES: no transaction open on `db`.
+class SyncScope {
+ public:
+  SyncScope(SQLite::Database& db, config::Synchronous configured)
+      : db_(db), restore_(sync_pragma(configured)) {
+    db_.exec("PRAGMA synchronous = FULL");
+  }
+  ~SyncScope() {
+    try {
+      db_.exec(restore_);
+    } catch (...) {
+    }
+  }
+  SyncScope(const SyncScope&) = delete;
+  SyncScope& operator=(const SyncScope&) = delete;
+
+ private:
+  SQLite::Database& db_;
+  const char* restore_;
+};
+
 // Holds "<outbox>.lock" with flock for the process's life.
 int take_lock(const std::string& db_path) {
   std::string lock_path = db_path + ".lock";
@@ -85,6 +108,7 @@ struct Outbox::Impl {
   // the dispatcher's lease cursor only ever moves forward (SQLite alone would
   // reuse the id of a deleted last row).
   int64_t next_id = 1;
+  std::string salt;      // meta 'instance': hashed into every uid minted here
   std::mutex files_mu;   // lease() runs beside the writer methods
   std::map<int64_t, std::shared_ptr<const FileInfo>> files;
 
@@ -225,6 +249,7 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       tx.commit();
     }
 
+    impl->salt = db.execAndGet(sql::kInstanceSalt).getString();
     impl->insert_row = std::make_unique<SQLite::Statement>(db, sql::kInsertRow);
     impl->update_offset = std::make_unique<SQLite::Statement>(db, sql::kUpdateOffset);
     impl->update_fingerprint = std::make_unique<SQLite::Statement>(db, sql::kUpdateFingerprint);
@@ -285,7 +310,7 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
     // inode reuse) gets the next generation suffix.
     std::string uid;
     for (int generation = 0;; ++generation) {
-      uid = tail::file_uid(identity, generation);
+      uid = tail::file_uid(identity, generation, impl_->salt);
       SQLite::Statement q(db, sql::kUidTaken);
       q.bind(1, uid);
       if (!q.executeStep()) break;
@@ -293,14 +318,7 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
     int64_t now = unix_ms();
     // A file's uid is part of every key: its row must survive a power cut
     // before any of its lines can be delivered, whatever [outbox] synchronous says.
-    db.exec("PRAGMA synchronous = FULL");
-    struct Restore {
-      SQLite::Database& db;
-      const char* pragma;
-      ~Restore() {
-        try { db.exec(pragma); } catch (...) {}
-      }
-    } restore{db, sync_pragma(impl_->options.synchronous)};
+    SyncScope full(db, impl_->options.synchronous);
     SQLite::Statement ins(db, sql::kInsertFile);
     ins.bind(1, source);
     ins.bind(2, path);
@@ -340,6 +358,18 @@ Status Outbox::update_path(int64_t file_id, const std::string& path) {
   });
 }
 
+Status Outbox::update_source(int64_t file_id, const std::string& source) {
+  return guarded([&] {
+    SQLite::Statement q(*impl_->db, sql::kUpdateSource);
+    q.bind(1, source);
+    q.bind(2, unix_ms());
+    q.bind(3, file_id);
+    q.exec();
+    std::lock_guard lock(impl_->files_mu);
+    impl_->files.erase(file_id);
+  });
+}
+
 Status Outbox::release_file(int64_t file_id) {
   return guarded([&] {
     SQLite::Statement q(*impl_->db, sql::kReleaseFile);
@@ -351,7 +381,16 @@ Status Outbox::release_file(int64_t file_id) {
 
 Status Outbox::append(std::span<const Chunk* const> chunks) {
   int64_t added_rows = 0, added_bytes = 0;
+  const bool durable =
+      impl_->options.synchronous != config::Synchronous::full &&
+      std::any_of(chunks.begin(), chunks.end(), [](const Chunk* c) { return c->durable; });
   Status st = guarded([&] {
+    // A record cut by a timer must not be rolled back by a power cut once a
+    // sink may have stored it: read again, it would come back longer under the
+    // same key, and the destination would drop it as a copy (see Chunk::durable).
+    // FULL makes this commit sync the WAL, and with it every earlier commit.
+    std::optional<SyncScope> full;
+    if (durable) full.emplace(*impl_->db, impl_->options.synchronous);
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& ins = *impl_->insert_row;
     for (const Chunk* c : chunks) {

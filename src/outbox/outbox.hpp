@@ -60,6 +60,12 @@ struct Chunk {
   int64_t ingest_ms = 0;
   std::vector<tail::Line> lines;         // views into memory the caller keeps alive
   std::optional<tail::FileIdentity> grown_fingerprint;  // store a longer fingerprint
+  // The chunk holds a record whose end a timer decided, not a line terminator
+  // (partial_line_timeout, multiline.timeout, the last bytes of a rotated or
+  // truncated file, a stalled .gz). Read again after a power cut, its offset
+  // could start a longer record: its key must never be reused for other bytes,
+  // so its commit is made durable (synchronous = FULL) before it can be leased.
+  bool durable = false;
 };
 
 // What a leased row's file is, shared by all rows of that file. Immutable.
@@ -108,6 +114,9 @@ class Outbox {
                                       const tail::FileIdentity& identity, int64_t read_offset,
                                       Status& status);
   Status update_path(int64_t file_id, const std::string& path);
+  // The file is now found by another [[source]] (renamed, or its globs moved):
+  // its uid and offset stay, its rows carry the new source name from now on.
+  Status update_source(int64_t file_id, const std::string& source);
   Status release_file(int64_t file_id);
 
   // Commits the chunks' rows and checkpoints in one transaction, or nothing.

@@ -66,6 +66,11 @@ inline constexpr const char* kInsertFile =
 inline constexpr const char* kUpdatePath =
     "UPDATE files SET path = ?1, last_seen = ?2 WHERE id = ?3";
 
+inline constexpr const char* kUpdateSource =
+    "UPDATE files SET source = ?1, last_seen = ?2 WHERE id = ?3";
+
+inline constexpr const char* kInstanceSalt = "SELECT value FROM meta WHERE key = 'instance'";
+
 inline constexpr const char* kReleaseFile =
     "UPDATE files SET state = 'released', last_seen = ?1 WHERE id = ?2";
 

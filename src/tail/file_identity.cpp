@@ -55,9 +55,10 @@ bool same_file(const FileIdentity& was, const FileIdentity& now, uint64_t now_pr
          now_prefix_hash == was.fingerprint;
 }
 
-std::string file_uid(const FileIdentity& id, int generation) {
+std::string file_uid(const FileIdentity& id, int generation, std::string_view salt) {
   uint64_t parts[3] = {id.dev, id.inode, id.fingerprint};
   uint64_t h = fnv1a64(parts, sizeof parts);
+  if (!salt.empty()) h = fnv1a64(salt.data(), salt.size(), h);
   std::string uid = to_hex(h);
   if (generation > 0) uid += "-" + std::to_string(generation);
   return uid;

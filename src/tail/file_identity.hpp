@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace tailbox::tail {
 
@@ -34,6 +35,8 @@ std::optional<FileIdentity> identify(int fd, int64_t fingerprint_bytes);
 bool same_file(const FileIdentity& was, const FileIdentity& now, uint64_t now_prefix_hash);
 
 // The identity string used in idempotency keys: stable for the file's life.
-std::string file_uid(const FileIdentity& id, int generation);
+// `salt` is the outbox's instance salt (schema/002_instance.sql): two outboxes
+// never mint the same uid for one file; empty only for uids of a v1 outbox.
+std::string file_uid(const FileIdentity& id, int generation, std::string_view salt = {});
 
 }  // namespace tailbox::tail

@@ -111,9 +111,17 @@ class FileReading {
   asio::awaitable<bool> release(const char* what);
   // Whether the first bytes recorded in the identity are still the file's.
   bool prefix_changed() const;
+  // The longer fingerprint of a file that grew past the stored one, if the
+  // bytes the stored one hashed are still the file's first bytes.
+  std::optional<FileIdentity> grown_identity(int64_t file_size) const;
+  // Whether reading pauses for backpressure. A file that no glob names any
+  // more (rotated away, deleted) is read on: its unread bytes exist only
+  // behind its descriptor, and a stop or a crash would lose them.
+  bool paused() const { return !r_->gone.load() && env_->paused(); }
   void start_over() {
     assembler_.reset();
     out_.clear();
+    timer_cut_ = false;
     read_pos_ = committed_;
     big_read_ = false;
   }
@@ -130,6 +138,8 @@ class FileReading {
   int64_t committed_;
   int64_t last_size_ = -1, last_mtime_ = -1, last_change_ms_;
   bool big_read_ = false;   // a line longer than one chunk is being read
+  // out_ holds a record whose end a timer decided (see outbox::Chunk::durable).
+  bool timer_cut_ = false;
   milliseconds backoff_{0};
 };
 
@@ -200,12 +210,8 @@ asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
   chunk.next_offset = next;
   chunk.ingest_ms = unix_ms();
   chunk.lines = std::move(out_);
-  if (r_->file.identity.fingerprint_len < cfg_.tail.fingerprint_bytes &&
-      file_size > r_->file.identity.fingerprint_len) {
-    auto grown = identify(r_->fd, cfg_.tail.fingerprint_bytes);
-    if (grown && grown->fingerprint_len > r_->file.identity.fingerprint_len)
-      chunk.grown_fingerprint = grown;
-  }
+  chunk.durable = timer_cut_;
+  chunk.grown_fingerprint = grown_identity(file_size);
   Status st = co_await env_->outbox.append(chunk);
   out_ = std::move(chunk.lines);
   if (!st) {
@@ -234,8 +240,27 @@ asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
     }
   }
   out_.clear();
+  timer_cut_ = false;
   assembler_.release();
   co_return true;
+}
+
+std::optional<FileIdentity> FileReading::grown_identity(int64_t file_size) const {
+  const FileIdentity& was = r_->file.identity;
+  if (was.fingerprint_len >= cfg_.tail.fingerprint_bytes || file_size <= was.fingerprint_len)
+    return std::nullopt;
+  // One read for both checks: hashing what a second read returned could take
+  // the first bytes of a file rewritten in between (copytruncate) for the old one's.
+  std::string head(static_cast<size_t>(std::min(cfg_.tail.fingerprint_bytes, file_size)), '\0');
+  size_t got = 0;
+  if (!pread_full(r_->fd, head, 0, got)) return std::nullopt;
+  if (static_cast<int64_t>(got) <= was.fingerprint_len ||
+      fnv1a64(head.data(), static_cast<size_t>(was.fingerprint_len)) != was.fingerprint)
+    return std::nullopt;   // shorter, or other first bytes: the next look sees a truncation
+  FileIdentity grown = was;
+  grown.fingerprint = fnv1a64(head.data(), got);
+  grown.fingerprint_len = static_cast<int64_t>(got);
+  return grown;
 }
 
 asio::awaitable<bool> FileReading::release(const char* what) {
@@ -267,8 +292,16 @@ asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
   // the old file.
   out_.clear();
   assembler_.finish(out_);
-  while (!out_.empty() && !env_->stopping.load()) {
+  timer_cut_ = timer_cut_ || !out_.empty();
+  // These records exist nowhere else any more: store them even while the
+  // relay stops, and never release the old file without them.
+  for (int failed = 0; !out_.empty();) {
     if (co_await commit(read_pos_, size)) break;   // on failure out_ is kept: try again
+    if (env_->stopping.load() && ++failed >= 5) {
+      spdlog::error("{}: stopping with {} records read before its truncation not stored (the "
+                    "outbox keeps failing): they are lost", r_->file.path, out_.size());
+      co_return;
+    }
   }
   Status st;
   const std::string name = src_.name, path = r_->file.path;
@@ -298,7 +331,7 @@ asio::awaitable<void> FileReading::run_text() {
   const auto rotate_wait = cfg_.tail.rotate_wait;
   while (!env_->stopping.load()) {
     r_->woken = false;
-    if (env_->paused()) {
+    if (paused()) {
       co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
       continue;
     }
@@ -337,7 +370,9 @@ asio::awaitable<void> FileReading::run_text() {
       const bool flush = at_eof && (quiet_for_rotation ||
                                     (src_.partial_line_timeout.count() > 0 &&
                                      quiet_for(src_.partial_line_timeout, now)));
+      const size_t before = out_.size();
       size_t used = assembler_.consume(buf_, read_pos_, flush, out_);
+      if (flush && out_.size() > before) timer_cut_ = true;
       if (used == 0 && !at_eof && !big_read_) {
         big_read_ = true;   // a line longer than a chunk: read up to max_line_bytes
         continue;
@@ -351,9 +386,15 @@ asio::awaitable<void> FileReading::run_text() {
     }
     if (at_end && assembler_.has_pending() &&
         (quiet_for_rotation ||
-         (src_.multiline.timeout.count() > 0 && quiet_for(src_.multiline.timeout, now))))
+         (src_.multiline.timeout.count() > 0 && quiet_for(src_.multiline.timeout, now)))) {
       assembler_.flush_pending(out_);
-    if (at_end && quiet_for_rotation) assembler_.finish(out_);
+      timer_cut_ = true;
+    }
+    if (at_end && quiet_for_rotation) {
+      const size_t before = out_.size();
+      assembler_.finish(out_);
+      if (out_.size() > before) timer_cut_ = true;
+    }
 
     const int64_t next = assembler_.checkpoint(read_pos_);
     if (!out_.empty() || next != committed_) {
@@ -380,10 +421,10 @@ asio::awaitable<void> FileReading::run_gzip() {
   auto gz = std::make_unique<GzipStream>(r_->fd);
   std::string pending;   // decompressed bytes from read_pos_ on, not consumed yet
   size_t want = static_cast<size_t>(cfg_.tail.read_chunk_bytes);
-  bool warned = false;
+  bool warned = false, warned_stall = false;
   while (!env_->stopping.load()) {
     r_->woken = false;
-    if (env_->paused()) {
+    if (paused()) {
       co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
       continue;
     }
@@ -397,9 +438,20 @@ asio::awaitable<void> FileReading::run_gzip() {
         pending.size() < want)
       state = gz->read(pending, want - pending.size());
     const bool caught_up = gz->position() >= read_pos_;
-    const bool stuck = state == GzipStream::State::truncated || state == GzipStream::State::error;
+    // A stream that stops inside a member for rotate_wait is waited for as
+    // long as a glob names the file (gzip may be slow, or the disk full):
+    // released, anything written to it later would never be read.
+    const bool stalled =
+        state == GzipStream::State::truncated && quiet_for(cfg_.tail.rotate_wait, now);
     const bool last = state == GzipStream::State::end || state == GzipStream::State::error ||
-                      (stuck && quiet_for(cfg_.tail.rotate_wait, now));
+                      (stalled && r_->gone.load());
+    if (stalled && !last && !warned_stall) {
+      warned_stall = true;
+      spdlog::warn("{}: ends inside a gzip member and stayed so for rotate_wait; waiting for "
+                   "the rest while a glob names it ({} bytes decompressed so far)",
+                   r_->file.path, gz->position());
+    }
+    if (!stalled) warned_stall = false;
     if (last && state != GzipStream::State::end && !warned) {
       warned = true;
       spdlog::warn("{}: {}; delivering the {} bytes it decompressed to", r_->file.path,
@@ -413,7 +465,10 @@ asio::awaitable<void> FileReading::run_gzip() {
       used = assembler_.consume(pending, read_pos_, last, out_);
       read_pos_ += static_cast<int64_t>(used);
       pending.erase(0, used);
-      if (last) assembler_.finish(out_);
+      if (last) {
+        assembler_.finish(out_);
+        timer_cut_ = true;   // the stream's end decided the last record's end
+      }
     }
     const int64_t next = assembler_.checkpoint(read_pos_);
     if (!out_.empty() || next != committed_) {
@@ -437,7 +492,7 @@ asio::awaitable<void> FileReading::run_gzip() {
         spdlog::warn("{}: {}", r_->file.path, gz->message());
       if (co_await release("once, decompressed")) break;
     }
-    co_await idle(idle_time(false, now));
+    co_await idle(stalled ? cfg_.tail.read_interval : idle_time(false, now));
   }
 }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -113,8 +114,16 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   mutable std::mutex readers_mu;                  // under this lock (files() reads it)
   // The rest is used on the strand only.
   std::map<std::string, std::shared_ptr<Reader>> by_path;   // readers by current path
-  std::multimap<Key, TrackedFile> known;   // checkpoints from the outbox, until the first scan
+  // Checkpointed files not followed yet: from the outbox at start, until a
+  // scan finds them (resumed) or there is evidence that they are gone
+  // (released). A file that merely could not be opened, or whose file system
+  // is not mounted yet, stays here and is looked for again.
+  std::multimap<Key, TrackedFile> known;
+  std::set<int64_t> known_warned;          // ids told about as not found
   bool fresh_outbox = true;                 // the outbox had never tracked a file at start
+  bool retry_soon = false;                  // a file could not be opened: scan again soon
+  std::set<std::string> open_warned;        // paths whose open failure was logged
+  std::map<Key, std::shared_ptr<Reader>> by_inode;   // followed files, during a scan
   bool first_scan = true;
   std::map<Key, Skipped> skipped;
   asio::steady_timer scan_timer{strand};
@@ -249,13 +258,15 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         }
       std::erase_if(readers, [](const auto& r) { return r->done.load(); });
     }
-    std::map<Key, std::shared_ptr<Reader>> by_inode;
+    by_inode.clear();
+    retry_soon = false;
     for (auto& r : readers) {
       std::lock_guard lock(r->mu);
       by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
     }
     new_this_scan = 0;
-    std::set<Key> seen;
+    std::set<Key> seen;      // (dev, inode) of every file a glob listed
+    std::set<int64_t> replaced;   // known files whose inode now holds another file
     std::set<std::string> seen_paths, dirs;
     bool every_glob_has_a_dir = true;
     const int64_t now = unix_ms();
@@ -279,7 +290,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
           if (auto it = skipped.find(key);
               it != skipped.end() && it->second.size == f.size && it->second.mtime_ms == f.mtime_ms)
             continue;
-          co_await discover(source, f.path, key, now);
+          co_await discover(source, f.path, key, now, replaced);
         }
       }
     }
@@ -329,17 +340,62 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                            : "files are polled (every poll_interval for new files, "
                              "read_interval for growth)");
 
-    if (first_scan) {
-      for (const auto& [key, f] : known)
-        spdlog::warn("{} (file {} of source {}) was not found under any path: it was deleted "
-                     "or moved out of the globs while tailbox was stopped; anything it held past "
-                     "offset {} cannot be read", f.path, f.uid, f.source, f.read_offset);
-      for (const auto& [key, f] : known) {
-        int64_t id = f.id;
-        co_await env->outbox.run([id](outbox::Outbox& o) { return o.release_file(id); });
+    co_await settle_known(seen, replaced);
+    first_scan = false;
+  }
+
+  // Why a checkpointed file that no scan found may still be there: "" when
+  // there is evidence that it is gone (deleted, or moved out of the globs).
+  static std::string still_there(const TrackedFile& f) {
+    const std::string dir = dir_of(f.path);
+    struct stat ds {};
+    if (::stat(dir.c_str(), &ds) != 0)
+      return "its directory " + dir + " is missing (" + std::strerror(errno) +
+             "): a file system not mounted yet?";
+    if (static_cast<uint64_t>(ds.st_dev) != f.identity.dev)
+      return "its directory " + dir + " is on another file system than the file was: a file "
+             "system not mounted yet?";
+    struct stat fs {};
+    if (::stat(f.path.c_str(), &fs) == 0 && static_cast<uint64_t>(fs.st_dev) == f.identity.dev &&
+        static_cast<uint64_t>(fs.st_ino) == f.identity.inode)
+      return "it is still there but could not be opened";
+    if (DIR* d = ::opendir(dir.c_str())) {
+      ::closedir(d);
+      return "";
+    }
+    return "its directory " + dir + " cannot be listed (" + std::strerror(errno) + ")";
+  }
+
+  // After each scan: releases the checkpointed files that are gone for sure;
+  // the others wait for a later scan (their positions are kept).
+  asio::awaitable<void> settle_known(const std::set<Key>& seen, const std::set<int64_t>& replaced) {
+    std::vector<TrackedFile> gone;
+    for (auto it = known.begin(); it != known.end();) {
+      const TrackedFile& f = it->second;
+      std::string why;
+      if (!replaced.count(f.id)) {
+        if (seen.count(it->first)) why = "a glob lists it but it could not be opened";
+        else why = still_there(f);
       }
-      known.clear();
-      first_scan = false;
+      if (why.empty()) {
+        gone.push_back(f);
+        it = known.erase(it);
+        continue;
+      }
+      if (known_warned.insert(f.id).second)
+        spdlog::warn("{} (file {} of source {}) was not found to resume at offset {}: {}; its "
+                     "position is kept and it is looked for again", f.path, f.uid, f.source,
+                     f.read_offset, why);
+      retry_soon = true;
+      ++it;
+    }
+    for (const TrackedFile& f : gone) {
+      spdlog::warn("{} (file {} of source {}) is gone: it was deleted or moved out of the globs "
+                   "while tailbox was not following it; anything it held past offset {} cannot "
+                   "be read", f.path, f.uid, f.source, f.read_offset);
+      int64_t id = f.id;
+      Status st = co_await env->outbox.run([id](outbox::Outbox& o) { return o.release_file(id); });
+      if (!st) spdlog::warn("cannot release {}: {}", f.path, st.message());
     }
   }
 
@@ -374,30 +430,66 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
 
   // A file no reader follows: resume its checkpoint, skip it, or follow it as new.
   asio::awaitable<void> discover(const config::SourceConfig& source, const std::string& path,
-                                 Key key, int64_t now) {
+                                 Key listed, int64_t now, std::set<int64_t>& replaced) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE)
-        spdlog::error("cannot open {}: {} (each followed file needs a descriptor: raise the "
-                      "open files limit, e.g. LimitNOFILE= in the systemd unit)", path,
-                      std::strerror(errno));
-      else
-        spdlog::debug("cannot open {}: {}", path, std::strerror(errno));
+      const int err = errno;
+      retry_soon = true;
+      if (err == ENOENT) co_return;   // renamed or deleted since the listing: the next scan sees
+      if (open_warned.insert(path).second) {
+        if (err == EMFILE || err == ENFILE)
+          spdlog::error("cannot open {}: {} (each followed file needs a descriptor: raise the "
+                        "open files limit, e.g. LimitNOFILE= in the systemd unit); tried again",
+                        path, std::strerror(err));
+        else
+          spdlog::warn("cannot open {}: {}; tried again at every scan", path, std::strerror(err));
+      }
       co_return;
     }
+    open_warned.erase(path);
     auto id = identify(fd, cfg.tail.fingerprint_bytes);
     if (!id) {
       ::close(fd);
+      retry_soon = true;
+      co_return;
+    }
+    // What was opened decides, not what the listing said: logrotate may have
+    // renamed another file to this name in between.
+    const Key key{id->dev, id->inode};
+    if (key != listed && by_inode.count(key)) {
+      ::close(fd);   // a followed file, renamed under this name: the next scan follows it
+      retry_soon = true;
       co_return;
     }
 
-    // A file with a checkpoint (the first scan after a start) is always resumed.
+    // A file with a checkpoint is always resumed, whichever source finds it
+    // now: a source renamed, or a file moved to another source's globs, keeps
+    // the file's uid and offset.
     auto [lo, hi] = known.equal_range(key);
     for (auto it = lo; it != hi; ++it) {
-      if (it->second.source != source.name || !same_as(it->second.identity, fd, *id)) continue;
+      if (!same_as(it->second.identity, fd, *id)) {
+        replaced.insert(it->second.id);   // the inode holds another file now: that one is gone
+        continue;
+      }
       auto r = make_reader(source, fd);
       r->file = it->second;
       known.erase(it);
+      known_warned.erase(r->file.id);
+      if (r->file.source != source.name) {
+        spdlog::info("{} (source \"{}\" before) is now read by source \"{}\" from offset {}",
+                     path, r->file.source, source.name, r->file.read_offset);
+        int64_t fid = r->file.id;
+        const std::string name = source.name;
+        Status st = co_await env->outbox.run(
+            [fid, &name](outbox::Outbox& o) { return o.update_source(fid, name); });
+        if (!st) {
+          spdlog::warn("cannot record the new source of {}: {}; tried again", path, st.message());
+          known.emplace(key, r->file);
+          retry_soon = true;
+          co_return;   // r's destructor closes fd
+        }
+        r->file.source = source.name;
+      }
       if (r->file.path != path) {
         ++env->stats.rotations;
         spdlog::info("{} was rotated to {} while tailbox was stopped; finishing it",
@@ -471,6 +563,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       co_await scan();
       if (env->stopping.load()) break;
       milliseconds every = env->stats.evented.load() ? env->recheck() : cfg.tail.poll_interval;
+      // A file that could not be opened, or a checkpointed file not found yet
+      // (a file system mounted late): look again soon, not only at the next recheck.
+      if (retry_soon) every = std::min(every, std::max(cfg.tail.poll_interval, milliseconds(1000)));
       if (!scan_requested) co_await wait(scan_timer, every);
       if (scan_requested && !env->stopping.load()) co_await wait(scan_timer, kScanDebounce);
     }
@@ -503,11 +598,11 @@ Tailer::Tailer(asio::any_io_executor executor, const config::Config& config,
         impl_->skipped[key] = Impl::Skipped{Impl::Skipped::Why::released, f.identity};
       continue;
     }
-    if (!impl_->source_named(f.source)) {
-      spdlog::warn("{} belongs to source \"{}\", which the configuration no longer has; "
-                   "it is not read", f.path, f.source);
-      continue;
-    }
+    // Kept whether or not its source is still configured: a source renamed,
+    // or a file moved to another source's globs, resumes at its offset.
+    if (!impl_->source_named(f.source))
+      spdlog::info("{} was read by source \"{}\", which the configuration no longer has; its "
+                   "position is kept for whichever source finds it", f.path, f.source);
     impl_->known.emplace(key, std::move(f));
   }
 }

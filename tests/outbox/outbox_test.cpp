@@ -3,9 +3,11 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <cstdio>
 #include <fstream>
 #include <stdexcept>
 
+#include "schema_sql.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tailbox;
@@ -329,8 +331,73 @@ TEST_SUITE("outbox") {
     auto b = f.ob->add_file("app", "/a", id, 0, st);
     REQUIRE(a);
     REQUIRE(b);
-    CHECK(a->uid == tail::file_uid(id, 0));
-    CHECK(b->uid == tail::file_uid(id, 1));
+    CHECK(a->uid.size() == 16);
+    CHECK(b->uid == a->uid + "-1");
+  }
+
+  TEST_CASE("a new outbox never mints a uid an earlier outbox of the host may have used") {
+    // The old outbox is lost (damaged and moved away, or deleted) and a file
+    // with the same dev, inode and first bytes appears: with the same uid the
+    // destination would drop its lines at matching offsets as copies.
+    testing::TempDir dir;
+    const std::string path = dir / "outbox.db";
+    tail::FileIdentity id;
+    id.dev = 3;
+    id.inode = 4;
+    id.fingerprint = 5;
+    id.fingerprint_len = 16;
+    std::string first, second;
+    Status st;
+    {
+      auto ob = Outbox::open({path, config::Synchronous::normal, false});
+      auto f = ob->add_file("app", "/a", id, 0, st);
+      REQUIRE(f);
+      first = f->uid;
+    }
+    for (const char* suffix : {"", "-wal", "-shm"}) std::remove((path + suffix).c_str());
+    {
+      auto ob = Outbox::open({path, config::Synchronous::normal, false});
+      auto f = ob->add_file("app", "/a", id, 0, st);
+      REQUIRE(f);
+      second = f->uid;
+      // Reopening the same outbox keeps its salt: uids stay stable.
+    }
+    CHECK(first != second);
+    {
+      auto ob = Outbox::open({path, config::Synchronous::normal, false});
+      auto f = ob->add_file("app", "/a", id, 0, st);
+      REQUIRE(f);
+      CHECK(f->uid == second + "-1");
+    }
+  }
+
+  TEST_CASE("a v1 outbox is migrated in place: rows and uids kept, a salt minted") {
+    testing::TempDir dir;
+    const std::string path = dir / "outbox.db";
+    {
+      sqlite3* db = nullptr;
+      REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+      std::string v1(outbox::kSchemaMigrations[0]);
+      REQUIRE(sqlite3_exec(db, v1.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+      REQUIRE(sqlite3_exec(db,
+                           "INSERT INTO files (id, source, path, dev, inode, fingerprint, "
+                           "fingerprint_len, uid, read_offset, first_seen, last_seen) VALUES "
+                           "(1, 'app', '/a', 3, 4, '0000000000000005', 16, 'olduid', 10, 0, 0);"
+                           "INSERT INTO outbox (id, file, inode, offset, length, ingest_time, "
+                           "payload) VALUES (1, 1, 4, 0, 10, 0, 'abcdefghi');"
+                           "PRAGMA user_version = 1;",
+                           nullptr, nullptr, nullptr) == SQLITE_OK);
+      sqlite3_close(db);
+    }
+    auto ob = Outbox::open({path, config::Synchronous::normal, false});
+    auto files = ob->tracked_files();
+    REQUIRE(files.size() == 1);
+    CHECK(files[0].uid == "olduid");
+    CHECK(files[0].read_offset == 10);
+    Status st;
+    auto rows = ob->lease(0, 0, 1, 100, 1 << 20, st);
+    REQUIRE(rows.size() == 1);
+    CHECK(rows[0].payload == "abcdefghi");
   }
 }
 
