@@ -427,7 +427,7 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
       }
       impl_->at("checkpoint-updated");
     }
-    impl_->at("append-commit");
+    impl_->at(durable ? "append-commit-durable" : "append-commit");
     tx.commit();
   });
   // A failed statement leaves its prepared statement mid-step: reset them all.

@@ -12,6 +12,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -70,6 +71,8 @@ struct Relay {
   std::string logs = dir / "logs";
   std::string tail_settings;
   std::string source_settings;
+  std::string source_name = "app";
+  std::string outbox_settings;
   config::Config cfg;
   boost::asio::io_context ioc;
   std::unique_ptr<outbox::AsyncOutbox> ob;
@@ -87,8 +90,9 @@ struct Relay {
   std::string log(const std::string& name) const { return logs + "/" + name; }
 
   void start(const std::string& glob = "*.log") {
-    cfg = config::load_string("[[source]]\nname = \"app\"\npaths = \"" + logs + "/" + glob +
-                              "\"\n" + source_settings + "\n[tail]\n" + tail_settings +
+    cfg = config::load_string("[[source]]\nname = \"" + source_name + "\"\npaths = \"" + logs +
+                              "/" + glob + "\"\n" + source_settings + "\n[tail]\n" +
+                              tail_settings + "\n[outbox]\n" + outbox_settings +
                               "\n[sink]\ntype = \"sqlite\"\n");
     ob.reset();   // a restart: the previous run's outbox lets go of its lock first
     ob = std::make_unique<outbox::AsyncOutbox>(
@@ -365,5 +369,172 @@ TEST_SUITE("tail.tailer") {
     CHECK(rows[1].payload == "bbbbbbbbbb");
     CHECK(rows[1].offset == 0);
     CHECK(rows[2].payload == "cc");
+  }
+
+  // ---- issue 10: positions survive start-up races and configuration changes ----
+
+  TEST_CASE("a renamed source resumes its files at their offsets, under the new name") {
+    Relay relay(kFastPoll);
+    append(relay.log("a.log"), "one\ntwo\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 2; }));
+    relay.stop();
+    const auto before = relay.files();
+    REQUIRE(before.size() == 1);
+
+    relay.source_name = "web";
+    append(relay.log("a.log"), "three\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 3; }));
+    std::this_thread::sleep_for(200ms);   // several scans: nothing read twice
+    relay.stop();
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[2].payload == "three");
+    CHECK(rows[2].file == rows[0].file);   // same file, same uid
+    CHECK(rows[2].info->source == "web");
+    auto after = relay.files();
+    REQUIRE(after.size() == 1);
+    CHECK(after[0].uid == before[0].uid);
+    CHECK(after[0].source == "web");
+    CHECK_FALSE(after[0].released);
+  }
+
+  TEST_CASE("a checkpointed file whose directory is missing at start is kept, then resumed") {
+    // A log file system mounted after tailbox starts: the first scans find
+    // nothing. The file must not be released (it would be read again from 0
+    // under a new uid once the file system is there).
+    Relay relay(kFastPoll);
+    append(relay.log("m.log"), "one\ntwo\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 2; }));
+    relay.stop();
+    std::filesystem::rename(relay.logs, relay.dir / "unmounted");
+    relay.start();
+    std::this_thread::sleep_for(300ms);   // several scans without the directory
+    std::filesystem::rename(relay.dir / "unmounted", relay.logs);
+    append(relay.log("m.log"), "three\n");
+    REQUIRE(eventually([&] { return relay.rows() == 3; }));
+    std::this_thread::sleep_for(300ms);
+    relay.stop();
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[2].payload == "three");
+    CHECK(rows[2].offset == 8);
+    CHECK(rows[2].file == rows[0].file);
+    auto files = relay.files();
+    REQUIRE(files.size() == 1);
+    CHECK_FALSE(files[0].released);
+  }
+
+  TEST_CASE("a checkpointed file deleted while stopped is released on evidence") {
+    Relay relay(kFastPoll);
+    append(relay.log("d.log"), "one\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 1; }));
+    relay.stop();
+    std::filesystem::remove(relay.log("d.log"));
+    relay.start();
+    CHECK(eventually([&] {
+      for (const auto& f : relay.ob->unsafe_sync().tracked_files())
+        if (f.released) return true;
+      return false;
+    }));
+    relay.stop();
+  }
+
+  TEST_CASE("while reading pauses for a full outbox, a deleted file is read to its end") {
+    // Its unread lines exist only behind the descriptor: a stop would lose them.
+    Relay relay(kFastPoll);
+    relay.outbox_settings = "max_rows = 100\n";
+    std::string many, few;
+    for (int i = 0; i < 1000; ++i) many += "line " + std::to_string(i) + "\n";
+    for (int i = 0; i < 50; ++i) few += "kept " + std::to_string(i) + "\n";
+    append(relay.log("big.log"), many);
+    append(relay.log("other.log"), few);
+    relay.start();
+    REQUIRE(eventually([&] { return relay.tailer->stats().paused.load(); }));
+    std::filesystem::remove(relay.log("big.log"));
+    CHECK(eventually([&] { return relay.rows() >= 1000; }));
+    relay.stop();
+    int64_t big = 0;
+    for (const auto& r : relay.all_rows())
+      if (r.info->path.ends_with("big.log")) ++big;
+    CHECK(big == 1000);
+  }
+
+  TEST_CASE("a .gz whose stream stalls longer than rotate_wait is not released while named") {
+    Relay relay("inotify = false\npoll_interval = \"20ms\"\nread_interval = \"10ms\"\n"
+                "rotate_wait = \"100ms\"\n",
+                "read_gzip = true");
+    std::string text;
+    for (int i = 0; i < 2000; ++i) text += "gz line " + std::to_string(i) + "\n";
+    const std::string gz = gzip(text);
+    const size_t half = gz.size() / 2;
+    {
+      std::ofstream(relay.log("s.log.1.gz"), std::ios::binary) << gz.substr(0, half);
+    }
+    relay.start("*.gz");
+    REQUIRE(eventually([&] { return relay.rows() > 0; }));
+    std::this_thread::sleep_for(500ms);   // stalled for 5 x rotate_wait
+    append(relay.log("s.log.1.gz"), gz.substr(half));
+    CHECK(eventually([&] { return relay.rows() == 2000; }));
+    relay.stop();
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 2000);
+    CHECK(rows.back().payload == "gz line 1999");
+  }
+
+  TEST_CASE("records read before a truncation are stored even when a stop arrives meanwhile") {
+    Relay relay(kFastPoll, "multiline.start_pattern = \"^\\\\S\"");
+    append(relay.log("t.log"), "first\n  cont\nsecond\n  more\n");
+    relay.start();
+    // "first" is complete (a start line follows); "second" waits for its end.
+    REQUIRE(eventually([&] { return relay.rows() == 1; }));
+    std::atomic<bool> failing{true};
+    std::atomic<int> failures{0};
+    relay.ob->unsafe_sync().set_fault_hook([&](std::string_view stage) {
+      if (stage.starts_with("append-commit") && failing.load()) {
+        ++failures;
+        throw std::runtime_error("injected: disk busy");
+      }
+    });
+    std::filesystem::resize_file(relay.log("t.log"), 0);
+    REQUIRE(eventually([&] { return failures.load() >= 1; }));
+    relay.tailer->stop();   // the stop arrives while "second" cannot be stored yet
+    std::this_thread::sleep_for(50ms);
+    failing = false;
+    for (auto& t : relay.threads) t.join();
+    relay.threads.clear();
+    relay.tailer.reset();
+    relay.ob->unsafe_sync().set_fault_hook(nullptr);
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[1].payload == "second\n  more");
+  }
+
+  TEST_CASE("a record cut by a timer is committed durably, terminated lines are not") {
+    Relay relay(kFastPoll, "partial_line_timeout = \"100ms\"");
+    std::atomic<int> durable{0}, plain{0};
+    append(relay.log("p.log"), "whole\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 1; }));
+    relay.ob->unsafe_sync().set_fault_hook([&](std::string_view stage) {
+      if (stage == "append-commit-durable") ++durable;
+      if (stage == "append-commit") ++plain;
+    });
+    append(relay.log("p.log"), "abc");   // no newline: flushed by the timer
+    REQUIRE(eventually([&] { return relay.rows() == 2; }));
+    CHECK(durable.load() == 1);
+    append(relay.log("p.log"), "def\n");
+    REQUIRE(eventually([&] { return relay.rows() == 3; }));
+    relay.stop();
+    relay.ob->unsafe_sync().set_fault_hook(nullptr);
+    CHECK(durable.load() == 1);
+    CHECK(plain.load() >= 1);
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[1].payload == "abc");
+    CHECK(rows[2].payload == "def");
   }
 }
