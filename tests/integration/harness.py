@@ -150,10 +150,11 @@ class Tailbox:
     Always call close() in a finally block: it SIGKILLs a process still running.
     """
 
-    def __init__(self, wd, binary=None, config=None):
+    def __init__(self, wd, binary=None, config=None, preexec_fn=None):
         self.wd = wd
         self.binary = binary or tailbox_bin()
         self.config = config or wd.config
+        self.preexec_fn = preexec_fn   # e.g. to run as another user or with rlimits
         self.proc = None
         self.logf = None
         self.starts = 0
@@ -174,7 +175,8 @@ class Tailbox:
         self.logf.write(f"===== start #{self.starts} at {time.time():.3f} =====\n".encode())
         self.proc = subprocess.Popen([self.binary, "run", "-c", self.config],
                                      stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=self.preexec_fn)
         return self.proc
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
