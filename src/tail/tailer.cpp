@@ -122,6 +122,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   std::set<int64_t> known_warned;          // ids told about as not found
   bool fresh_outbox = true;                 // the outbox had never tracked a file at start
   bool retry_soon = false;                  // a file could not be opened: scan again soon
+  milliseconds retry_every{1000};           // how soon, backing off
   std::set<std::string> open_warned;        // paths whose open failure was logged
   std::map<Key, std::shared_ptr<Reader>> by_inode;   // followed files, during a scan
   bool first_scan = true;
@@ -565,7 +566,13 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       milliseconds every = env->stats.evented.load() ? env->recheck() : cfg.tail.poll_interval;
       // A file that could not be opened, or a checkpointed file not found yet
       // (a file system mounted late): look again soon, not only at the next recheck.
-      if (retry_soon) every = std::min(every, std::max(cfg.tail.poll_interval, milliseconds(1000)));
+      // Backs off (1 s, 2 s, ... up to the usual interval) while it lasts.
+      if (retry_soon) {
+        every = std::min(every, retry_every);
+        retry_every = std::min(retry_every * 2, std::max(every, env->recheck()));
+      } else {
+        retry_every = std::max(cfg.tail.poll_interval, milliseconds(1000));
+      }
       if (!scan_requested) co_await wait(scan_timer, every);
       if (scan_requested && !env->stopping.load()) co_await wait(scan_timer, kScanDebounce);
     }
