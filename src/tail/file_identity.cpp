@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <vector>
 
@@ -48,6 +49,30 @@ std::optional<FileIdentity> identify(int fd, int64_t fingerprint_bytes) {
   id.fingerprint_len = got;
   id.fingerprint = fnv1a64(buf.data(), static_cast<size_t>(got));
   return id;
+}
+
+std::optional<FileIdentity> grown_identity(int fd, const FileIdentity& was,
+                                           int64_t fingerprint_bytes, int64_t file_size) {
+  if (was.fingerprint_len >= fingerprint_bytes || file_size <= was.fingerprint_len)
+    return std::nullopt;
+  std::vector<char> head(static_cast<size_t>(std::min(fingerprint_bytes, file_size)));
+  size_t got = 0;
+  while (got < head.size()) {
+    ssize_t n = pread(fd, head.data() + got, head.size() - got, static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (static_cast<int64_t>(got) <= was.fingerprint_len ||
+      fnv1a64(head.data(), static_cast<size_t>(was.fingerprint_len)) != was.fingerprint)
+    return std::nullopt;
+  FileIdentity grown = was;
+  grown.fingerprint = fnv1a64(head.data(), got);
+  grown.fingerprint_len = static_cast<int64_t>(got);
+  return grown;
 }
 
 bool same_file(const FileIdentity& was, const FileIdentity& now, uint64_t now_prefix_hash) {

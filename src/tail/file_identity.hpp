@@ -29,6 +29,15 @@ std::string to_hex(uint64_t value);
 // bytes from offset 0. Returns nullopt (errno set) when it cannot.
 std::optional<FileIdentity> identify(int fd, int64_t fingerprint_bytes);
 
+// The longer fingerprint of the open file recorded as `was`, once it has grown
+// past was.fingerprint_len (up to `fingerprint_bytes`): nullopt unless the
+// bytes `was` hashed are still its first bytes (read once, together with the
+// longer prefix: a file rewritten in between, e.g. copytruncate, must not have
+// its new first bytes taken for the old file's). nullopt too when it has not
+// grown, is complete, or cannot be read.
+std::optional<FileIdentity> grown_identity(int fd, const FileIdentity& was,
+                                           int64_t fingerprint_bytes, int64_t file_size);
+
 // Whether `now` can be the file recorded as `was`: same dev and inode, and the
 // bytes `was` hashed are still the file's first bytes.
 // `rehash` gives the hash of the first `len` bytes of the file now.

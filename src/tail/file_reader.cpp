@@ -111,9 +111,6 @@ class FileReading {
   asio::awaitable<bool> release(const char* what);
   // Whether the first bytes recorded in the identity are still the file's.
   bool prefix_changed() const;
-  // The longer fingerprint of a file that grew past the stored one, if the
-  // bytes the stored one hashed are still the file's first bytes.
-  std::optional<FileIdentity> grown_identity(int64_t file_size) const;
   // Whether reading pauses for backpressure. A file that no glob names any
   // more (rotated away, deleted) is read on: its unread bytes exist only
   // behind its descriptor, and a stop or a crash would lose them.
@@ -211,7 +208,8 @@ asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
   chunk.ingest_ms = unix_ms();
   chunk.lines = std::move(out_);
   chunk.durable = timer_cut_;
-  chunk.grown_fingerprint = grown_identity(file_size);
+  chunk.grown_fingerprint =
+      grown_identity(r_->fd, r_->file.identity, cfg_.tail.fingerprint_bytes, file_size);
   Status st = co_await env_->outbox.append(chunk);
   out_ = std::move(chunk.lines);
   if (!st) {
@@ -245,23 +243,7 @@ asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
   co_return true;
 }
 
-std::optional<FileIdentity> FileReading::grown_identity(int64_t file_size) const {
-  const FileIdentity& was = r_->file.identity;
-  if (was.fingerprint_len >= cfg_.tail.fingerprint_bytes || file_size <= was.fingerprint_len)
-    return std::nullopt;
-  // One read for both checks: hashing what a second read returned could take
-  // the first bytes of a file rewritten in between (copytruncate) for the old one's.
-  std::string head(static_cast<size_t>(std::min(cfg_.tail.fingerprint_bytes, file_size)), '\0');
-  size_t got = 0;
-  if (!pread_full(r_->fd, head, 0, got)) return std::nullopt;
-  if (static_cast<int64_t>(got) <= was.fingerprint_len ||
-      fnv1a64(head.data(), static_cast<size_t>(was.fingerprint_len)) != was.fingerprint)
-    return std::nullopt;   // shorter, or other first bytes: the next look sees a truncation
-  FileIdentity grown = was;
-  grown.fingerprint = fnv1a64(head.data(), got);
-  grown.fingerprint_len = static_cast<int64_t>(got);
-  return grown;
-}
+
 
 asio::awaitable<bool> FileReading::release(const char* what) {
   int64_t id = r_->file.id;
