@@ -1,3 +1,4 @@
+#include <cerrno>
 #include "tail/glob.hpp"
 
 #include <dirent.h>
@@ -38,7 +39,7 @@ bool match_segments(const std::vector<std::string>& pat, size_t pi,
 }
 
 void walk(const std::string& dir, const std::vector<std::string>& pat, size_t pi,
-          std::vector<FoundFile>& out, std::vector<std::string>* dirs) {
+          std::vector<FoundFile>& out, std::vector<std::string>* dirs, bool* incomplete) {
   auto join = [&](const std::string& name) {
     if (dir.empty()) return name;
     if (dir == "/") return "/" + name;
@@ -61,11 +62,20 @@ void walk(const std::string& dir, const std::vector<std::string>& pat, size_t pi
       if (stat(dir.empty() ? "." : dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
         dirs->push_back(dir.empty() ? "." : dir);
     }
-    walk(join(seg), pat, pi + 1, out, dirs);
+    walk(join(seg), pat, pi + 1, out, dirs, incomplete);
     return;
   }
   DIR* d = opendir(dir.empty() ? "." : dir.c_str());
-  if (!d) return;
+  if (!d) {
+    // Out of descriptors, or not listable for now: the result misses what this
+    // directory holds. Keep watching it (inotify needs no descriptor per
+    // directory), so that the files followed there are still woken by events.
+    if (errno != ENOENT && errno != ENOTDIR) {
+      if (incomplete) *incomplete = true;
+      if (dirs) dirs->push_back(dir.empty() ? "." : dir);
+    }
+    return;
+  }
   if (dirs) dirs->push_back(dir.empty() ? "." : dir);
   std::vector<std::pair<std::string, bool>> entries;  // name, is_dir
   while (dirent* e = readdir(d)) {
@@ -80,24 +90,25 @@ void walk(const std::string& dir, const std::vector<std::string>& pat, size_t pi
   }
   closedir(d);
   if (seg == "**") {
-    walk(dir, pat, pi + 1, out, dirs);  // zero directories
+    walk(dir, pat, pi + 1, out, dirs, incomplete);  // zero directories
     for (const auto& [name, is_dir] : entries)
-      if (is_dir && name[0] != '.') walk(join(name), pat, pi, out, dirs);
+      if (is_dir && name[0] != '.') walk(join(name), pat, pi, out, dirs, incomplete);
     return;
   }
   for (const auto& [name, is_dir] : entries) {
     if (fnmatch(seg.c_str(), name.c_str(), FNM_PERIOD) != 0) continue;
     if (pi + 1 < pat.size() && !is_dir) continue;
-    walk(join(name), pat, pi + 1, out, dirs);
+    walk(join(name), pat, pi + 1, out, dirs, incomplete);
   }
 }
 
 }  // namespace
 
-std::vector<FoundFile> find_files(const std::string& pattern, std::vector<std::string>* dirs) {
+std::vector<FoundFile> find_files(const std::string& pattern, std::vector<std::string>* dirs,
+                                  bool* incomplete) {
   std::vector<FoundFile> out;
   std::vector<std::string> pat = split(pattern);
-  walk(pattern.starts_with("/") ? "/" : "", pat, 0, out, dirs);
+  walk(pattern.starts_with("/") ? "/" : "", pat, 0, out, dirs, incomplete);
   auto by_path = [](const FoundFile& a, const FoundFile& b) { return a.path < b.path; };
   std::sort(out.begin(), out.end(), by_path);
   out.erase(std::unique(out.begin(), out.end(),

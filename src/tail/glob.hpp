@@ -23,7 +23,11 @@ struct FoundFile {
   int64_t size = 0, mtime_ms = 0;
 };
 // expand_glob() with each file's stat: one stat(2) per file, not two.
-std::vector<FoundFile> find_files(const std::string& pattern, std::vector<std::string>* dirs);
+// `incomplete` (if given) is set when a directory could not be listed for
+// another reason than not existing (EMFILE, EACCES, ...): files may be missing
+// from the result; that directory is still named in `dirs`.
+std::vector<FoundFile> find_files(const std::string& pattern, std::vector<std::string>* dirs,
+                                  bool* incomplete = nullptr);
 
 // Whether `path` matches `pattern` (with "**" support).
 bool glob_match(const std::string& pattern, const std::string& path);

@@ -124,6 +124,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   bool retry_soon = false;                  // a file could not be opened: scan again soon
   milliseconds retry_every{1000};           // how soon, backing off
   std::set<std::string> open_warned;        // paths whose open failure was logged
+  int64_t out_of_fds = 0, out_of_fds_told = 0;   // EMFILE/ENFILE opens this scan, last told
+  std::string out_of_fds_example;
+  bool listing_incomplete = false;          // a directory could not be listed this scan
   std::map<Key, std::shared_ptr<Reader>> by_inode;   // followed files, during a scan
   bool first_scan = true;
   std::map<Key, Skipped> skipped;
@@ -261,6 +264,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
     by_inode.clear();
     retry_soon = false;
+    out_of_fds = 0;
+    listing_incomplete = false;
     for (auto& r : readers) {
       std::lock_guard lock(r->mu);
       by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
@@ -275,7 +280,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     for (const auto& source : cfg.sources) {
       for (const auto& pattern : source.paths) {
         std::vector<std::string> pattern_dirs;
-        auto found = find_files(pattern, &pattern_dirs);
+        bool incomplete = false;
+        auto found = find_files(pattern, &pattern_dirs, &incomplete);
+        if (incomplete) retry_soon = listing_incomplete = true;
         if (pattern_dirs.empty()) every_glob_has_a_dir = false;
         dirs.insert(pattern_dirs.begin(), pattern_dirs.end());
         for (const FoundFile& f : found) {
@@ -341,6 +348,18 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                            : "files are polled (every poll_interval for new files, "
                              "read_interval for growth)");
 
+    if (listing_incomplete && out_of_fds == 0) {
+      // Nothing learnt about the files this scan (even opendir failed).
+    } else if (out_of_fds != out_of_fds_told) {
+      if (out_of_fds > 0)
+        spdlog::error("cannot open {} files ({} and others): out of descriptors (each followed "
+                      "file needs one: raise the open files limit, e.g. LimitNOFILE= in the "
+                      "systemd unit); the files followed are read on, the others tried again",
+                      out_of_fds, out_of_fds_example);
+      else
+        spdlog::info("every file the globs name could be opened again");
+      out_of_fds_told = out_of_fds;
+    }
     co_await settle_known(seen, replaced);
     first_scan = false;
   }
@@ -437,13 +456,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       const int err = errno;
       retry_soon = true;
       if (err == ENOENT) co_return;   // renamed or deleted since the listing: the next scan sees
-      if (open_warned.insert(path).second) {
-        if (err == EMFILE || err == ENFILE)
-          spdlog::error("cannot open {}: {} (each followed file needs a descriptor: raise the "
-                        "open files limit, e.g. LimitNOFILE= in the systemd unit); tried again",
-                        path, std::strerror(err));
-        else
-          spdlog::warn("cannot open {}: {}; tried again at every scan", path, std::strerror(err));
+      if (err == EMFILE || err == ENFILE) {
+        if (out_of_fds++ == 0) out_of_fds_example = path;   // one line per scan, below
+      } else if (open_warned.insert(path).second) {
+        spdlog::warn("cannot open {}: {}; tried again at every scan", path, std::strerror(err));
       }
       co_return;
     }

@@ -177,9 +177,59 @@ def case_mount():
             shutil.rmtree(os.path.dirname(state["store"]), ignore_errors=True)
 
 
+def case_emfile_followed():
+    """Out of descriptors in steady state: the files already followed are read on.
+
+    200 files under a limit of 64: about 40 can be followed. Lines appended to
+    followed files must arrive although every scan fails to open the others
+    (and even to list their directory); the log must not grow per scan.
+    """
+    wd = h.Workdir("tailbox-races-emfile-followed-")
+    passed = False
+    tb = None
+    try:
+        h.write_config(wd, sink="sqlite", host_id=HOST,
+                       tail={"poll_interval": "200ms", "read_interval": "50ms",
+                             "recheck_interval": "1s"})
+        paths = [os.path.join(wd.logs, f"f{i:03d}.log") for i in range(200)]
+        write_lines(paths, b"first", 1)
+        tb = h.Tailbox(wd, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+        tb.start()
+        h.wait_until(lambda: h.inbox_count(wd.inbox) >= 30, 30, "the files that fit followed",
+                     tailbox=tb)
+        time.sleep(2)   # several scans that fail to open the rest
+        conn = h.sqlite_connect(wd.outbox)
+        try:
+            followed = [p for (p,) in conn.execute("SELECT path FROM files WHERE state = 'active'")]
+        finally:
+            conn.close()
+        if len(followed) >= 200:
+            h.fail("the test did not run out of descriptors")
+        write_lines(followed, b"later", 5)
+        h.wait_until(lambda: h.caught_up(wd, followed), 30,
+                     f"lines appended to the {len(followed)} followed files delivered", tailbox=tb)
+        log_lines = sum(1 for _ in open(wd.tailbox_log, "rb"))
+        time.sleep(3)
+        grown = sum(1 for _ in open(wd.tailbox_log, "rb")) - log_lines
+        if grown > 5:
+            h.fail(f"the log grew by {grown} lines in 3 s of failing scans")
+        h.stop_clean(tb)
+        summary = h.check_exact(h.expected_from_files(followed), h.read_inbox(wd.inbox),
+                                host_id=HOST, label="inbox (emfile, followed files)")
+        h.log(summary)
+        passed = True
+    finally:
+        if tb is not None:
+            tb.close()
+        if not passed:
+            h.report_failure_context(wd)
+        wd.cleanup(passed)
+
+
 def test():
     case_eacces()
     case_emfile()
+    case_emfile_followed()
     case_mount()
 
 
