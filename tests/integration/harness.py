@@ -148,12 +148,14 @@ class Tailbox:
     """One `tailbox run` at a time; stdout/stderr go (appended) to wd.tailbox_log.
 
     Always call close() in a finally block: it SIGKILLs a process still running.
+    `env`: extra environment variables for the process (e.g. an LD_PRELOAD shim).
     """
 
-    def __init__(self, wd, binary=None, config=None):
+    def __init__(self, wd, binary=None, config=None, env=None):
         self.wd = wd
         self.binary = binary or tailbox_bin()
         self.config = config or wd.config
+        self.env = dict(os.environ, **env) if env else None
         self.proc = None
         self.logf = None
         self.starts = 0
@@ -174,7 +176,8 @@ class Tailbox:
         self.logf.write(f"===== start #{self.starts} at {time.time():.3f} =====\n".encode())
         self.proc = subprocess.Popen([self.binary, "run", "-c", self.config],
                                      stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=self.env)
         return self.proc
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
