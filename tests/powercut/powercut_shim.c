@@ -34,6 +34,9 @@
  *     T: the size becomes `length`; old bytes = [length, old_size) if it shrinks
  * Thread-safety: one global mutex around the bookkeeping and the real call.
  */
+/* Both the plain and the 64-bit names are defined here: the build's
+ * -D_FILE_OFFSET_BITS=64 would turn one into the other. */
+#undef _FILE_OFFSET_BITS
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
