@@ -48,17 +48,18 @@ def postgres_scenarios(pg):
     import postgres_sink_integration_test as pgt
 
     def make(name, partial):
-        pg.psql(f"CREATE DATABASE {name}")
+        db = "pc_" + name
+        pg.psql(f"CREATE DATABASE {db}")
         source = {"partial_line_timeout": "300ms"} if partial else None
 
         def configure(wd):
-            pgt.write_pg_config(wd, pg.conninfo(name), host_id=pcc.HOST, source=source,
+            pgt.write_pg_config(wd, pg.conninfo(db), host_id=pcc.HOST, source=source,
                                 tail={"rotate_wait": "1s"},
                                 delivery={"workers": 2, "backoff_min": "100ms",
                                           "backoff_max": "1s"})
 
         def read(wd):
-            return pgt.read_table(pg, name)
+            return pgt.read_table(pg, db)
 
         if partial:
             def writers(wd, rng):
@@ -67,7 +68,7 @@ def postgres_scenarios(pg):
                         for n in ("a.log", "b.log", "c.log")]
             return pcc.Scenario(name, configure, writers, read, cuts=8, gap=(0.3, 1.5),
                                 check=lambda wd, recs: pcc.check_tiling(
-                                    wd, recs, False, f"table {name}.tailbox_logs"))
+                                    wd, recs, False, f"table {db}.tailbox_logs"))
         return pcc.Scenario(name, configure, rotated_writers(pcc.utf8_line), read, cuts=6)
 
     return [make("postgres", False), make("postgres_partial", True)]
@@ -83,7 +84,11 @@ def nats_scenarios(ns):
                              sink_extra={"create_stream": True, "duplicate_window": "1s"})
 
     def read(wd):
-        return nc.read_records(ns.port, stream)
+        recs = nc.read_records(ns.port, stream)
+        # For a failure's post-mortem: the stream's order (seq = line number).
+        with open(os.path.join(wd.root, "stream-keys.txt"), "w") as f:
+            f.writelines(f"{r.key}\n" for r in recs)
+        return recs
 
     return [pcc.Scenario("nats", configure, rotated_writers(pcc.plain_line), read, cuts=6,
                          down=(1.5, 3.0))]
