@@ -13,12 +13,13 @@ drop the copies by key.
   postgres_partial  the same server; partial_line_timeout = "300ms" and lines
                     written in two pieces 0.6 s apart (see
                     powercut_timers_chaos_test.py for why that is hard)
-  nats              nats-server -js (nats_server.py); the stream is created by
+  nats, nats_full   nats-server -js (nats_server.py); the stream is created by
                     tailbox with duplicate_window = "1s", and tailbox stays
                     down 1.5-3 s after each cut: beyond the window the server no
                     longer drops a redelivered Nats-Msg-Id; only the read-back
                     of the stream at start (against the rolled-back outbox and
-                    its rolled-back committed sequence) prevents copies
+                    its rolled-back committed sequence) prevents copies;
+                    nats_full: the same with [outbox] synchronous = "full"
 
 The destination is read back and checked line by line, exact bytes
 (harness.check_exact; the tiling check for postgres_partial).
@@ -76,10 +77,15 @@ def postgres_scenarios(pg):
 
 def nats_scenarios(ns):
     import nats_case as nc
-    stream = "POWERCUT"
+    return [nats_scenario(ns, nc, "nats", "normal"), nats_scenario(ns, nc, "nats_full", "full")]
+
+
+def nats_scenario(ns, nc, name, sync):
+    stream = "POWERCUT_" + sync.upper()
 
     def configure(wd):
         nc.write_nats_config(wd, ns.url, stream, tail={"rotate_wait": "1s"},
+                             outbox={"synchronous": sync},
                              delivery={"workers": 2, "backoff_min": "100ms", "backoff_max": "1s"},
                              sink_extra={"create_stream": True, "duplicate_window": "1s"})
 
@@ -90,8 +96,8 @@ def nats_scenarios(ns):
             f.writelines(f"{r.key}\n" for r in recs)
         return recs
 
-    return [pcc.Scenario("nats", configure, rotated_writers(pcc.plain_line), read, cuts=6,
-                         down=(1.5, 3.0))]
+    return pcc.Scenario(name, configure, rotated_writers(pcc.plain_line), read, cuts=6,
+                        down=(1.5, 3.0))
 
 
 def test():
