@@ -84,6 +84,12 @@ def nats_scenario(ns, nc, name, sync):
     stream = "POWERCUT_" + sync.upper()
 
     def configure(wd):
+        # The scenarios' streams catch the same subjects: only one may exist.
+        for other in ("POWERCUT_NORMAL", "POWERCUT_FULL"):
+            try:
+                nc.delete_stream(ns.port, other)
+            except Exception:
+                pass
         nc.write_nats_config(wd, ns.url, stream, tail={"rotate_wait": "1s"},
                              outbox={"synchronous": sync},
                              delivery={"workers": 2, "backoff_min": "100ms", "backoff_max": "1s"},
