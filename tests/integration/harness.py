@@ -148,12 +148,14 @@ class Tailbox:
     """One `tailbox run` at a time; stdout/stderr go (appended) to wd.tailbox_log.
 
     Always call close() in a finally block: it SIGKILLs a process still running.
+    `env`: extra environment variables for the process (e.g. an LD_PRELOAD shim).
     """
 
-    def __init__(self, wd, binary=None, config=None, preexec_fn=None):
+    def __init__(self, wd, binary=None, config=None, env=None, preexec_fn=None):
         self.wd = wd
         self.binary = binary or tailbox_bin()
         self.config = config or wd.config
+        self.env = dict(os.environ, **env) if env else None
         self.preexec_fn = preexec_fn   # e.g. to run as another user or with rlimits
         self.proc = None
         self.logf = None
@@ -176,7 +178,7 @@ class Tailbox:
         self.proc = subprocess.Popen([self.binary, "run", "-c", self.config],
                                      stdin=subprocess.DEVNULL, stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=self.preexec_fn)
+                                     env=self.env, preexec_fn=self.preexec_fn)
         return self.proc
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
