@@ -614,6 +614,10 @@ int64_t Outbox::oldest_pending_ms() {
 
 Status Outbox::set_sink_state(const std::string& sink, const std::string& value) {
   Status st = guarded([&] {
+    // Without it after a power cut, a sink that reads its destination back
+    // (NATS) would start after the destination's end and send again lines it
+    // had sent before the cut.
+    SyncScope full(*impl_->db, impl_->options.synchronous);
     SQLite::Statement& put = *impl_->put_state;
     put.bind(1, sink);
     put.bind(2, value);

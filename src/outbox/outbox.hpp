@@ -138,14 +138,21 @@ class Outbox {
   // Marks rows dead at once (the sink rejected them).
   Status bury(std::span<const int64_t> ids, std::string_view error);
 
-  // For each idempotency key "<host_id>/<file uid>/<offset>": whether its row
-  // is still in the outbox (pending or dead), read in one snapshot. The host
+  // For each idempotency key "<host_id>/<file uid>/<offset>": whether its line
+  // is still to be delivered from this outbox, read in one snapshot: its row
+  // is there (pending or dead), or its file is followed and its checkpoint is
+  // at or before the offset (not read yet: after a power cut rolled back the
+  // row with the checkpoint, the line is read again under the same key). A
+  // sink that finds such a key already at the destination acknowledges the
+  // line without sending it again. The host
   // part is not checked (an outbox belongs to one host); a key that does not
   // parse is false. Reads on the writer connection: call it where the writer
   // methods may be called, or on a read-only Outbox of its own (any thread).
   std::vector<bool> rows_exist(const std::vector<std::string>& keys, Status& status);
 
   std::optional<std::string> sink_state(const std::string& sink);
+  // A sink's first state (what open() returned). Committed durably
+  // (synchronous = FULL): a read-back after a power cut needs it.
   Status set_sink_state(const std::string& sink, const std::string& value);
   Backlog backlog() const;
   // Counts the backlog again (rows purged or added by hand, e.g. with

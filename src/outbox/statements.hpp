@@ -45,11 +45,15 @@ inline constexpr const char* kGetSinkState = "SELECT value FROM sink_state WHERE
 inline constexpr const char* kBacklog =
     "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM outbox";
 
-// Whether a key's row ("<host>/<file uid>/<offset>") is still in the outbox,
-// pending or dead: through files.uid, then the UNIQUE (file, inode, offset) index.
+// Whether a key's line ("<host>/<file uid>/<offset>") is still to be
+// delivered from this outbox: its row is there (pending or dead; through
+// files.uid, then the UNIQUE (file, inode, offset) index), or its file is
+// followed and has not been read up to it (a power cut rolled back its row and
+// the checkpoint together: the line will be read again, under the same key).
 inline constexpr const char* kRowForKey =
-    "SELECT 1 FROM files f JOIN outbox o ON o.file = f.id AND o.inode = f.inode AND o.offset = ?2 "
-    "WHERE f.uid = ?1 LIMIT 1";
+    "SELECT 1 FROM files f WHERE f.uid = ?1 AND ((f.state = 'active' AND ?2 >= f.read_offset) "
+    "OR EXISTS (SELECT 1 FROM outbox o WHERE o.file = f.id AND o.inode = f.inode "
+    "AND o.offset = ?2)) LIMIT 1";
 
 inline constexpr const char* kFileInfo = "SELECT source, path, uid FROM files WHERE id = ?1";
 
