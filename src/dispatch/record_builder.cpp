@@ -1,5 +1,7 @@
 #include "dispatch/record_builder.hpp"
 
+#include "core/record_key.hpp"
+
 #include <boost/json.hpp>
 #include <boost/regex.hpp>
 
@@ -119,7 +121,7 @@ void RecordBuilder::build(Batch& batch) const {
     const outbox::FileInfo& info = *row.info;
     std::string& key = batch.keys[i];
     key.clear();
-    key.append(host_).append("/").append(info.uid).append("/").append(std::to_string(row.offset));
+    append_record_key(key, host_, info.uid, row.offset);
 
     Record& rec = batch.records[i];
     rec.key = key;

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "core/clock.hpp"
+#include "core/record_key.hpp"
 #include "outbox/statements.hpp"
 #include "schema_sql.hpp"
 
@@ -554,17 +555,10 @@ std::vector<bool> Outbox::rows_exist(const std::vector<std::string>& keys, Statu
     SQLite::Statement q(db, sql::kRowForKey);
     SQLite::Transaction snapshot(db);   // rolled back at the end: it only reads
     for (size_t i = 0; i < keys.size(); ++i) {
-      std::string_view key = keys[i];
-      size_t first = key.find('/'), last = key.rfind('/');
-      if (first == 0 || first == std::string_view::npos || last <= first + 1 ||
-          last + 1 >= key.size())
-        continue;
-      std::string_view offset = key.substr(last + 1);
-      if (offset.size() > 18 ||
-          !std::all_of(offset.begin(), offset.end(), [](char c) { return c >= '0' && c <= '9'; }))
-        continue;
-      q.bind(1, std::string(key.substr(first + 1, last - first - 1)));
-      q.bind(2, static_cast<int64_t>(std::stoll(std::string(offset))));
+      auto key = parse_record_key(keys[i]);
+      if (!key) continue;
+      q.bind(1, std::string(key->uid));
+      q.bind(2, key->offset);
       out[i] = q.executeStep();
       q.reset();
     }

@@ -1,3 +1,4 @@
+#include "core/record_key.hpp"
 #include "sinks/kafka/kafka_sink.hpp"
 
 #include <librdkafka/rdkafka.h>
@@ -58,19 +59,6 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void*) {
   if (is_size_error(m->err)) report->too_large = true;
 }
 
-// "<host>/<uid>/<offset>" -> uid and offset.
-bool split_key(std::string_view key, std::string_view& uid, int64_t& offset) {
-  auto first = key.find('/');
-  auto last = key.rfind('/');
-  if (first == std::string_view::npos || last == first) return false;
-  uid = key.substr(first + 1, last - first - 1);
-  offset = 0;
-  for (char c : key.substr(last + 1)) {
-    if (c < '0' || c > '9') return false;
-    offset = offset * 10 + (c - '0');
-  }
-  return true;
-}
 
 // A file's offsets, ascending, as "first,delta,delta,..." (compact in JSON).
 std::string encode_offsets(const std::set<int64_t>& offsets) {
@@ -383,7 +371,7 @@ struct KafkaSink::Impl {
     std::vector<std::string> keys;
     for (auto& t : listed)
       for (auto& [uid, offs] : t.offsets)
-        for (int64_t off : offs) keys.push_back(host_id + "/" + uid + "/" + std::to_string(off));
+        for (int64_t off : offs) keys.push_back(make_record_key(host_id, uid, off));
     std::vector<bool> present = keys.empty() ? std::vector<bool>() : lookup(keys);   // throws
     size_t k = 0;
     for (auto& t : listed)
@@ -401,7 +389,7 @@ struct KafkaSink::Impl {
     size_t keys = 0;
     for (auto& [uid, offs] : it->offsets)
       for (int64_t off : offs) {
-        skip[host_id + "/" + uid + "/" + std::to_string(off)] = Skip{it, 0};
+        skip[make_record_key(host_id, uid, off)] = Skip{it, 0};
         ++keys;
       }
     return keys;
@@ -543,9 +531,10 @@ struct KafkaSink::Impl {
                               const std::vector<const Record*>& sent) {
     json::object files;
     for (const Record* r : sent) {
-      std::string_view uid;
-      int64_t off = 0;
-      if (!split_key(r->key, uid, off)) continue;
+      auto key = parse_record_key(r->key);
+      if (!key) continue;
+      const std::string_view uid = key->uid;
+      const int64_t off = key->offset;
       json::value& f = files[uid];
       if (f.is_null()) f = json::object{{"path", r->path}, {"offset", off}};
       else if (f.as_object()["offset"].as_int64() < off) f.as_object()["offset"] = off;
@@ -648,9 +637,7 @@ struct KafkaSink::Impl {
     Txn txn;
     txn.seq = seq;
     for (const Record* r : send) {
-      std::string_view uid;
-      int64_t off = 0;
-      if (split_key(r->key, uid, off)) txn.offsets[std::string(uid)].insert(off);
+      if (auto key = parse_record_key(r->key)) txn.offsets[std::string(key->uid)].insert(key->offset);
     }
     std::string progress;
     {
@@ -844,12 +831,10 @@ void KafkaSink::committed(const std::string& state) noexcept {
       for (const std::string& key : by->second) {
         auto it = m.skip.find(key);
         if (it == m.skip.end() || it->second.skipped_in != seq) continue;
-        std::string_view uid;
-        int64_t off = 0;
-        if (split_key(it->first, uid, off)) {
-          auto f = it->second.txn->offsets.find(std::string(uid));
+        if (auto parts = parse_record_key(it->first)) {
+          auto f = it->second.txn->offsets.find(std::string(parts->uid));
           if (f != it->second.txn->offsets.end()) {
-            f->second.erase(off);
+            f->second.erase(parts->offset);
             if (f->second.empty()) it->second.txn->offsets.erase(f);
           }
         }
