@@ -128,8 +128,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         cfg(c),
         env(std::make_shared<ReaderEnv>(c, o)) {
     for (const auto& src : cfg.sources) {
-      env->stats.sources[src.name] = std::make_unique<SourceStats>();
-      if (src.multiline.enabled()) patterns[src.name] = StartPattern::compile(src.multiline.start_pattern);
+      auto& st = env->stats.sources[src.name] = std::make_unique<SourceStats>();
+      if (src.multiline.enabled())
+        patterns[src.name] = StartPattern::compile(src.multiline.start_pattern, src.name,
+                                                   &st->multiline_pattern_errors);
     }
     if (cfg.tail.inotify) watcher = make_inotify_watcher(strand);
     if (!watcher) watcher = make_poll_watcher();
@@ -174,10 +176,14 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     asio::co_spawn(r->strand, read_file(env, r),
                    [self = shared_from_this(), r](std::exception_ptr e) {
                      if (e) {
+                       // The file is no longer read: /readyz must say so.
+                       ++self->env->stats.readers_failed;
                        try {
                          std::rethrow_exception(e);
                        } catch (const std::exception& ex) {
                          spdlog::error("reader for {} stopped: {}", r->file.path, ex.what());
+                       } catch (...) {
+                         spdlog::error("reader for {} stopped: unknown error", r->file.path);
                        }
                      }
                      --self->env->stats.files_active;
