@@ -341,9 +341,17 @@ int run_relay(config::Config cfg) {
   for (auto& t : threads) t.join();
 
   const auto& ds = dispatcher.stats();
+  // Counted in the outbox itself on the writer's connection (every thread has
+  // stopped), not taken from the running tally.
+  int64_t left = outbox->backlog().rows;
+  try {
+    auto summary = outbox->unsafe_sync().summary();
+    left = summary.pending + summary.dead;
+  } catch (const std::exception& e) {
+    spdlog::warn("cannot count the rows left in the outbox: {}", e.what());
+  }
   spdlog::info("stopped: {} lines read, {} rows delivered, {} dead-lettered, {} rows left in the outbox",
-               tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(),
-               outbox->backlog().rows);
+               tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(), left);
   if (failed.load() || dispatcher.failed()) {
     spdlog::error("tailbox stopped because of an unexpected error (see above); exit 1");
     return 1;

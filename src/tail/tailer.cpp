@@ -121,6 +121,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   bool scan_requested = false;
   int64_t new_this_scan = 0;
   static constexpr int64_t kAnnounced = 20;
+  std::set<std::string> warned_unreadable;   // files that could not be opened, warned once
+  std::set<std::string> globs_seen;          // "source\nglob" expanded once: an empty one was warned
 
   Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o)
       : executor(ex),
@@ -270,6 +272,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       for (const auto& pattern : source.paths) {
         std::vector<std::string> pattern_dirs;
         auto found = find_files(pattern, &pattern_dirs);
+        if (globs_seen.insert(source.name + "\n" + pattern).second && found.empty())
+          spdlog::warn("source {}: the glob {} matches no file (yet); files that appear later "
+                       "are followed", source.name, pattern);
         if (pattern_dirs.empty()) every_glob_has_a_dir = false;
         dirs.insert(pattern_dirs.begin(), pattern_dirs.end());
         for (const FoundFile& f : found) {
@@ -387,6 +392,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         spdlog::error("cannot open {}: {} (each followed file needs a descriptor: raise the "
                       "open files limit, e.g. LimitNOFILE= in the systemd unit)", path,
                       std::strerror(errno));
+      else if (int err = errno; err != ENOENT && warned_unreadable.insert(path).second)
+        spdlog::warn("cannot open {} (source {}): {}; it is not read (warned once per file)", path,
+                     source.name, std::strerror(err));
       else
         spdlog::debug("cannot open {}: {}", path, std::strerror(errno));
       co_return;
