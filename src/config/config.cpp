@@ -49,6 +49,8 @@ Settings to_settings(const std::string& prefix, const toml::table& table,
         items.push_back(*s);
       }
       value.value = std::move(items);
+    } else if (node.is_table()) {
+      throw ConfigError(where + ": unknown table (line " + std::to_string(value.line) + ")");
     } else {
       throw ConfigError(where + ": unsupported value (line " + std::to_string(value.line) + ")");
     }

@@ -38,6 +38,13 @@ TEST_SUITE("config.messages") {
     CHECK(contains(e, "(line 3)"));
   }
 
+  TEST_CASE("an unknown table is called one, with its line") {
+    std::string e = error_of("[[source]]\nname = \"a\"\npaths = \"/x/*.log\"\n[sink]\ntype = \"sqlite\"\n"
+                             "\n[bogus]\nx = 1\n");
+    CHECK(contains(e, "bogus: unknown table"));
+    CHECK(contains(e, "(line 7)"));
+  }
+
   TEST_CASE("an unknown [[source]] key is named with its line and its source") {
     std::string e = error_of("[[source]]\nname = \"a\"\npaths = \"/x/*.log\"\n\nread_form = \"tail\"\n"
                              "[sink]\ntype = \"sqlite\"\n");
