@@ -131,6 +131,41 @@ def multiline_undecidable(wd, tb):
     h.log("multiline: an undecidable line is 'no match', counted, warned; the file is read on")
 
 
+def reader_stops_not_ready(wd, tb):
+    """A reader that stops on an error must make /readyz fail. The fault is
+    real: under RLIMIT_AS, the 64 MiB read buffer of a big file cannot be
+    allocated (std::bad_alloc) while everything else still fits."""
+    port = free_port()
+    h.write_config(wd, tail={"read_chunk_bytes": "64MiB"}, metrics={"listen": f"127.0.0.1:{port}"})
+    with open(wd.log_path("small.log"), "wb") as f:
+        f.write(b"small\n")
+    with open(wd.log_path("big.log"), "wb") as f:
+        f.truncate(80 << 20)   # sparse: 80 MiB of zeros, read in 64 MiB chunks
+    limit = 100 << 20
+    env = dict(os.environ, MALLOC_ARENA_MAX="1")   # one malloc arena: a small, steady VmSize
+    with open(wd.tailbox_log, "ab") as log:
+        proc = subprocess.Popen(
+            [h.tailbox_bin(), "run", "-c", wd.config], stdout=log, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    try:
+        h.wait_until(lambda: "reader for" in log_text(wd) or proc.poll() is not None, 30,
+                     "the big file's reader to fail")
+        if proc.poll() is not None:
+            h.fail(f"tailbox exited ({proc.returncode}) instead of losing one reader")
+        h.wait_until(lambda: h.inbox_count(wd.inbox) == 1, 30, "the small file's line")
+        code, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        if code != 503 or "reader" not in body:
+            h.fail(f"/readyz with a stopped reader: {code} {body}")
+        m = parse_metrics(http_get(f"http://127.0.0.1:{port}/metrics")[1])
+        if metric(m, "tailbox_readers_failed") != 1:
+            h.fail("tailbox_readers_failed is not 1")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    h.log("a reader that stopped (bad_alloc) makes /readyz fail and is counted")
+
+
 # --------------------------------------------------------------------------- 12
 
 def metrics_emfile(wd, tb):
@@ -330,7 +365,7 @@ def other_user_messages(wd, tb):
 
 
 def test():
-    for fn in (multiline_undecidable, metrics_emfile, readonly_outbox, foreign_database,
+    for fn in (multiline_undecidable, reader_stops_not_ready, metrics_emfile, readonly_outbox, foreign_database,
                feedback_loop, cli_messages, run_messages, other_user_messages):
         case(fn)
 
