@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
-from ops_integration_test import free_port, http_get, metric, parse_metrics  # noqa: E402
+from ops_integration_test import InboxLock, free_port, http_get, metric, parse_metrics  # noqa: E402
 
 NOBODY = 65534
 
@@ -313,9 +313,39 @@ def run_messages(wd, tb):
     if len(warned) != 1 or "app" not in warned[0] or "matches no file" not in warned[0]:
         h.fail(f"a glob that matches nothing: {warned}")
     stop = [line for line in text.splitlines() if "stopped:" in line]
-    if not stop or "0 rows left in the outbox" not in stop[-1]:
+    if not stop or " 0 rows left in the outbox" not in stop[-1]:
         h.fail(f"the stop line does not count the empty outbox: {stop}")
     h.log("run: an empty glob warned once; the stop line counts the outbox")
+
+
+def stop_line_counts_the_outbox(wd, tb):
+    """Rows purged by hand (tools/replay --purge) just before a stop: the
+    stop line must count what the outbox holds, not a running tally."""
+    h.write_config(wd, delivery={"max_attempts": 1, "backoff_min": "50ms", "backoff_max": "100ms"})
+    path = wd.log_path("a.log")
+    with open(path, "wb") as f:
+        f.write(b"first\n")
+    tb.start()
+    h.wait_until(lambda: h.inbox_count(wd.inbox) == 1, 30, "the sink to open", tailbox=tb)
+    lock = InboxLock(wd.inbox)
+    try:
+        with open(path, "ab") as f:
+            f.write(b"".join(b"doomed %d\n" % i for i in range(500)))
+        h.wait_until(lambda: len(h.dead_rows(wd)) == 500, 60, "500 dead rows (inbox locked)", tailbox=tb)
+    finally:
+        lock.release()
+    r = subprocess.run([os.path.join(h.REPO_ROOT, "tools", "replay"), "--db", wd.outbox, "--purge",
+                        "--yes"], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        h.fail(f"tools/replay --purge: {r.stdout}{r.stderr}")
+    if tb.stop() != 0:
+        h.fail("tailbox did not exit 0")
+    if h.outbox_count(wd.outbox) != 0:
+        h.fail("the outbox is not empty after the purge")
+    stop = [line for line in log_text(wd).splitlines() if "stopped:" in line]
+    if not stop or " 0 rows left in the outbox" not in stop[-1]:
+        h.fail(f"the stop line does not count the empty outbox: {stop}")
+    h.log("the stop line counts the rows the outbox holds (0 after a purge)")
 
 
 def other_user_messages(wd, tb):
@@ -366,7 +396,8 @@ def other_user_messages(wd, tb):
 
 def test():
     for fn in (multiline_undecidable, reader_stops_not_ready, metrics_emfile, readonly_outbox, foreign_database,
-               feedback_loop, cli_messages, run_messages, other_user_messages):
+               feedback_loop, cli_messages, run_messages, stop_line_counts_the_outbox,
+               other_user_messages):
         case(fn)
 
 
