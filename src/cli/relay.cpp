@@ -45,6 +45,9 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                    {{"source", name}}, [st] { return double(st->lines_read.load()); });
     reg.counter_fn("tailbox_source_bytes_read_total", "Bytes of the source files read into the outbox.",
                    {{"source", name}}, [st] { return double(st->bytes_read.load()); });
+    reg.counter_fn("tailbox_multiline_pattern_errors_total",
+                   "Lines multiline.start_pattern could not decide on (taken as no match).",
+                   {{"source", name}}, [st] { return double(st->multiline_pattern_errors.load()); });
   }
   reg.counter_fn("tailbox_rotations_total", "Files seen under a new name (rotation).", {},
                  [&ts] { return double(ts.rotations.load()); });
@@ -52,6 +55,8 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                  [&ts] { return double(ts.truncations.load()); });
   reg.gauge_fn("tailbox_files_followed", "Files being followed.", {},
                [&ts] { return double(ts.files_active.load()); });
+  reg.gauge_fn("tailbox_readers_failed", "File readers that stopped on an error (/readyz fails).", {},
+               [&ts] { return double(ts.readers_failed.load()); });
   reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full.", {},
                [&ts] { return ts.paused.load() ? 1.0 : 0.0; });
   reg.gauge_fn("tailbox_outbox_rows", "Rows in the outbox (pending and dead).", {},
@@ -188,13 +193,16 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
 
 // /readyz: the outbox takes writes, and rows waiting are moving.
 metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outbox,
-                            const dispatch::DispatchStats& ds, const SinkHealth& sink) {
+                            const dispatch::DispatchStats& ds, const SinkHealth& sink,
+                            const tail::TailStats& ts) {
   int64_t now = unix_ms();
   auto h = outbox.unsafe_sync().health();
   auto backlog = outbox.backlog();
   std::string reason;
   if (h.last_error_ms > h.last_ok_ms) reason = "outbox not writable: " + h.last_error;
   if (reason.empty() && !sink.open.load()) reason = "sink not open yet: " + sink.error();
+  if (int64_t n = ts.readers_failed.load(); reason.empty() && n > 0)
+    reason = std::to_string(n) + " file reader(s) stopped on an error (see the log); restart tailbox";
   int64_t last_ok = ds.last_success_ms.load();
   int64_t oldest = backlog.rows > 0 ? outbox.unsafe_sync().oldest_pending_ms() : 0;
   if (reason.empty() && oldest > 0 && now - oldest > cfg.metrics.stall_after.count() &&
@@ -259,7 +267,7 @@ int run_relay(config::Config cfg) {
           if (path == "/metrics")
             return {200, "text/plain; version=0.0.4; charset=utf-8", registry.render()};
           if (path == "/healthz") return {200, "application/json", "{\"alive\":true}\n"};
-          if (path == "/readyz") return readiness(cfg, *outbox, dispatcher.stats(), sink_health);
+          if (path == "/readyz") return readiness(cfg, *outbox, dispatcher.stats(), sink_health, tailer.stats());
           return {404, "text/plain", "try /metrics, /healthz or /readyz\n"};
         });
     try {
@@ -333,9 +341,17 @@ int run_relay(config::Config cfg) {
   for (auto& t : threads) t.join();
 
   const auto& ds = dispatcher.stats();
+  // Counted in the outbox itself on the writer's connection (every thread has
+  // stopped), not taken from the running tally.
+  int64_t left = outbox->backlog().rows;
+  try {
+    auto summary = outbox->unsafe_sync().summary();
+    left = summary.pending + summary.dead;
+  } catch (const std::exception& e) {
+    spdlog::warn("cannot count the rows left in the outbox: {}", e.what());
+  }
   spdlog::info("stopped: {} lines read, {} rows delivered, {} dead-lettered, {} rows left in the outbox",
-               tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(),
-               outbox->backlog().rows);
+               tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(), left);
   if (failed.load() || dispatcher.failed()) {
     spdlog::error("tailbox stopped because of an unexpected error (see above); exit 1");
     return 1;

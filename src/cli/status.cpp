@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <boost/json.hpp>
+#include <cerrno>
 #include <cstdio>
 #include <iostream>
 
@@ -75,6 +76,13 @@ int show_status(const config::Config& cfg, bool json) {
 }
 
 int check_outbox(const config::Config& cfg) {
+  struct stat st {};
+  if (stat(cfg.outbox.path.c_str(), &st) != 0 && errno == ENOENT) {
+    // Nothing to repair: advice on .recover would mislead.
+    std::printf("outbox %s does not exist: nothing to check (`tailbox run` creates it; if it "
+                "should be there, check [outbox] path)\n", cfg.outbox.path.c_str());
+    return 1;
+  }
   std::unique_ptr<outbox::Outbox> ob;
   try {
     ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
@@ -86,6 +94,8 @@ int check_outbox(const config::Config& cfg) {
     std::printf("outbox %s is damaged:\n%s\n", cfg.outbox.path.c_str(), result.c_str());
   } catch (const std::exception& e) {
     std::printf("outbox %s cannot be read: %s\n", cfg.outbox.path.c_str(), e.what());
+    // A directory, a permission, a foreign database: nothing .recover can fix.
+    if (std::string(e.what()).find("damaged") == std::string::npos) return 1;
   }
   std::printf(
       "What to do: stop tailbox, keep a copy of the file (and its -wal, -shm), then either\n"

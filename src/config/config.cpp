@@ -1,13 +1,18 @@
 #include "config/config.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 #include <boost/regex.hpp>
 #include <set>
 #include <toml++/toml.h>
+
+#include "tail/glob.hpp"
 
 namespace tailbox::config {
 namespace {
@@ -15,10 +20,14 @@ namespace {
 int line_of(const toml::node& node) { return static_cast<int>(node.source().begin.line); }
 
 // Flattens one TOML table into Settings; nested tables are not allowed here.
-Settings to_settings(const std::string& prefix, const toml::table& table) {
+// Keys in `skip` are read elsewhere. (The table is read in place: a copy of a
+// toml++ node loses its source region, and with it the line in messages.)
+Settings to_settings(const std::string& prefix, const toml::table& table,
+                     const std::set<std::string>& skip = {}) {
   std::map<std::string, SettingValue> values;
   for (auto&& [key, node] : table) {
     std::string name(key.str());
+    if (skip.count(name)) continue;
     std::string where = prefix.empty() ? name : prefix + "." + name;
     SettingValue value;
     value.line = line_of(node);
@@ -40,6 +49,8 @@ Settings to_settings(const std::string& prefix, const toml::table& table) {
         items.push_back(*s);
       }
       value.value = std::move(items);
+    } else if (node.is_table()) {
+      throw ConfigError(where + ": unknown table (line " + std::to_string(value.line) + ")");
     } else {
       throw ConfigError(where + ": unsupported value (line " + std::to_string(value.line) + ")");
     }
@@ -56,6 +67,66 @@ const toml::table& table_at(const toml::table& root, const char* key) {
   if (!t) throw ConfigError(std::string(key) + ": expected a table (line " +
                             std::to_string(line_of(*node)) + ")");
   return *t;
+}
+
+// An absolute, lexically normal form of `path`, and the form with symbolic
+// links resolved: a glob may name either.
+std::vector<std::string> path_forms(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<std::string> forms;
+  fs::path abs = fs::absolute(path, ec);
+  if (ec) abs = path;
+  forms.push_back(abs.lexically_normal().string());
+  fs::path real = fs::weakly_canonical(abs, ec);
+  if (!ec && real.string() != forms[0]) forms.push_back(real.string());
+  return forms;
+}
+
+// A source that reads what tailbox itself writes (the sink's output, the
+// outbox) feeds every line back to itself without end: refused at load time.
+void check_feedback_loops(const Config& cfg) {
+  std::vector<std::pair<std::string, std::string>> written;   // (file, what it is)
+  for (const char* suffix : {"", "-wal", "-shm", "-journal", ".lock"})
+    written.emplace_back(cfg.outbox.path + suffix, "the outbox ([outbox] path)");
+  // Only the sinks that write local files have a path; reading it here
+  // (without marking it used) keeps the sink's own checks intact.
+  std::optional<std::string> sink_path;
+  if (cfg.sink.type == "file" || cfg.sink.type == "sqlite") {
+    Settings copy = cfg.sink.settings;
+    try {
+      sink_path = copy.optional_string("path");
+    } catch (const ConfigError&) {
+      // the sink reports a path of the wrong type itself
+    }
+    if (!sink_path && cfg.sink.type == "sqlite") sink_path = "tailbox-inbox.db";
+  }
+  if (sink_path && !sink_path->empty()) {
+    std::vector<const char*> suffixes{""};
+    if (cfg.sink.type == "sqlite") suffixes = {"", "-wal", "-shm", "-journal"};
+    for (const char* suffix : suffixes)
+      written.emplace_back(*sink_path + suffix, "the " + cfg.sink.type + " sink's output ([sink] path)");
+  }
+  for (const auto& source : cfg.sources) {
+    for (const auto& [file, what] : written) {
+      for (const std::string& form : path_forms(file)) {
+        std::string base = form.substr(form.rfind('/') + 1);
+        bool excluded = false;
+        for (const auto& ex : source.exclude)
+          excluded = excluded || tail::glob_match(ex, ex.find('/') != std::string::npos ? form : base);
+        if (excluded) continue;
+        for (const auto& glob : source.paths) {
+          for (const std::string& g : path_forms(glob)) {
+            if (!tail::glob_match(g, form)) continue;
+            throw ConfigError("source.paths: the glob \"" + glob + "\" of [[source]] \"" +
+                              source.name + "\" matches " + form + ", " + what +
+                              ": tailbox would read its own output forever. Narrow the glob or "
+                              "add the file to exclude");
+          }
+        }
+      }
+    }
+  }
 }
 
 std::string default_host_id() {
@@ -77,15 +148,7 @@ Config load_string(const std::string& text, const std::string& origin) {
 
   Config cfg;
   // Top level: scalars plus the known tables.
-  toml::table top;
-  for (auto&& [key, node] : root) {
-    std::string k(key.str());
-    if (k == "source" || k == "tail" || k == "outbox" || k == "delivery" || k == "sink" ||
-        k == "metrics")
-      continue;
-    top.insert(key, node);
-  }
-  Settings s = to_settings("", top);
+  Settings s = to_settings("", root, {"source", "tail", "outbox", "delivery", "sink", "metrics"});
   cfg.host_id = s.string("host_id", default_host_id());
   if (cfg.host_id.empty() || cfg.host_id.find('/') != std::string::npos)
     s.fail("host_id", "must be non-empty and must not contain '/'");
@@ -105,55 +168,60 @@ Config load_string(const std::string& text, const std::string& origin) {
   for (const toml::node& node : *arr) {
     const toml::table& whole = *node.as_table();
     // "multiline.x = ..." (or [source.multiline]) is the one nested table of a source.
-    toml::table t = whole;
-    toml::table multiline;
+    static const toml::table kNoMultiline;
+    const toml::table* multiline_table = &kNoMultiline;
     if (const toml::node* ml = whole.get("multiline")) {
       if (!ml->as_table())
         throw ConfigError("source.multiline: expected a table, e.g. multiline.start_pattern = "
                           "'^\\d' (line " + std::to_string(line_of(*ml)) + ")");
-      multiline = *ml->as_table();
-      t.erase("multiline");
+      multiline_table = ml->as_table();
     }
-    Settings src = to_settings("source", t);
+    const toml::table& multiline = *multiline_table;
+    Settings src = to_settings("source", whole, {"multiline"});
     SourceConfig sc;
     sc.name = src.required_string("name");
-    if (!names.insert(sc.name).second) src.fail("name", "\"" + sc.name + "\" is used twice");
-    sc.paths = src.string_list("paths", true);
-    sc.exclude = src.string_list("exclude", false);
-    sc.read_from = src.choice("read_from", "head", {"head", "tail"}) == "tail" ? ReadFrom::tail
-                                                                              : ReadFrom::head;
-    std::string parser = src.choice("parser", "raw", {"raw", "json", "regex"});
-    sc.parser = parser == "json" ? ParserKind::json
-                : parser == "regex" ? ParserKind::regex : ParserKind::raw;
-    sc.pattern = src.string("pattern", "");
-    if (sc.parser == ParserKind::regex && sc.pattern.empty())
-      src.fail("pattern", "is required when parser = \"regex\"");
-    if (sc.parser != ParserKind::regex && !sc.pattern.empty())
-      src.fail("pattern", "is only used with parser = \"regex\"");
-    sc.max_line_bytes = src.integer("max_line_bytes", sc.max_line_bytes, 256, 64LL << 20);
-    sc.max_line_mode = src.choice("max_line_mode", "split", {"split", "truncate"}) == "truncate"
-                           ? LongLines::truncate : LongLines::split;
-    sc.partial_line_timeout = src.duration("partial_line_timeout", sc.partial_line_timeout);
-    sc.ignore_older = src.duration("ignore_older", sc.ignore_older);
-    sc.read_gzip = src.boolean("read_gzip", sc.read_gzip);
-    src.finish();
-    {
-      Settings ml = to_settings("source.multiline", multiline);
-      auto& mc = sc.multiline;
-      mc.start_pattern = ml.string("start_pattern", "");
-      mc.max_lines = ml.integer("max_lines", mc.max_lines, 1, 1'000'000);
-      mc.max_bytes = ml.integer("max_bytes", mc.max_bytes, 256, 64LL << 20);
-      mc.timeout = ml.duration("timeout", mc.timeout);
-      if (mc.start_pattern.empty() && !multiline.empty())
-        ml.fail("start_pattern", "is required to use multiline");
-      if (!mc.start_pattern.empty()) {
-        try {
-          boost::regex re(mc.start_pattern, boost::regex::perl);
-        } catch (const boost::regex_error& e) {
-          ml.fail("start_pattern", std::string("is not a valid regular expression: ") + e.what());
+    // Every later mistake in this [[source]] names it.
+    try {
+      if (!names.insert(sc.name).second) src.fail("name", "\"" + sc.name + "\" is used twice");
+      sc.paths = src.string_list("paths", true);
+      sc.exclude = src.string_list("exclude", false);
+      sc.read_from = src.choice("read_from", "head", {"head", "tail"}) == "tail" ? ReadFrom::tail
+                                                                                : ReadFrom::head;
+      std::string parser = src.choice("parser", "raw", {"raw", "json", "regex"});
+      sc.parser = parser == "json" ? ParserKind::json
+                  : parser == "regex" ? ParserKind::regex : ParserKind::raw;
+      sc.pattern = src.string("pattern", "");
+      if (sc.parser == ParserKind::regex && sc.pattern.empty())
+        src.fail("pattern", "is required when parser = \"regex\"");
+      if (sc.parser != ParserKind::regex && !sc.pattern.empty())
+        src.fail("pattern", "is only used with parser = \"regex\"");
+      sc.max_line_bytes = src.integer("max_line_bytes", sc.max_line_bytes, 256, 64LL << 20);
+      sc.max_line_mode = src.choice("max_line_mode", "split", {"split", "truncate"}) == "truncate"
+                             ? LongLines::truncate : LongLines::split;
+      sc.partial_line_timeout = src.duration("partial_line_timeout", sc.partial_line_timeout);
+      sc.ignore_older = src.duration("ignore_older", sc.ignore_older);
+      sc.read_gzip = src.boolean("read_gzip", sc.read_gzip);
+      src.finish();
+      {
+        Settings ml = to_settings("source.multiline", multiline);
+        auto& mc = sc.multiline;
+        mc.start_pattern = ml.string("start_pattern", "");
+        mc.max_lines = ml.integer("max_lines", mc.max_lines, 1, 1'000'000);
+        mc.max_bytes = ml.integer("max_bytes", mc.max_bytes, 256, 64LL << 20);
+        mc.timeout = ml.duration("timeout", mc.timeout);
+        if (mc.start_pattern.empty() && !multiline.empty())
+          ml.fail("start_pattern", "is required to use multiline");
+        if (!mc.start_pattern.empty()) {
+          try {
+            boost::regex re(mc.start_pattern, boost::regex::perl);
+          } catch (const boost::regex_error& e) {
+            ml.fail("start_pattern", std::string("is not a valid regular expression: ") + e.what());
+          }
         }
+        ml.finish();
       }
-      ml.finish();
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string(e.what()) + " in [[source]] \"" + sc.name + "\"");
     }
     cfg.sources.push_back(std::move(sc));
   }
@@ -177,6 +245,10 @@ Config load_string(const std::string& text, const std::string& origin) {
     Settings o = to_settings("outbox", table_at(root, "outbox"));
     cfg.outbox.path = o.string("path", cfg.outbox.path);
     if (cfg.outbox.path.empty()) o.fail("path", "must not be empty");
+    struct stat st {};
+    if (stat(cfg.outbox.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+      o.fail("path", "\"" + cfg.outbox.path + "\" is a directory; name the outbox file in it, "
+             "e.g. \"" + cfg.outbox.path + "/outbox.db\"");
     cfg.outbox.max_rows = o.integer("max_rows", cfg.outbox.max_rows, 100, int64_t{1} << 40);
     cfg.outbox.max_bytes = o.integer("max_bytes", cfg.outbox.max_bytes, 1 << 16, int64_t{1} << 50);
     // Default "normal", but "full" for the kafka sink: a Kafka transaction
@@ -226,11 +298,15 @@ Config load_string(const std::string& text, const std::string& origin) {
     if (cfg.sink.type == "kafka" && !cfg.outbox.synchronous_set) cfg.outbox.synchronous = Synchronous::full;
     cfg.sink.settings = std::move(sk);  // the sink reads and finishes the rest
   }
+  check_feedback_loops(cfg);
   return cfg;
 }
 
 Config load_file(const std::string& path) {
   std::string text;
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw ConfigError(path + " is a directory, not a configuration file (give -c the .toml file)");
   {
     FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) throw ConfigError(path + ": cannot open: " + std::strerror(errno));

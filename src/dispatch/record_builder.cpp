@@ -4,10 +4,57 @@
 
 #include <boost/json.hpp>
 #include <boost/regex.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/utf8.hpp"
 
 namespace tailbox::dispatch {
+
+namespace {
+
+bool has_infinity(const boost::json::value& v) {
+  if (v.is_double()) return std::isinf(v.get_double());
+  if (v.is_array()) {
+    for (const auto& x : v.get_array())
+      if (has_infinity(x)) return true;
+  } else if (v.is_object()) {
+    for (const auto& kv : v.get_object())
+      if (has_infinity(kv.value())) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// `json` (valid JSON) with every number too large for a double written as a
+// string of its exact text: {"big":1e999} -> {"big":"1e999"}.
+std::string quote_huge_numbers(std::string_view json) {
+  std::string out;
+  out.reserve(json.size() + 16);
+  size_t i = 0;
+  while (i < json.size()) {
+    char c = json[i];
+    if (c == '"') {   // a string, escapes included, copied as it is
+      size_t j = i + 1;
+      while (j < json.size() && json[j] != '"') j += json[j] == '\\' ? 2 : 1;
+      out.append(json.substr(i, j + 1 - i));
+      i = j + 1;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t j = i;
+      while (j < json.size() && std::strchr("0123456789+-.eE", json[j]) && json[j] != '\0') ++j;
+      std::string number(json.substr(i, j - i));
+      if (std::isinf(std::strtod(number.c_str(), nullptr))) out += '"' + number + '"';
+      else out += number;
+      i = j;
+    } else {
+      out += c;
+      ++i;
+    }
+  }
+  return out;
+}
 
 int64_t Batch::payload_bytes() const {
   int64_t n = 0;
@@ -42,6 +89,15 @@ struct RecordBuilder::Parser {
       if (!v.is_object()) {
         error = "not a JSON object";
         return false;
+      }
+      if (has_infinity(v)) {
+        // 1e999 parses as infinity, which JSON cannot write: such a number
+        // becomes a string holding its exact text.
+        v = boost::json::parse(quote_huge_numbers(line), ec);
+        if (ec) {
+          error = "not JSON: " + ec.message();
+          return false;
+        }
       }
       fields = boost::json::serialize(v);
       return true;

@@ -2,6 +2,8 @@
 // the idempotency key, the file's source and path, and the fields the
 // source's parser finds (json: the line's object; regex: the named groups).
 // A line that does not parse is still delivered, raw, with parse_error set.
+// json: a number beyond a double's range (1e999) would be written as a
+// non-JSON Infinity; it is delivered as a string of its exact text instead.
 //
 // Deterministic: the same row always gives the same record, so a redelivery
 // is byte-for-byte the first delivery. Thread-safety: build() is const and
@@ -11,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.hpp"
@@ -28,6 +31,10 @@ struct Batch {
   std::vector<Record> records;
   int64_t payload_bytes() const;
 };
+
+// `json` (valid JSON) with each number too large for a double (it would
+// parse as infinity) made a string of its exact text: 1e999 -> "1e999".
+std::string quote_huge_numbers(std::string_view json);
 
 class RecordBuilder {
  public:

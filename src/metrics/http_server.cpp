@@ -6,11 +6,15 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <algorithm>
 #include <chrono>
+
+#include "core/log_limit.hpp"
 
 namespace tailbox::metrics {
 
@@ -80,15 +84,30 @@ struct HttpServer::Impl : std::enable_shared_from_this<Impl> {
     stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
   }
 
+  // An accept that fails (EMFILE: out of descriptors) fails again at once
+  // while the cause lasts: back off from 100 ms, doubling to 1 s, and log
+  // once per 10 s, so that the loop neither spins nor floods the log.
   asio::awaitable<void> accept_loop() {
     auto self = shared_from_this();
+    constexpr std::chrono::milliseconds kFirstDelay{100}, kMaxDelay{1000};
+    auto delay = kFirstDelay;
+    LogLimiter log_limit{std::chrono::seconds(10)};
+    asio::steady_timer timer(acceptor.get_executor());
     while (!stopped.load()) {
       auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(executor), use_tuple);
       if (ec) {
         if (stopped.load() || ec == asio::error::operation_aborted) break;
-        spdlog::warn("metrics endpoint: accept failed: {}", ec.message());
+        if (auto held = log_limit.allow("accept"))
+          spdlog::warn("metrics endpoint: accept failed: {}{}; retrying in {} ms", ec.message(),
+                       *held ? " (and " + std::to_string(*held) + " more times)" : std::string(),
+                       delay.count());
+        timer.expires_after(delay);
+        auto [wec] = co_await timer.async_wait(use_tuple);
+        (void)wec;
+        delay = std::min(delay * 2, kMaxDelay);
         continue;
       }
+      delay = kFirstDelay;
       asio::co_spawn(socket.get_executor(), session(std::move(socket)), asio::detached);
     }
   }

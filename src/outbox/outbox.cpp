@@ -9,6 +9,7 @@
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -170,6 +171,81 @@ Outbox::~Outbox() = default;
 
 const std::string& Outbox::path() const { return impl_->options.path; }
 
+namespace {
+
+std::string mode_text(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+// Refuses, before SQLite or the lock touch anything, an outbox tailbox could
+// read but not write: SQLite would open it read-only and every append fail
+// while the relay looked alive. The rule is on the mode bits as well as a
+// real open(O_RDWR), because root may open a 0444 file for writing: a file
+// without its owner's write bit, or a directory without any write bit, is
+// read-only by intent.
+void check_writable(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode))
+      throw OutboxError("outbox " + path + " is a directory: [outbox] path must name a file "
+                        "(e.g. " + path + "/outbox.db)");
+    if (!S_ISREG(st.st_mode))
+      throw OutboxError("outbox " + path + " is not a regular file");
+  }
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    std::string file = path + suffix;
+    if (stat(file.c_str(), &st) != 0) continue;
+    std::string owner = "owner uid " + std::to_string(st.st_uid) + ", mode " + mode_text(st.st_mode);
+    if (!(st.st_mode & S_IWUSR))
+      throw OutboxError(file + " is read-only (" + owner + "): tailbox must write to its "
+                        "outbox; give the owner write permission (chmod u+w " + file + ")");
+    int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+      throw OutboxError(file + ": permission denied to open it for writing (" +
+                        std::strerror(errno) + "; " + owner + ", tailbox runs as uid " +
+                        std::to_string(geteuid()) + ")");
+    ::close(fd);
+  }
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (stat(dir.c_str(), &st) != 0)
+    throw OutboxError("outbox " + path + ": its directory " + dir + " cannot be used: " +
+                      std::strerror(errno));
+  bool no_write_bit = !(st.st_mode & (S_IWUSR | S_IWGRP | S_IWOTH));
+  if (no_write_bit || access(dir.c_str(), W_OK | X_OK) != 0)
+    throw OutboxError("outbox " + path + ": permission denied on its directory " + dir +
+                      " (owner uid " + std::to_string(st.st_uid) + ", mode " + mode_text(st.st_mode) +
+                      (no_write_bit ? "" : std::string(", ") + std::strerror(errno)) +
+                      "): tailbox creates the outbox, its -wal, -shm and .lock files there");
+}
+
+// Refuses a database that is not a tailbox outbox, before anything changes it
+// (journal mode, migrations). A tailbox outbox is born with user_version >= 1
+// (built under another name, renamed once its schema is committed) and never
+// sets application_id.
+void check_is_outbox(SQLite::Database& db, const std::string& path) {
+  int app = db.execAndGet("PRAGMA application_id").getInt();
+  int version = db.execAndGet("PRAGMA user_version").getInt();
+  auto has_table = [&db](const char* name) {
+    SQLite::Statement q(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?");
+    q.bind(1, name);
+    return q.executeStep() && q.getColumn(0).getInt() > 0;
+  };
+  int objects = db.execAndGet("SELECT count(*) FROM sqlite_master").getInt();
+  std::string why;
+  if (app != 0) why = "application_id " + std::to_string(app) + " belongs to another program";
+  else if (version == 0 && objects > 0) why = "it has tables but no tailbox schema (user_version 0)";
+  else if (version > 0 && !(has_table("outbox") && has_table("files")))
+    why = "it has user_version " + std::to_string(version) + " but no tailbox tables";
+  if (!why.empty())
+    throw OutboxError(path + " is not a tailbox outbox (" + why + "); tailbox leaves it "
+                      "unchanged. Point [outbox] path at a new file");
+}
+
+}  // namespace
+
 std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
   // SQLite's global allocation statistics take a process-wide mutex on every
   // malloc; tailbox never reads them. Only possible before SQLite initializes.
@@ -183,6 +259,11 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
   const std::string& path = options.path;
   try {
     if (options.read_only) {
+      struct stat st {};
+      if (stat(path.c_str(), &st) != 0 && errno == ENOENT)
+        throw OutboxError("outbox " + path + " does not exist (`tailbox run` creates it)");
+      if (S_ISDIR(st.st_mode))
+        throw OutboxError("outbox " + path + " is a directory: [outbox] path must name a file");
       if (access(path.c_str(), R_OK) != 0)
         throw OutboxError("outbox " + path + ": " + std::strerror(errno));
       impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
@@ -192,6 +273,7 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       return std::unique_ptr<Outbox>(new Outbox(std::move(impl)));
     }
 
+    check_writable(path);
     impl->lock_fd = take_lock(path);
     // A new outbox is built under a temporary name and renamed into place once
     // its schema is committed, so an outbox that exists is never legitimately
@@ -231,6 +313,7 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
 
     impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX, 5000);
     SQLite::Database& db = *impl->db;
+    check_is_outbox(db, path);
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(sync_pragma(options.synchronous));
     db.exec("PRAGMA journal_size_limit = 67108864");

@@ -10,10 +10,17 @@
 // multiline.max_lines lines, or before a line would take it past
 // multiline.max_bytes; the caller flushes it after multiline.timeout of quiet.
 //
+// A line the pattern cannot decide on (boost::regex gives up on catastrophic
+// backtracking, e.g. "^(a+)+$" against 30,000 "a"s and a "b") counts as "no
+// match": it continues the current record. It is counted and warned about
+// (at most once per 10 s per pattern), and never stops the file's reader.
+//
 // Thread-safety: a Multiline belongs to one reader. A StartPattern is
-// immutable and may be shared by every reader of a source.
+// immutable but for its error count, and may be shared by every reader of a
+// source.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -32,9 +39,15 @@ namespace tailbox::tail {
 class StartPattern {
  public:
   // Throws std::runtime_error when `pattern` does not compile (config
-  // validation has already rejected such patterns).
-  static std::shared_ptr<const StartPattern> compile(const std::string& pattern);
+  // validation has already rejected such patterns). `source` names the
+  // pattern in warnings; `errors`, if not null, counts the lines the pattern
+  // could not decide on (it must outlive the pattern).
+  static std::shared_ptr<const StartPattern> compile(const std::string& pattern,
+                                                     const std::string& source = {},
+                                                     std::atomic<int64_t>* errors = nullptr);
   ~StartPattern();
+  // Whether `line` starts a record. Never throws: a line the regex engine
+  // gives up on is "no match" (counted, warned about).
   bool matches(std::string_view line) const;
 
  private:

@@ -134,6 +134,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   bool scan_requested = false;
   int64_t new_this_scan = 0;
   static constexpr int64_t kAnnounced = 20;
+  std::set<std::string> globs_seen;          // "source\nglob" expanded once: an empty one was warned
 
   Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o)
       : executor(ex),
@@ -141,8 +142,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         cfg(c),
         env(std::make_shared<ReaderEnv>(c, o)) {
     for (const auto& src : cfg.sources) {
-      env->stats.sources[src.name] = std::make_unique<SourceStats>();
-      if (src.multiline.enabled()) patterns[src.name] = StartPattern::compile(src.multiline.start_pattern);
+      auto& st = env->stats.sources[src.name] = std::make_unique<SourceStats>();
+      if (src.multiline.enabled())
+        patterns[src.name] = StartPattern::compile(src.multiline.start_pattern, src.name,
+                                                   &st->multiline_pattern_errors);
     }
     if (cfg.tail.inotify) watcher = make_inotify_watcher(strand);
     if (!watcher) watcher = make_poll_watcher();
@@ -187,10 +190,14 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     asio::co_spawn(r->strand, read_file(env, r),
                    [self = shared_from_this(), r](std::exception_ptr e) {
                      if (e) {
+                       // The file is no longer read: /readyz must say so.
+                       ++self->env->stats.readers_failed;
                        try {
                          std::rethrow_exception(e);
                        } catch (const std::exception& ex) {
                          spdlog::error("reader for {} stopped: {}", r->file.path, ex.what());
+                       } catch (...) {
+                         spdlog::error("reader for {} stopped: unknown error", r->file.path);
                        }
                      }
                      --self->env->stats.files_active;
@@ -283,6 +290,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         bool incomplete = false;
         auto found = find_files(pattern, &pattern_dirs, &incomplete);
         if (incomplete) retry_soon = listing_incomplete = true;
+        if (!incomplete && globs_seen.insert(source.name + "\n" + pattern).second && found.empty())
+          spdlog::warn("source {}: the glob {} matches no file (yet); files that appear later "
+                       "are followed", source.name, pattern);
         if (pattern_dirs.empty()) every_glob_has_a_dir = false;
         dirs.insert(pattern_dirs.begin(), pattern_dirs.end());
         for (const FoundFile& f : found) {
@@ -459,7 +469,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       if (err == EMFILE || err == ENFILE) {
         if (out_of_fds++ == 0) out_of_fds_example = path;   // one line per scan, below
       } else if (open_warned.insert(path).second) {
-        spdlog::warn("cannot open {}: {}; tried again at every scan", path, std::strerror(err));
+        spdlog::warn("cannot open {} (source {}): {}; tried again at every scan (warned once per "
+                     "file)", path, source.name, std::strerror(err));
       }
       co_return;
     }

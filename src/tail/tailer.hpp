@@ -38,6 +38,7 @@ struct SourceStats {
   std::atomic<int64_t> lines_read{0};
   std::atomic<int64_t> bytes_read{0};
   std::atomic<int64_t> truncations{0};
+  std::atomic<int64_t> multiline_pattern_errors{0};   // lines start_pattern could not decide on
 };
 
 struct TailStats {
@@ -50,6 +51,7 @@ struct TailStats {
   std::atomic<int64_t> files_ignored{0};  // skipped by ignore_older right now
   std::atomic<bool> paused{false};   // backpressure: the outbox is full
   std::atomic<bool> evented{false};  // every glob directory is watched (inotify)
+  std::atomic<int64_t> readers_failed{0};   // readers that stopped on an error: not ready
 };
 
 class Tailer {
