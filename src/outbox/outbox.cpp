@@ -106,6 +106,8 @@ struct Outbox::Impl {
   std::unique_ptr<SQLite::Statement> insert_row, update_offset, update_fingerprint, lease_all,
       lease_lane, delete_row, fail_row, bury_row, put_state;
   std::atomic<int64_t> rows{0}, bytes{0};
+  std::mutex count_mu;       // rows/bytes changes vs recount() (see there)
+  uint64_t count_epoch = 0;  // odd while an append or ack may change them
   // Row ids are handed out here, never reused while the process lives, so that
   // the dispatcher's lease cursor only ever moves forward (SQLite alone would
   // reuse the id of a deleted last row).
@@ -165,6 +167,25 @@ struct Outbox::Impl {
     if (lock_fd >= 0) ::close(lock_fd);
   }
 };
+
+namespace {
+// Marks an append or ack in progress for recount() (count_epoch odd).
+class CountChange {
+ public:
+  CountChange(std::mutex& mu, uint64_t& epoch) : mu_(mu), epoch_(epoch) { bump(); }
+  ~CountChange() { bump(); }
+  CountChange(const CountChange&) = delete;
+  CountChange& operator=(const CountChange&) = delete;
+
+ private:
+  void bump() {
+    std::lock_guard lock(mu_);
+    ++epoch_;
+  }
+  std::mutex& mu_;
+  uint64_t& epoch_;
+};
+}  // namespace
 
 Outbox::Outbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Outbox::~Outbox() = default;
@@ -464,6 +485,7 @@ Status Outbox::release_file(int64_t file_id) {
 }
 
 Status Outbox::append(std::span<const Chunk* const> chunks) {
+  CountChange counting(impl_->count_mu, impl_->count_epoch);
   int64_t added_rows = 0, added_bytes = 0;
   const bool durable =
       impl_->options.synchronous != config::Synchronous::full &&
@@ -520,6 +542,7 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
     impl_->update_offset->tryReset();
     impl_->update_fingerprint->tryReset();
   } else {
+    std::lock_guard lock(impl_->count_mu);
     impl_->rows += added_rows;
     impl_->bytes += added_bytes;
   }
@@ -564,6 +587,7 @@ std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int6
 
 Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
                    const std::pair<std::string, std::string>* sink_state) {
+  CountChange counting(impl_->count_mu, impl_->count_epoch);
   int64_t deleted = 0;
   Status st = guarded([&] {
     SQLite::Transaction tx(*impl_->db);
@@ -589,6 +613,7 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
     impl_->delete_row->tryReset();
     impl_->put_state->tryReset();
   } else {
+    std::lock_guard lock(impl_->count_mu);
     impl_->rows -= deleted;
     impl_->bytes -= deleted == static_cast<int64_t>(ids.size()) ? bytes : 0;
     if (impl_->bytes < 0) impl_->bytes = 0;
@@ -658,9 +683,21 @@ std::optional<std::string> Outbox::sink_state(const std::string& sink) {
 }
 
 void Outbox::recount() {
+  // Runs beside the writer: a count read while an append or ack commits would
+  // overwrite that change (e.g. a batch's deletion, counted twice). The writer
+  // makes `count_epoch` odd around its commit and counter update; a count that
+  // saw the epoch change is dropped (the next recount tries again).
+  uint64_t epoch;
+  {
+    std::lock_guard lock(impl_->count_mu);
+    epoch = impl_->count_epoch;
+  }
+  if (epoch & 1) return;
   try {
     SQLite::Statement count(impl_->reader ? *impl_->reader : *impl_->db, sql::kBacklog);
     if (count.executeStep()) {
+      std::lock_guard lock(impl_->count_mu);
+      if (impl_->count_epoch != epoch) return;
       impl_->rows = count.getColumn(0).getInt64();
       impl_->bytes = count.getColumn(1).getInt64();
     }
