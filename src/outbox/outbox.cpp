@@ -406,7 +406,7 @@ std::vector<TrackedFile> Outbox::tracked_files() {
 }
 
 std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std::string& path,
-                                            const tail::FileIdentity& identity,
+                                            const FileIdentity& identity,
                                             int64_t read_offset, Status& status) {
   std::optional<TrackedFile> result;
   status = guarded([&] {
@@ -415,7 +415,7 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
     // inode reuse) gets the next generation suffix.
     std::string uid;
     for (int generation = 0;; ++generation) {
-      uid = tail::file_uid(identity, generation, impl_->salt);
+      uid = file_uid(identity, generation, impl_->salt);
       SQLite::Statement q(db, sql::kUidTaken);
       q.bind(1, uid);
       if (!q.executeStep()) break;
@@ -429,7 +429,7 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
     ins.bind(2, path);
     ins.bind(3, static_cast<int64_t>(identity.dev));
     ins.bind(4, static_cast<int64_t>(identity.inode));
-    ins.bind(5, tail::to_hex(identity.fingerprint));
+    ins.bind(5, to_hex(identity.fingerprint));
     ins.bind(6, identity.fingerprint_len);
     ins.bind(7, uid);
     ins.bind(8, read_offset);
@@ -500,7 +500,7 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& ins = *impl_->insert_row;
     for (const Chunk* c : chunks) {
-      for (const tail::Line& line : c->lines) {
+      for (const Line& line : c->lines) {
         ins.bind(7, impl_->next_id++);
         ins.bind(1, c->file_id);
         ins.bind(2, static_cast<int64_t>(c->inode));
@@ -525,7 +525,7 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
       up.reset();
       if (c->grown_fingerprint) {
         SQLite::Statement& fp = *impl_->update_fingerprint;
-        fp.bind(1, tail::to_hex(c->grown_fingerprint->fingerprint));
+        fp.bind(1, to_hex(c->grown_fingerprint->fingerprint));
         fp.bind(2, c->grown_fingerprint->fingerprint_len);
         fp.bind(3, c->file_id);
         fp.exec();

@@ -32,8 +32,8 @@
 
 #include "config/config.hpp"
 #include "core/status.hpp"
-#include "tail/file_identity.hpp"
-#include "tail/line_splitter.hpp"
+#include "core/file_identity.hpp"
+#include "core/line.hpp"
 
 namespace tailbox::outbox {
 
@@ -46,7 +46,7 @@ struct TrackedFile {
   int64_t id = 0;
   std::string source;
   std::string path;
-  tail::FileIdentity identity;   // size and mtime are not stored
+  FileIdentity identity;   // size and mtime are not stored
   std::string uid;
   int64_t read_offset = 0;
   bool released = false;
@@ -58,8 +58,8 @@ struct Chunk {
   uint64_t inode = 0;
   int64_t next_offset = 0;               // the file's checkpoint once committed
   int64_t ingest_ms = 0;
-  std::vector<tail::Line> lines;         // views into memory the caller keeps alive
-  std::optional<tail::FileIdentity> grown_fingerprint;  // store a longer fingerprint
+  std::vector<Line> lines;         // views into memory the caller keeps alive
+  std::optional<FileIdentity> grown_fingerprint;  // store a longer fingerprint
   // The chunk holds a record whose end a timer decided, not a line terminator
   // (partial_line_timeout, multiline.timeout, the last bytes of a rotated or
   // truncated file, a stalled .gz). Read again after a power cut, its offset
@@ -111,7 +111,7 @@ class Outbox {
   std::vector<TrackedFile> tracked_files();
   // Adds a file and returns it with its id. `generation` disambiguates uids.
   std::optional<TrackedFile> add_file(const std::string& source, const std::string& path,
-                                      const tail::FileIdentity& identity, int64_t read_offset,
+                                      const FileIdentity& identity, int64_t read_offset,
                                       Status& status);
   Status update_path(int64_t file_id, const std::string& path);
   // The file is now found by another [[source]] (renamed, or its globs moved):

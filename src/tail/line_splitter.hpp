@@ -9,16 +9,11 @@
 #include <string_view>
 #include <vector>
 
+#include "core/line.hpp"
+
 namespace tailbox::tail {
 
-struct Line {
-  int64_t offset = 0;      // file offset of the line's first byte
-  int64_t length = 0;      // bytes the line takes in the file, terminator included
-  std::string_view text;   // the line without "\n" or "\r\n"
-  // A line with text.size() == length has no terminator: a piece of an overlong
-  // line, or a last line flushed after partial_line_timeout.
-  bool terminated() const { return static_cast<int64_t>(text.size()) != length; }
-};
+using tailbox::Line;
 
 // Appends the complete lines of `buf` (whose first byte is at file offset `base`)
 // to `out` and returns the number of bytes they take. A line longer than

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "outbox/async_outbox.hpp"
+#include "tail/line_splitter.hpp"
 #include "support/scripted_sink.hpp"
 #include "support/temp_dir.hpp"
 
@@ -36,7 +37,7 @@ struct Harness {
     cfg.delivery.backoff_max = 4ms;
     auto o = outbox::Outbox::open({dir / "outbox.db", config::Synchronous::off, false});
     for (int f = 0; f < files; ++f) {
-      tail::FileIdentity id;
+      FileIdentity id;
       id.inode = static_cast<uint64_t>(100 + f);
       id.fingerprint = static_cast<uint64_t>(f);
       Status st;

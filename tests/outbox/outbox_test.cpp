@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "schema_sql.hpp"
+#include "tail/line_splitter.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tailbox;
@@ -22,7 +23,7 @@ struct Fixture {
   std::unique_ptr<Outbox> ob = Outbox::open({path, config::Synchronous::normal, false});
 
   int64_t add(const std::string& name) {
-    tail::FileIdentity id;
+    FileIdentity id;
     id.dev = 1;
     id.inode = 1000 + std::hash<std::string>{}(name) % 1000;
     id.fingerprint = std::hash<std::string>{}(name);
@@ -112,7 +113,7 @@ TEST_SUITE("outbox") {
     int64_t id;
     {
       auto ob = Outbox::open({path, config::Synchronous::full, false});
-      tail::FileIdentity fi;
+      FileIdentity fi;
       fi.inode = 5;
       Status st;
       id = ob->add_file("app", "/x.log", fi, 0, st)->id;
@@ -348,7 +349,7 @@ TEST_SUITE("outbox") {
 
   TEST_CASE("uids are stable and a reused identity gets a new generation") {
     Fixture f;
-    tail::FileIdentity id;
+    FileIdentity id;
     id.dev = 3;
     id.inode = 4;
     id.fingerprint = 5;
@@ -367,7 +368,7 @@ TEST_SUITE("outbox") {
     // destination would drop its lines at matching offsets as copies.
     testing::TempDir dir;
     const std::string path = dir / "outbox.db";
-    tail::FileIdentity id;
+    FileIdentity id;
     id.dev = 3;
     id.inode = 4;
     id.fingerprint = 5;
@@ -444,7 +445,7 @@ TEST_SUITE("outbox.async") {
     });
     std::vector<int64_t> ids;
     for (int i = 0; i < 40; ++i) {
-      tail::FileIdentity fi;
+      FileIdentity fi;
       fi.inode = static_cast<uint64_t>(i + 1);
       Status st;
       ids.push_back(ob->add_file("app", "/f" + std::to_string(i), fi, 0, st)->id);
