@@ -7,10 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "cli/audit.hpp"
 #include "cli/logging.hpp"
 #include "cli/relay.hpp"
 #include "cli/status.hpp"
 #include "config/config.hpp"
+#include "config/settings.hpp"
+#include "core/clock.hpp"
 #include "dispatch/record_builder.hpp"
 #include "sinks/registry.hpp"
 
@@ -25,6 +28,10 @@ Usage:
   tailbox check  -c FILE          validate the configuration and exit
   tailbox check  -c FILE --outbox also run an integrity check on the outbox
   tailbox status -c FILE [--json] backlog, dead rows, and each file's progress
+  tailbox audit  -c FILE [--source NAME] [--since TIME] [--json]
+                                  did every line read arrive exactly once? Reads each
+                                  followed file, derives its keys and asks the
+                                  destination (sqlite inbox, file sink); read-only
   tailbox --version | --help
 
 Options:
@@ -36,9 +43,11 @@ Examples:
   tailbox check -c /etc/tailbox/tailbox.toml
   tailbox run -c /etc/tailbox/tailbox.toml
   tailbox status -c /etc/tailbox/tailbox.toml --json
+  tailbox audit -c /etc/tailbox/tailbox.toml --since 24h
   curl -s http://127.0.0.1:9464/metrics      # while `run` is active
 
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+Exit codes: 0 success, 1 runtime failure (audit: lines missing or duplicated),
+2 bad configuration or usage (audit: a destination that cannot be audited).
 )";
 
 int usage(const std::string& message) {
@@ -60,11 +69,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   const std::string command = args[0];
-  if (command != "run" && command != "check" && command != "status")
+  if (command != "run" && command != "check" && command != "status" && command != "audit")
     return usage("unknown command \"" + command + "\"");
 
   std::string config_path, log_level, log_format;
   bool json = false, outbox = false;
+  tailbox::cli::AuditOptions audit;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "-c" || a == "--config") {
@@ -77,8 +87,23 @@ int main(int argc, char** argv) {
       if (i + 1 >= args.size()) return usage(a + " needs text or json");
       log_format = args[++i];
       if (log_format != "text" && log_format != "json") return usage("--log-format takes text or json");
-    } else if (a == "--json" && command == "status") {
+    } else if (a == "--json" && (command == "status" || command == "audit")) {
       json = true;
+    } else if (a == "--source" && command == "audit") {
+      if (i + 1 >= args.size()) return usage(a + " needs a source name");
+      audit.source = args[++i];
+    } else if (a == "--since" && command == "audit") {
+      if (i + 1 >= args.size()) return usage(a + " needs a time");
+      const std::string& t = args[++i];
+      if (auto ago = tailbox::config::parse_duration(t)) {
+        audit.since_ms = tailbox::unix_ms() - ago->count();
+      } else if (!t.empty() && t.find_first_not_of("0123456789") == std::string::npos &&
+                 t.size() <= 12) {
+        audit.since_ms = std::stoll(t) * 1000;
+      } else {
+        return usage("--since takes a duration (\"24h\", \"30m\") or unix seconds, got \"" +
+                     t + "\"");
+      }
     } else if (a == "--outbox" && command == "check") {
       outbox = true;
     } else if (a == "--help" || a == "-h") {
@@ -124,6 +149,15 @@ int main(int argc, char** argv) {
     return outbox ? tailbox::cli::check_outbox(cfg) : 0;
   }
   if (command == "status") return tailbox::cli::show_status(cfg, json);
+  if (command == "audit") {
+    audit.json = json;
+    if (!audit.source.empty()) {
+      bool known = false;
+      for (const auto& s : cfg.sources) known = known || s.name == audit.source;
+      if (!known) return usage("no [[source]] named \"" + audit.source + "\"");
+    }
+    return tailbox::cli::run_audit(cfg, audit);
+  }
 
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);

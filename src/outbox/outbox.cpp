@@ -675,6 +675,16 @@ std::vector<bool> Outbox::rows_exist(const std::vector<std::string>& keys, Statu
   return out;
 }
 
+std::vector<std::pair<int64_t, bool>> Outbox::file_rows(int64_t file_id, Status& status) {
+  std::vector<std::pair<int64_t, bool>> out;
+  status = guarded([&] {
+    SQLite::Statement q(*impl_->db, sql::kFileRows);
+    q.bind(1, file_id);
+    while (q.executeStep()) out.emplace_back(q.getColumn(0).getInt64(), q.getColumn(1).getInt() != 0);
+  });
+  return out;
+}
+
 std::optional<std::string> Outbox::sink_state(const std::string& sink) {
   SQLite::Statement q(*impl_->db, sql::kGetSinkState);
   q.bind(1, sink);

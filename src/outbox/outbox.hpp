@@ -150,6 +150,10 @@ class Outbox {
   // methods may be called, or on a read-only Outbox of its own (any thread).
   std::vector<bool> rows_exist(const std::vector<std::string>& keys, Status& status);
 
+  // The rows of file `file_id` still in the outbox: (offset, dead), by offset.
+  // For `tailbox audit`; any connection (read-only outboxes too).
+  std::vector<std::pair<int64_t, bool>> file_rows(int64_t file_id, Status& status);
+
   std::optional<std::string> sink_state(const std::string& sink);
   // A sink's first state (what open() returned). Committed durably
   // (synchronous = FULL): a read-back after a power cut needs it.

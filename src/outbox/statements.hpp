@@ -55,6 +55,9 @@ inline constexpr const char* kRowForKey =
     "OR EXISTS (SELECT 1 FROM outbox o WHERE o.file = f.id AND o.inode = f.inode "
     "AND o.offset = ?2)) LIMIT 1";
 
+inline constexpr const char* kFileRows =
+    "SELECT offset, state = 'dead' FROM outbox WHERE file = ?1 ORDER BY offset";
+
 inline constexpr const char* kFileInfo = "SELECT source, path, uid FROM files WHERE id = ?1";
 
 inline constexpr const char* kTrackedFiles =
