@@ -360,7 +360,10 @@ def test():
                 h.fail(f"{where}: no metric name found in {expr!r}")
             unknown += [f"{where}: {n}" for n in sorted(names - exposed)]
             prom.query(grafana_to_promql(expr))       # fails on a PromQL error
-        for expr in alert_exprs(ALERTS):
+        exprs = alert_exprs(ALERTS)
+        if len(exprs) != len(rules):
+            h.fail(f"read {len(exprs)} expressions from {ALERTS}, Prometheus loaded {len(rules)} rules (test bug)")
+        for expr in exprs:
             unknown += [f"alert expr {expr!r}: {n}" for n in sorted(metric_names(expr) - exposed - SYNTHETIC)]
         if unknown:
             h.fail("metric names the relay does not export:\n  " + "\n  ".join(unknown))
