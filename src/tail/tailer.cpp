@@ -18,6 +18,7 @@
 #include <set>
 
 #include "core/clock.hpp"
+#include "core/failure.hpp"
 #include "outbox/async_outbox.hpp"
 #include "tail/file_identity.hpp"
 #include "tail/file_reader.hpp"
@@ -178,7 +179,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                          std::rethrow_exception(e);
                        } catch (const std::exception& ex) {
                          spdlog::error("reader for {} stopped: {}", r->file.path, ex.what());
+                       } catch (...) {
                        }
+                       report_failure("reader for " + r->file.path + " stopped");
                      }
                      --self->env->stats.files_active;
                      --self->running_readers;
