@@ -124,6 +124,7 @@ struct Outbox::Impl {
   std::atomic<bool> disk_low{false};
   std::atomic<int64_t> free_bytes{-1};      // statvfs free + the database's free pages
   std::atomic<int64_t> reusable_bytes{0};   // freelist pages: room SQLite reuses before growing
+  bool incremental_vacuum = false;          // auto_vacuum = INCREMENTAL (outboxes made since 0.2)
   std::atomic<int64_t> space_checked_ms{0};
   int64_t last_checkpoint_ms = 0;           // writer only
   // The database file this Outbox opened, to notice it being deleted or replaced.
@@ -134,16 +135,19 @@ struct Outbox::Impl {
                std::chrono::steady_clock::now().time_since_epoch()).count();
   }
 
-  // Measures free space (at most every 100 ms unless forced) and sets disk_low,
+  // Measures free space (at most once a millisecond unless forced) and sets disk_low,
   // with hysteresis so that reading does not flap around the limit.
   void refresh_space(bool force) {
+    // statvfs costs about a microsecond; readers ask once per chunk.
     int64_t now = steady_ms();
-    if (!force && now - space_checked_ms.load() < 100) return;
+    if (!force && now - space_checked_ms.load() < 1) return;
     space_checked_ms = now;
     struct statvfs v {};
     if (statvfs(dir.c_str(), &v) != 0) return;
+    // Free pages count as free space only where they cannot be given back
+    // (older outboxes without auto_vacuum), or reading would never resume.
     int64_t free = static_cast<int64_t>(v.f_bavail) * static_cast<int64_t>(v.f_frsize) +
-                   reusable_bytes.load();
+                   (incremental_vacuum ? 0 : reusable_bytes.load());
     free_bytes = free;
     const int64_t min = options.min_free_bytes;
     if (min <= 0) {
@@ -197,6 +201,10 @@ struct Outbox::Impl {
   Status checkpoint() {
     last_checkpoint_ms = steady_ms();
     Status st = guarded([&] {
+      // Free pages back to the file system first: the checkpoint then
+      // truncates the database file too.
+      if (incremental_vacuum && disk_low.load() && reusable_bytes.load() > 0)
+        db->exec("PRAGMA incremental_vacuum");
       int log = 0, done = 0;
       int rc = sqlite3_wal_checkpoint_v2(db->getHandle(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
                                          &log, &done);
@@ -217,7 +225,7 @@ struct Outbox::Impl {
   void after_write() {
     if (options.min_free_bytes <= 0) return;
     refresh_space(false);
-    if (steady_ms() - last_checkpoint_ms < 100) return;
+    if (steady_ms() - last_checkpoint_ms < 10) return;
     if (disk_low.load() || wal_bytes() > options.min_free_bytes / 4) (void)checkpoint();
   }
 
@@ -291,6 +299,9 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       {
         SQLite::Database fresh(creating, SQLite::OPEN_READWRITE, 5000);
         fresh.exec("PRAGMA synchronous = FULL");
+        // Before the first table: lets a drained outbox give its free pages
+        // back to the file system (PRAGMA incremental_vacuum) when space is short.
+        fresh.exec("PRAGMA auto_vacuum = INCREMENTAL");
         for (size_t v = 0; v < kSchemaMigrations.size(); ++v) {
           SQLite::Transaction tx(fresh);
           fresh.exec(std::string(kSchemaMigrations[v]));
@@ -319,6 +330,15 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     db.exec("PRAGMA journal_size_limit = 67108864");
     db.exec("PRAGMA temp_store = MEMORY");
     db.exec("PRAGMA cache_size = -8192");   // 8 MiB: the hot ends of both B-trees stay cached
+    if (options.min_free_bytes > 0) {
+      // A checkpoint needs free space for the WAL's new pages (the database
+      // grows by them): keep the WAL well below the headroom kept free.
+      int64_t quarter = options.min_free_bytes / 4;
+      int64_t pages = std::clamp<int64_t>(quarter / 4096, 16, 1000);   // 1000: SQLite's default
+      db.exec("PRAGMA wal_autocheckpoint = " + std::to_string(pages));
+      db.exec("PRAGMA journal_size_limit = " +
+              std::to_string(std::min<int64_t>(67108864, std::max<int64_t>(quarter, 65536))));
+    }
 
     int version = db.execAndGet("PRAGMA user_version").getInt();
     const int latest = static_cast<int>(kSchemaMigrations.size());
@@ -366,6 +386,7 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       impl->reserve_held = true;
     else if (options.reserve_bytes <= 0)
       ::unlink(impl->reserve_path.c_str());
+    impl->incremental_vacuum = db.execAndGet("PRAGMA auto_vacuum").getInt() == 2;
     impl->refresh_reusable();
     impl->refresh_space(true);
     // A disk left full by an earlier run: the WAL first, then the reserve.
@@ -616,6 +637,42 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
       impl_->delete_row->tryReset();
       impl_->put_state->tryReset();
     }
+    if (st.code() == Status::Code::full && !sink_state && ids.size() > 100) {
+      // Still too big for the space left: smaller transactions, the WAL
+      // emptied after each. Safe without a sink state: a row not deleted yet
+      // is only delivered again (and dropped by key).
+      int64_t total = 0;
+      size_t at = 0;
+      Status part = Status::ok();
+      while (at < ids.size()) {
+        size_t n = std::min<size_t>(100, ids.size() - at);
+        int64_t slice = 0;
+        part = guarded([&] {
+          SQLite::Transaction tx(*impl_->db);
+          for (size_t k = at; k < at + n; ++k) {
+            impl_->delete_row->bind(1, ids[k]);
+            impl_->delete_row->exec();
+            impl_->delete_row->reset();
+            slice += impl_->db->getChanges();
+          }
+          tx.commit();
+        });
+        if (part) total += slice;
+        if (!part) {
+          impl_->delete_row->tryReset();
+          break;
+        }
+        (void)impl_->checkpoint();
+        at += n;
+      }
+      if (part) {
+        st = Status::ok();
+        deleted = total;
+      } else {
+        impl_->rows -= total;   // the slices that did commit; bytes are recounted later
+        st = part;
+      }
+    }
   }
   if (st) {
     impl_->rows -= deleted;
@@ -742,6 +799,10 @@ Backlog Outbox::backlog() const {
   if (!impl_->options.read_only) impl_->refresh_space(false);
   return {impl_->rows.load(), impl_->bytes.load(), impl_->disk_low.load(),
           impl_->free_bytes.load()};
+}
+
+void Outbox::after_append() {
+  if (!impl_->options.read_only) impl_->after_write();
 }
 
 void Outbox::maintain() {

@@ -147,7 +147,7 @@ class Outbox {
 
   std::optional<std::string> sink_state(const std::string& sink);
   Status set_sink_state(const std::string& sink, const std::string& value);
-  // Rows, bytes and free space. Measures free space at most every 100 ms.
+  // Rows, bytes and free space. Measures free space (statvfs) at most once a millisecond.
   Backlog backlog() const;
 
   // Disk space housekeeping; call where the writer methods may be called,
@@ -155,6 +155,11 @@ class Outbox {
   // WAL into the database and truncates it (so the WAL does not eat the disk);
   // makes "<path>.reserve" again once there is room for it above min_free_bytes.
   void maintain();
+  // Call after append() (where the writer methods may be called): while space
+  // is short, or the WAL has grown past a quarter of min_free_bytes, the WAL
+  // is checkpointed and truncated (a WAL that readers keep from being reset
+  // would otherwise eat the headroom).
+  void after_append();
   // Whether the outbox's path still names the database this Outbox opened (not
   // deleted, not replaced by another file). Safe from any thread. On false,
   // `why` says what was found.
