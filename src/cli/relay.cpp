@@ -325,7 +325,10 @@ int run_relay(config::Config cfg) {
   // the outbox.
   set_failure_handler([&](const std::string& what) {
     failed = true;
-    if (stopping.exchange(true)) return;
+    if (stopping.exchange(true)) {
+      spdlog::error("while stopping: {}", what);
+      return;
+    }
     spdlog::error("stopping the relay: {}", what);
     tailer.stop();
     dispatcher.stop();
@@ -377,12 +380,17 @@ int run_relay(config::Config cfg) {
     dispatcher.stop();
     // Past the timeout, exit as a crash would: every row not confirmed is still
     // in the outbox and will be delivered (and deduplicated) after a restart.
-    std::thread([timeout = cfg.delivery.shutdown_timeout] {
-      std::this_thread::sleep_for(timeout);
-      spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
-      spdlog::default_logger()->flush();
-      _exit(0);
-    }).detach();
+    try {
+      std::thread([timeout = cfg.delivery.shutdown_timeout] {
+        std::this_thread::sleep_for(timeout);
+        spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
+        spdlog::default_logger()->flush();
+        _exit(0);
+      }).detach();
+    } catch (const std::exception& e) {
+      // No thread to be had (memory, limits): the stop goes on without a deadline.
+      spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
+    }
   });
 
   asio::co_spawn(ioc, watch_outbox(*outbox, stopping), asio::detached);
