@@ -53,8 +53,11 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                  [&ts] { return double(ts.truncations.load()); });
   reg.gauge_fn("tailbox_files_followed", "Files being followed.", {},
                [&ts] { return double(ts.files_active.load()); });
-  reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full.", {},
+  reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full or its disk low.", {},
                [&ts] { return ts.paused.load() ? 1.0 : 0.0; });
+  reg.gauge_fn("tailbox_outbox_free_bytes",
+               "Free space on the outbox's file system (reading pauses below [outbox] min_free_bytes).",
+               {}, [&outbox] { return double(outbox.backlog().free_bytes); });
   reg.gauge_fn("tailbox_outbox_rows", "Rows in the outbox (pending and dead).", {},
                [&outbox] { return double(outbox.backlog().rows); });
   reg.gauge_fn("tailbox_outbox_bytes", "Payload bytes in the outbox.", {},
