@@ -200,11 +200,11 @@ struct Outbox::Impl {
   // bytes. Waits (busy timeout) for the lease connection's read to end.
   Status checkpoint() {
     last_checkpoint_ms = steady_ms();
+    // Free pages back to the file system first (it needs a little WAL room
+    // and may fail on a full disk): the checkpoint then shortens the file.
+    if (incremental_vacuum && disk_low.load() && reusable_bytes.load() > 0)
+      (void)guarded([&] { db->exec("PRAGMA incremental_vacuum"); });
     Status st = guarded([&] {
-      // Free pages back to the file system first: the checkpoint then
-      // truncates the database file too.
-      if (incremental_vacuum && disk_low.load() && reusable_bytes.load() > 0)
-        db->exec("PRAGMA incremental_vacuum");
       int log = 0, done = 0;
       int rc = sqlite3_wal_checkpoint_v2(db->getHandle(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
                                          &log, &done);
@@ -325,15 +325,33 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
 
     impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX, 5000);
     SQLite::Database& db = *impl->db;
+    {
+      // On a small file system the configured headroom would never be free:
+      // at most a quarter of its size is kept free, an eighth reserved.
+      std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+      struct statvfs v {};
+      if (statvfs(dir.empty() ? "/" : dir.c_str(), &v) == 0) {
+        int64_t size = static_cast<int64_t>(v.f_blocks) * static_cast<int64_t>(v.f_frsize);
+        OpenOptions& o = impl->options;
+        if (o.min_free_bytes > size / 4 || o.reserve_bytes > size / 8) {
+          spdlog::info("outbox file system is {} bytes: keeping {} bytes free (min_free_bytes {}) "
+                       "and a reserve of {} (reserve_bytes {})", size,
+                       std::min(o.min_free_bytes, size / 4), o.min_free_bytes,
+                       std::min(o.reserve_bytes, size / 8), o.reserve_bytes);
+          o.min_free_bytes = std::min(o.min_free_bytes, size / 4);
+          o.reserve_bytes = std::min(o.reserve_bytes, size / 8);
+        }
+      }
+    }
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(sync_pragma(options.synchronous));
     db.exec("PRAGMA journal_size_limit = 67108864");
     db.exec("PRAGMA temp_store = MEMORY");
     db.exec("PRAGMA cache_size = -8192");   // 8 MiB: the hot ends of both B-trees stay cached
-    if (options.min_free_bytes > 0) {
+    if (impl->options.min_free_bytes > 0) {
       // A checkpoint needs free space for the WAL's new pages (the database
       // grows by them): keep the WAL well below the headroom kept free.
-      int64_t quarter = options.min_free_bytes / 4;
+      int64_t quarter = impl->options.min_free_bytes / 4;
       int64_t pages = std::clamp<int64_t>(quarter / 4096, 16, 1000);   // 1000: SQLite's default
       db.exec("PRAGMA wal_autocheckpoint = " + std::to_string(pages));
       db.exec("PRAGMA journal_size_limit = " +
@@ -380,22 +398,23 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     impl->dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
     if (impl->dir.empty()) impl->dir = "/";
     impl->reserve_path = path + ".reserve";
+    const OpenOptions& eff = impl->options;   // with the small-disk caps
     struct stat reserve {};
-    if (options.reserve_bytes > 0 && ::stat(impl->reserve_path.c_str(), &reserve) == 0 &&
-        reserve.st_size >= options.reserve_bytes)
+    if (eff.reserve_bytes > 0 && ::stat(impl->reserve_path.c_str(), &reserve) == 0 &&
+        reserve.st_size >= eff.reserve_bytes)
       impl->reserve_held = true;
-    else if (options.reserve_bytes <= 0)
+    else if (eff.reserve_bytes <= 0)
       ::unlink(impl->reserve_path.c_str());
     impl->incremental_vacuum = db.execAndGet("PRAGMA auto_vacuum").getInt() == 2;
     impl->refresh_reusable();
     impl->refresh_space(true);
     // A disk left full by an earlier run: the WAL first, then the reserve.
     if (impl->disk_low.load()) (void)impl->checkpoint();
-    if (!impl->reserve_held.load() && options.reserve_bytes > 0 &&
-        impl->free_bytes.load() >= options.min_free_bytes + options.reserve_bytes &&
+    if (!impl->reserve_held.load() && eff.reserve_bytes > 0 &&
+        impl->free_bytes.load() >= eff.min_free_bytes + eff.reserve_bytes &&
         !impl->make_reserve())
       spdlog::warn("cannot make the outbox's reserve file {} ({} bytes)", impl->reserve_path,
-                   options.reserve_bytes);
+                   eff.reserve_bytes);
   } catch (const SQLite::Exception& e) {
     int code = e.getErrorCode() & 0xff;
     std::string what = e.what();
