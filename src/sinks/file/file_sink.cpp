@@ -46,9 +46,13 @@ std::optional<std::string> FileSink::open(const std::optional<std::string>& stat
   committed_ = size;
 
   unsigned long long dev = 0, ino = 0;
-  long long recorded = 0;
-  if (state && std::sscanf(state->c_str(), "%llu:%llu:%lld", &dev, &ino, &recorded) == 3 &&
-      dev == dev_ && ino == inode_) {
+  long long recorded = 0, known = 0;
+  existing_.clear();
+  skipped_ = 0;
+  known_end_ = 0;
+  int fields = state ? std::sscanf(state->c_str(), "%llu:%llu:%lld:%lld", &dev, &ino, &recorded, &known)
+                     : 0;
+  if (fields >= 3 && dev == dev_ && ino == inode_) {
     if (size > recorded) {
       // Written but never confirmed (or torn by a crash): those rows are still
       // in the outbox and will be written again.
@@ -62,15 +66,21 @@ std::optional<std::string> FileSink::open(const std::optional<std::string>& stat
       spdlog::warn("{} is shorter ({} bytes) than tailbox last committed ({}): someone else "
                    "truncated it; appending after its current end", path_, size, recorded);
     }
+    // Records found in the file when this outbox first met it: still to be
+    // recognised after a restart (lines of a new outbox may not all have
+    // been delivered again yet).
+    if (fields == 4 && known > 0 && ndjson_) {
+      known_end_ = std::min<int64_t>(known, committed_);
+      load_existing_keys(known_end_, false);
+    }
     return std::nullopt;
   }
   if (state)
     spdlog::info("{} is a different file than the one tailbox last wrote; appending to it", path_);
-  existing_.clear();
-  skipped_ = 0;
   if (size > 0) {
     if (ndjson_) {
-      load_existing_keys(size);
+      known_end_ = size;
+      load_existing_keys(size, true);
     } else {
       spdlog::warn("{} already holds {} bytes and tailbox has no record of writing them (a new or "
                    "restored outbox, or a new output file). Raw output carries no idempotency keys: "
@@ -125,7 +135,7 @@ bool split_key(std::string_view key, std::string_view& file, int64_t& offset) {
 
 }  // namespace
 
-void FileSink::load_existing_keys(int64_t size) {
+void FileSink::load_existing_keys(int64_t size, bool first_time) {
   std::string chunk;
   std::string carry;
   int64_t pos = 0, records = 0;
@@ -157,10 +167,15 @@ void FileSink::load_existing_keys(int64_t size) {
     std::sort(offsets.begin(), offsets.end());
     offsets.shrink_to_fit();
   }
+  if (!first_time) {
+    spdlog::info("{}: {} records in its first {} bytes predate this outbox; records with their "
+                 "keys are left out", path_, records, size);
+    return;
+  }
   spdlog::warn("{} already holds {} records ({} bytes) that tailbox has no record of writing (a new "
                "or restored outbox, or a new output file): lines delivered again under the same "
                "keys are skipped; lines read again by a new outbox get new keys and are written "
-               "again (see README, file sink)", path_, records, size);
+               "again (see README, a damaged outbox)", path_, records, size);
 }
 
 bool FileSink::already_written(std::string_view key) const {
@@ -172,7 +187,9 @@ bool FileSink::already_written(std::string_view key) const {
 }
 
 std::string FileSink::state_string() const {
-  return std::to_string(dev_) + ":" + std::to_string(inode_) + ":" + std::to_string(committed_);
+  std::string s = std::to_string(dev_) + ":" + std::to_string(inode_) + ":" + std::to_string(committed_);
+  if (known_end_ > 0) s += ":" + std::to_string(known_end_);
+  return s;
 }
 
 boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch) {
