@@ -206,8 +206,12 @@ struct Outbox::Impl {
       (void)guarded([&] { db->exec("PRAGMA incremental_vacuum"); });
     Status st = guarded([&] {
       int log = 0, done = 0;
+      // Wait briefly for readers (leasing), not the connection's 5 s: a
+      // long read elsewhere (sqlite3 CLI, replay) must not stall the writer.
+      sqlite3_busy_timeout(db->getHandle(), 100);
       int rc = sqlite3_wal_checkpoint_v2(db->getHandle(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
                                          &log, &done);
+      sqlite3_busy_timeout(db->getHandle(), 5000);
       // BUSY: a reader kept part of the WAL; the next checkpoint gets it.
       if (rc != SQLITE_OK && rc != SQLITE_BUSY) throw SQLite::Exception(db->getHandle(), rc);
     });
