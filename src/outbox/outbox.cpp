@@ -198,11 +198,11 @@ struct Outbox::Impl {
 
   // REQUIRES: writer. Copies the WAL into the database and truncates it to 0
   // bytes. Waits (busy timeout) for the lease connection's read to end.
-  Status checkpoint() {
+  Status checkpoint(bool give_back_pages = false) {
     last_checkpoint_ms = steady_ms();
     // Free pages back to the file system first (it needs a little WAL room
     // and may fail on a full disk): the checkpoint then shortens the file.
-    if (incremental_vacuum && disk_low.load() && reusable_bytes.load() > 0)
+    if (incremental_vacuum && (disk_low.load() || give_back_pages) && reusable_bytes.load() > 0)
       (void)guarded([&] { db->exec("PRAGMA incremental_vacuum"); });
     Status st = guarded([&] {
       int log = 0, done = 0;
@@ -833,9 +833,13 @@ void Outbox::maintain() {
   if (m.options.read_only) return;
   m.refresh_reusable();
   m.refresh_space(true);
-  if (m.disk_low.load() ||
+  // The reserve still to be made again: free pages the outbox no longer needs
+  // are room for it.
+  bool want_room = !m.reserve_held.load() && m.options.reserve_bytes > 0 &&
+                   m.reusable_bytes.load() > 0 && m.incremental_vacuum;
+  if (m.disk_low.load() || want_room ||
       (m.options.min_free_bytes > 0 && m.wal_bytes() > m.options.min_free_bytes / 4)) {
-    Status st = m.checkpoint();
+    Status st = m.checkpoint(want_room);
     if (!st) spdlog::debug("outbox WAL checkpoint: {}", st.message());
   }
   if (!m.reserve_held.load() && m.options.reserve_bytes > 0 && !m.disk_low.load() &&

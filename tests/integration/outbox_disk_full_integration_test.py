@@ -9,7 +9,8 @@
 2. With the destination locked, more lines are read into the outbox; another
    file then takes every free byte of the disk and the destination is
    released: the delivered rows must still be deleted (the reserve file is
-   given back), with no endless "cannot delete" loop. The other file is
+   given back), with no endless "cannot delete" loop, also after a kill -9 and a
+   restart on the full disk. The other file is
    deleted and tailbox must recover by itself (reserve made again, reading
    resumes): every line exactly once, nothing left in the outbox.
 
@@ -132,7 +133,12 @@ def test():
         filled = fill(filler)
         waiting = h.outbox_count(wd.outbox)
         h.log(f"phase 2: {waiting} rows wait; filled the outbox disk with {filled} bytes "
-              f"({free_bytes(mnt)} free); releasing the destination")
+              f"({free_bytes(mnt)} free); kill -9 and a restart on the full disk")
+        tb.kill9()
+        tb.start()
+        time.sleep(2)
+        tb.assert_alive("restarted on a full disk")
+        h.log("releasing the destination")
         lock.release()
         h.wait_until(lambda: h.outbox_count(wd.outbox) == 0, 60,
                      "the waiting rows to be delivered and deleted on a full disk", tailbox=tb,
