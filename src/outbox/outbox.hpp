@@ -87,7 +87,8 @@ struct Backlog {
   // hysteresis: it clears above min_free_bytes * 5/4 plus a reserve still to
   // be made). Reading must pause so that acks can always commit.
   bool disk_low = false;
-  int64_t free_bytes = -1;   // as last measured (statvfs f_bavail); -1: unknown
+  int64_t free_bytes = -1;   // as last measured (statvfs f_bavail, plus free pages of an outbox
+                             // without auto_vacuum); -1: unknown
 };
 
 struct OpenOptions {
