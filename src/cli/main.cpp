@@ -161,5 +161,11 @@ int main(int argc, char** argv) {
 
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
-  return tailbox::cli::run_relay(std::move(cfg));
+  try {
+    return tailbox::cli::run_relay(std::move(cfg));
+  } catch (const std::exception& e) {
+    // Out of memory or threads while wiring the relay: an error, not an abort.
+    spdlog::error("tailbox stopped: {}; exit 1", e.what());
+    return 1;
+  }
 }

@@ -21,6 +21,7 @@
 #include "cli/logging.hpp"
 #include "core/blocking.hpp"
 #include "core/clock.hpp"
+#include "core/failure.hpp"
 #include "dispatch/dispatcher.hpp"
 #include "metrics/http_server.hpp"
 #include "metrics/metrics.hpp"
@@ -57,8 +58,11 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                [&ts] { return double(ts.files_active.load()); });
   reg.gauge_fn("tailbox_readers_failed", "File readers that stopped on an error (/readyz fails).", {},
                [&ts] { return double(ts.readers_failed.load()); });
-  reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full.", {},
+  reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full or its disk low.", {},
                [&ts] { return ts.paused.load() ? 1.0 : 0.0; });
+  reg.gauge_fn("tailbox_outbox_free_bytes",
+               "Free space on the outbox's file system (reading pauses below [outbox] min_free_bytes).",
+               {}, [&outbox] { return double(outbox.backlog().free_bytes); });
   reg.gauge_fn("tailbox_outbox_rows", "Rows in the outbox (pending and dead).", {},
                [&outbox] { return double(outbox.backlog().rows); });
   reg.gauge_fn("tailbox_outbox_bytes", "Payload bytes in the outbox.", {},
@@ -191,15 +195,45 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
   if (health.open.load()) co_await dispatcher.run();
 }
 
-// /readyz: the outbox takes writes, and rows waiting are moving.
+// Every second, on the outbox strand: disk space housekeeping, and whether the
+// outbox file is still the one this relay opened. A deleted or replaced outbox
+// stops the relay: going on would write into an unlinked database that
+// vanishes at exit, and the lines read meanwhile would be lost.
+asio::awaitable<void> watch_outbox(outbox::AsyncOutbox& outbox, const std::atomic<bool>& stopping) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  while (!stopping.load()) {
+    timer.expires_after(std::chrono::seconds(1));
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping.load()) break;
+    std::string why;
+    bool there = co_await outbox.run([&why](outbox::Outbox& o) {
+      o.maintain();
+      return o.still_at_path(why);
+    });
+    if (!there) {
+      report_failure("the outbox " + outbox.unsafe_sync().path() + " was deleted or replaced while "
+                     "tailbox ran (" + why + "); stopping, since rows written now would be lost. "
+                     "Restart tailbox to begin a new outbox (see README: a damaged outbox)");
+      break;
+    }
+    if (failure_reported()) {   // a report whose handler could not run (out of memory)
+      report_failure("an unexpected error was reported");
+      break;
+    }
+  }
+}
+
+// /readyz: the relay is not stopping, the outbox takes writes, and rows waiting are moving.
 metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outbox,
                             const dispatch::DispatchStats& ds, const SinkHealth& sink,
-                            const tail::TailStats& ts) {
+                            const tail::TailStats& ts, const std::atomic<bool>& stopping) {
   int64_t now = unix_ms();
   auto h = outbox.unsafe_sync().health();
   auto backlog = outbox.backlog();
   std::string reason;
-  if (h.last_error_ms > h.last_ok_ms) reason = "outbox not writable: " + h.last_error;
+  if (stopping.load()) reason = "stopping";
+  if (reason.empty() && h.last_error_ms > h.last_ok_ms) reason = "outbox not writable: " + h.last_error;
   if (reason.empty() && !sink.open.load()) reason = "sink not open yet: " + sink.error();
   if (int64_t n = ts.readers_failed.load(); reason.empty() && n > 0)
     reason = std::to_string(n) + " file reader(s) stopped on an error (see the log); restart tailbox";
@@ -226,7 +260,8 @@ int run_relay(config::Config cfg) {
   std::unique_ptr<outbox::AsyncOutbox> outbox;
   try {
     sink = sinks::make_sink(cfg.sink, ioc.get_executor());
-    auto opened = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, false});
+    auto opened = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, false,
+                                        cfg.outbox.min_free_bytes, cfg.outbox.reserve_bytes});
     outbox = std::make_unique<outbox::AsyncOutbox>(ioc.get_executor(), std::move(opened));
   } catch (const config::ConfigError& e) {
     spdlog::error("configuration: {}", e.what());
@@ -257,6 +292,7 @@ int run_relay(config::Config cfg) {
   outbox->on_append([&dispatcher] { dispatcher.wake(); });
 
   SinkHealth sink_health;
+  std::atomic<bool> stopping{false};
   metrics::Registry registry;
   register_metrics(registry, cfg, tailer, *outbox, dispatcher, *sink);
   std::unique_ptr<metrics::HttpServer> http;
@@ -267,7 +303,8 @@ int run_relay(config::Config cfg) {
           if (path == "/metrics")
             return {200, "text/plain; version=0.0.4; charset=utf-8", registry.render()};
           if (path == "/healthz") return {200, "application/json", "{\"alive\":true}\n"};
-          if (path == "/readyz") return readiness(cfg, *outbox, dispatcher.stats(), sink_health, tailer.stats());
+          if (path == "/readyz")
+            return readiness(cfg, *outbox, dispatcher.stats(), sink_health, tailer.stats(), stopping);
           return {404, "text/plain", "try /metrics, /healthz or /readyz\n"};
         });
     try {
@@ -292,16 +329,44 @@ int run_relay(config::Config cfg) {
     });
   };
   wait_hangup();
+  // A failure anywhere (reported through core/failure.hpp) stops the whole
+  // relay: reading stops at once, in-flight batches get shutdown_timeout to
+  // finish, /readyz fails, and the exit code is 1. Unconfirmed rows stay in
+  // the outbox.
+  set_failure_handler([&](const std::string& what) {
+    failed = true;
+    if (stopping.exchange(true)) {
+      spdlog::error("while stopping: {}", what);
+      return;
+    }
+    spdlog::error("stopping the relay: {}", what);
+    tailer.stop();
+    dispatcher.stop();
+    try {
+      std::thread([timeout = cfg.delivery.shutdown_timeout] {
+        std::this_thread::sleep_for(timeout + std::chrono::seconds(1));
+        spdlog::error("shutdown timeout reached after a failure; unconfirmed batches stay in "
+                      "the outbox; exit 1");
+        spdlog::default_logger()->flush();
+        _exit(1);
+      }).detach();
+    } catch (const std::exception&) {
+      // No thread to be had (memory, limits): the orderly stop alone must do.
+    }
+  });
   auto finished = [&](std::exception_ptr e) {
     if (e) {
+      std::string what = "unknown exception";
       try {
         std::rethrow_exception(e);
       } catch (const std::exception& ex) {
-        spdlog::error("stopping after an unexpected error: {}", ex.what());
+        what = ex.what();
+      } catch (...) {
       }
-      failed = true;
-      tailer.stop();
-      dispatcher.stop();
+      report_failure("unexpected error: " + what);
+    } else if (!stopping.load()) {
+      // The reading or the delivery half ended by itself: the relay cannot go on.
+      report_failure(dispatcher.failed() ? "delivery stopped" : "reading stopped");
     }
     if (--running == 0) {
       signals.cancel();
@@ -313,7 +378,6 @@ int run_relay(config::Config cfg) {
   asio::co_spawn(ioc, tailer.run(), finished);
   // The sink is opened in the background: a destination that is down (or
   // locked) at start must not keep the files from being read into the outbox.
-  std::atomic<bool> stopping{false};
   asio::co_spawn(ioc, open_sink_then_deliver(*sink, *outbox, dispatcher, cfg, stopping, sink_health),
                  finished);
 
@@ -321,24 +385,54 @@ int run_relay(config::Config cfg) {
     if (ec) return;
     spdlog::info("signal {}: stopping; in-flight batches may finish within {} ms", signo,
                  cfg.delivery.shutdown_timeout.count());
-    stopping = true;
+    if (stopping.exchange(true)) return;   // already stopping after a failure
     tailer.stop();
     dispatcher.stop();
     // Past the timeout, exit as a crash would: every row not confirmed is still
     // in the outbox and will be delivered (and deduplicated) after a restart.
-    std::thread([timeout = cfg.delivery.shutdown_timeout] {
-      std::this_thread::sleep_for(timeout);
-      spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
-      spdlog::default_logger()->flush();
-      _exit(0);
-    }).detach();
+    try {
+      std::thread([timeout = cfg.delivery.shutdown_timeout] {
+        std::this_thread::sleep_for(timeout);
+        spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
+        spdlog::default_logger()->flush();
+        _exit(0);
+      }).detach();
+    } catch (const std::exception& e) {
+      // No thread to be had (memory, limits): the stop goes on without a deadline.
+      spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
+    }
   });
 
+  asio::co_spawn(ioc, watch_outbox(*outbox, stopping), asio::detached);
+
+  // A handler that throws ends io_context::run() on its thread; anything
+  // escaping a thread's function would abort the process (exit 134). Both
+  // become an orderly stop instead.
+  auto run_io = [&ioc] {
+    for (;;) {
+      try {
+        ioc.run();
+        return;
+      } catch (const std::exception& e) {
+        report_failure(std::string("unexpected error on an I/O thread: ") + e.what());
+      } catch (...) {
+        report_failure("unexpected error on an I/O thread");
+      }
+    }
+  };
   unsigned n = std::max(2u, std::thread::hardware_concurrency());
   std::vector<std::thread> threads;
-  for (unsigned i = 1; i < n; ++i) threads.emplace_back([&ioc] { ioc.run(); });
-  ioc.run();
+  for (unsigned i = 1; i < n; ++i) {
+    try {
+      threads.emplace_back(run_io);
+    } catch (const std::exception& e) {
+      spdlog::warn("cannot start I/O thread {}: {}; running with {}", i + 1, e.what(), i);
+      break;
+    }
+  }
+  run_io();
   for (auto& t : threads) t.join();
+  set_failure_handler(nullptr);
 
   const auto& ds = dispatcher.stats();
   // Counted in the outbox itself on the writer's connection (every thread has
@@ -352,7 +446,7 @@ int run_relay(config::Config cfg) {
   }
   spdlog::info("stopped: {} lines read, {} rows delivered, {} dead-lettered, {} rows left in the outbox",
                tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(), left);
-  if (failed.load() || dispatcher.failed()) {
+  if (failed.load() || dispatcher.failed() || failure_reported()) {
     spdlog::error("tailbox stopped because of an unexpected error (see above); exit 1");
     return 1;
   }

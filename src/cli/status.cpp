@@ -101,8 +101,10 @@ int check_outbox(const config::Config& cfg) {
       "What to do: stop tailbox, keep a copy of the file (and its -wal, -shm), then either\n"
       "  sqlite3 %s '.recover' | sqlite3 recovered.db   and point [outbox] path at recovered.db,\n"
       "or move the outbox away to start empty: files are then read again from the start\n"
-      "(read_from = \"head\"); the destination drops what it already has only for files\n"
-      "that were at least [tail] fingerprint_bytes long when first seen, others arrive twice.\n",
+      "(read_from = \"head\"). .recover keeps the files' keys, so the destination drops what\n"
+      "it already has; a new outbox may give the same lines new keys (always, once uids are\n"
+      "salted per outbox), and those lines then arrive twice. To avoid that, move the old\n"
+      "output aside first (file sink), or see README: a damaged outbox.\n",
       cfg.outbox.path.c_str());
   return 1;
 }

@@ -258,6 +258,8 @@ Config load_string(const std::string& text, const std::string& origin) {
     std::string sync = o.choice("synchronous", "normal", {"off", "normal", "full"});
     cfg.outbox.synchronous = sync == "off" ? Synchronous::off
                              : sync == "full" ? Synchronous::full : Synchronous::normal;
+    cfg.outbox.min_free_bytes = o.integer("min_free_bytes", cfg.outbox.min_free_bytes, 0, int64_t{1} << 50);
+    cfg.outbox.reserve_bytes = o.integer("reserve_bytes", cfg.outbox.reserve_bytes, 0, int64_t{1} << 40);
     o.finish();
   }
   {

@@ -70,6 +70,12 @@ struct OutboxConfig {
   int64_t max_bytes = 1LL << 30;           // ...or this many payload bytes
   Synchronous synchronous = Synchronous::normal;   // "full" by default with the kafka sink
   bool synchronous_set = false;            // written in the file (else the default above)
+  // Reading pauses while the outbox's file system has less free space than this
+  // (statvfs f_bavail), so that delivery can always delete (drain) rows.
+  int64_t min_free_bytes = 64LL << 20;
+  // "<outbox>.reserve", preallocated: deleted when an ack finds the disk full
+  // (so the delete can commit), made again when space returns. 0: none.
+  int64_t reserve_bytes = 8LL << 20;
 };
 
 struct DeliveryConfig {

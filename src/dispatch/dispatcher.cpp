@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "core/clock.hpp"
+#include "core/failure.hpp"
 #include "core/log_limit.hpp"
 #include "dispatch/record_builder.hpp"
 #include "dispatch/retry_policy.hpp"
@@ -191,16 +192,18 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
                        if (e) {
                          // A bug, not an I/O failure (those are retried): going on
                          // would deliver these rows again and again.
+                         std::string what = "unknown exception";
                          try {
                            std::rethrow_exception(e);
                          } catch (const std::exception& ex) {
-                           spdlog::error("acknowledging delivered rows failed: {}; stopping the relay",
-                                         ex.what());
+                           what = ex.what();
                          } catch (...) {
-                           spdlog::error("acknowledging delivered rows failed; stopping the relay");
                          }
+                         spdlog::error("acknowledging delivered rows failed: {}; stopping the relay",
+                                       what);
                          self->failed = true;
                          self->stop_all();
+                         report_failure("acknowledging delivered rows failed: " + what);
                        }
                        asio::post(wp->strand, [wp, ok = acked && !e] {
                          // A dropped ack (only when stopping) must not be followed by
@@ -378,13 +381,19 @@ asio::awaitable<void> Dispatcher::run() {
     Worker* wp = w.get();
     asio::co_spawn(wp->strand, impl->work(*wp), [impl](std::exception_ptr e) {
       if (e) {
+        std::string what = "unknown exception";
         try {
           std::rethrow_exception(e);
         } catch (const std::exception& ex) {
-          spdlog::error("delivery worker stopped: {}; stopping the relay", ex.what());
+          what = ex.what();
+        } catch (...) {
         }
+        spdlog::error("delivery worker stopped: {}; stopping the relay", what);
         impl->failed = true;
         impl->stop_all();
+        // The whole relay, not only delivery: reading on would fill the outbox
+        // behind a relay that can no longer deliver.
+        report_failure("delivery worker stopped: " + what);
       }
       --impl->running;
     });

@@ -69,6 +69,7 @@ class AsyncOutbox {
           rows = rows || !p->chunk->lines.empty();
         }
         Status st = outbox_->append(chunks);
+        outbox_->after_append();
         for (Pending* p : group) {
           p->status = st;
           p->done = true;

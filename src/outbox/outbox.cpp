@@ -4,10 +4,14 @@
 #include <sqlite3.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <SQLiteCpp/SQLiteCpp.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -140,6 +144,122 @@ struct Outbox::Impl {
   std::string last_error;
   std::mutex stats_mu;
   std::unique_ptr<SQLite::Database> stats_db;   // oldest_pending_ms() only
+
+  // ---- disk space (see maintain()) ----
+  std::string dir;                          // statvfs() target: the outbox's directory
+  std::string reserve_path;                 // "<path>.reserve"
+  std::atomic<bool> reserve_held{false};    // changed by the writer only
+  std::atomic<bool> disk_low{false};
+  std::atomic<int64_t> free_bytes{-1};      // statvfs free + the database's free pages
+  std::atomic<int64_t> reusable_bytes{0};   // freelist pages: room SQLite reuses before growing
+  bool incremental_vacuum = false;          // auto_vacuum = INCREMENTAL (outboxes made since 0.2)
+  std::atomic<int64_t> space_checked_ms{0};
+  int64_t last_checkpoint_ms = 0;           // writer only
+  // The database file this Outbox opened, to notice it being deleted or replaced.
+  uint64_t opened_dev = 0, opened_ino = 0;
+
+  static int64_t steady_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
+  // Measures free space (at most once a millisecond unless forced) and sets disk_low,
+  // with hysteresis so that reading does not flap around the limit.
+  void refresh_space(bool force) {
+    // statvfs costs about a microsecond; readers ask once per chunk.
+    int64_t now = steady_ms();
+    if (!force && now - space_checked_ms.load() < 1) return;
+    space_checked_ms = now;
+    struct statvfs v {};
+    if (statvfs(dir.c_str(), &v) != 0) return;
+    // Free pages count as free space only where they cannot be given back
+    // (older outboxes without auto_vacuum), or reading would never resume.
+    int64_t free = static_cast<int64_t>(v.f_bavail) * static_cast<int64_t>(v.f_frsize) +
+                   (incremental_vacuum ? 0 : reusable_bytes.load());
+    free_bytes = free;
+    const int64_t min = options.min_free_bytes;
+    if (min <= 0) {
+      disk_low = false;
+    } else if (free < min) {
+      disk_low = true;
+    } else if (disk_low.load()) {
+      int64_t want = min + min / 4;
+      if (!reserve_held.load()) want += options.reserve_bytes;   // it will be made again
+      if (free >= want) disk_low = false;
+    }
+  }
+
+  // REQUIRES: writer. Pages in the database's free list are space the outbox
+  // can fill again without the file growing.
+  void refresh_reusable() {
+    try {
+      int64_t pages = db->execAndGet("PRAGMA freelist_count").getInt64();
+      int64_t size = db->execAndGet("PRAGMA page_size").getInt64();
+      reusable_bytes = pages * size;
+    } catch (const SQLite::Exception&) {
+    }
+  }
+
+  // REQUIRES: writer. Preallocates the reserve file; false (and no file) when
+  // there is no room for it.
+  bool make_reserve() {
+    if (options.reserve_bytes <= 0 || reserve_held.load()) return reserve_held.load();
+    int fd = ::open(reserve_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return false;
+    int rc = posix_fallocate(fd, 0, static_cast<off_t>(options.reserve_bytes));
+    ::close(fd);
+    if (rc != 0) {
+      ::unlink(reserve_path.c_str());
+      return false;
+    }
+    reserve_held = true;
+    return true;
+  }
+
+  // REQUIRES: writer. Gives the reserve's space back to the file system.
+  bool give_back_reserve() {
+    if (!reserve_held.load()) return false;
+    ::unlink(reserve_path.c_str());
+    reserve_held = false;
+    return true;
+  }
+
+  // REQUIRES: writer. Copies the WAL into the database and truncates it to 0
+  // bytes. Waits (busy timeout) for the lease connection's read to end.
+  Status checkpoint(bool give_back_pages = false) {
+    last_checkpoint_ms = steady_ms();
+    // Free pages back to the file system first (it needs a little WAL room
+    // and may fail on a full disk): the checkpoint then shortens the file.
+    if (incremental_vacuum && (disk_low.load() || give_back_pages) && reusable_bytes.load() > 0)
+      (void)guarded([&] { db->exec("PRAGMA incremental_vacuum"); });
+    Status st = guarded([&] {
+      int log = 0, done = 0;
+      // Wait briefly for readers (leasing), not the connection's 5 s: a
+      // long read elsewhere (sqlite3 CLI, replay) must not stall the writer.
+      sqlite3_busy_timeout(db->getHandle(), 100);
+      int rc = sqlite3_wal_checkpoint_v2(db->getHandle(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
+                                         &log, &done);
+      sqlite3_busy_timeout(db->getHandle(), 5000);
+      // BUSY: a reader kept part of the WAL; the next checkpoint gets it.
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY) throw SQLite::Exception(db->getHandle(), rc);
+    });
+    refresh_reusable();
+    refresh_space(true);
+    return st;
+  }
+
+  int64_t wal_bytes() const {
+    struct stat st {};
+    return ::stat((options.path + "-wal").c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
+  }
+
+  // REQUIRES: writer. After a write: keep the WAL small while space is short.
+  void after_write() {
+    if (options.min_free_bytes <= 0) return;
+    refresh_space(false);
+    if (steady_ms() - last_checkpoint_ms < 10) return;
+    if (disk_low.load() || wal_bytes() > options.min_free_bytes / 4) (void)checkpoint();
+  }
 
   Status track(Status st) {
     if (st) {
@@ -311,6 +431,9 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       {
         SQLite::Database fresh(creating, SQLite::OPEN_READWRITE, 5000);
         fresh.exec("PRAGMA synchronous = FULL");
+        // Before the first table: lets a drained outbox give its free pages
+        // back to the file system (PRAGMA incremental_vacuum) when space is short.
+        fresh.exec("PRAGMA auto_vacuum = INCREMENTAL");
         for (size_t v = 0; v < kSchemaMigrations.size(); ++v) {
           SQLite::Transaction tx(fresh);
           fresh.exec(std::string(kSchemaMigrations[v]));
@@ -335,11 +458,38 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     impl->db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX, 5000);
     SQLite::Database& db = *impl->db;
     check_is_outbox(db, path);
+    {
+      // On a small file system the configured headroom would never be free:
+      // at most a quarter of its size is kept free, an eighth reserved.
+      std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+      struct statvfs v {};
+      if (statvfs(dir.empty() ? "/" : dir.c_str(), &v) == 0) {
+        int64_t size = static_cast<int64_t>(v.f_blocks) * static_cast<int64_t>(v.f_frsize);
+        OpenOptions& o = impl->options;
+        if (o.min_free_bytes > size / 4 || o.reserve_bytes > size / 8) {
+          spdlog::info("outbox file system is {} bytes: keeping {} bytes free (min_free_bytes {}) "
+                       "and a reserve of {} (reserve_bytes {})", size,
+                       std::min(o.min_free_bytes, size / 4), o.min_free_bytes,
+                       std::min(o.reserve_bytes, size / 8), o.reserve_bytes);
+          o.min_free_bytes = std::min(o.min_free_bytes, size / 4);
+          o.reserve_bytes = std::min(o.reserve_bytes, size / 8);
+        }
+      }
+    }
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(sync_pragma(options.synchronous));
     db.exec("PRAGMA journal_size_limit = 67108864");
     db.exec("PRAGMA temp_store = MEMORY");
     db.exec("PRAGMA cache_size = -8192");   // 8 MiB: the hot ends of both B-trees stay cached
+    if (impl->options.min_free_bytes > 0) {
+      // A checkpoint needs free space for the WAL's new pages (the database
+      // grows by them): keep the WAL well below the headroom kept free.
+      int64_t quarter = impl->options.min_free_bytes / 4;
+      int64_t pages = std::clamp<int64_t>(quarter / 4096, 16, 1000);   // 1000: SQLite's default
+      db.exec("PRAGMA wal_autocheckpoint = " + std::to_string(pages));
+      db.exec("PRAGMA journal_size_limit = " +
+              std::to_string(std::min<int64_t>(67108864, std::max<int64_t>(quarter, 65536))));
+    }
 
     int version = db.execAndGet("PRAGMA user_version").getInt();
     const int latest = static_cast<int>(kSchemaMigrations.size());
@@ -373,6 +523,32 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       impl->bytes = count.getColumn(1).getInt64();
       impl->next_id = count.getColumn(2).getInt64() + 1;
     }
+
+    struct stat opened {};
+    if (::stat(path.c_str(), &opened) == 0) {
+      impl->opened_dev = static_cast<uint64_t>(opened.st_dev);
+      impl->opened_ino = static_cast<uint64_t>(opened.st_ino);
+    }
+    impl->dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+    if (impl->dir.empty()) impl->dir = "/";
+    impl->reserve_path = path + ".reserve";
+    const OpenOptions& eff = impl->options;   // with the small-disk caps
+    struct stat reserve {};
+    if (eff.reserve_bytes > 0 && ::stat(impl->reserve_path.c_str(), &reserve) == 0 &&
+        reserve.st_size >= eff.reserve_bytes)
+      impl->reserve_held = true;
+    else if (eff.reserve_bytes <= 0)
+      ::unlink(impl->reserve_path.c_str());
+    impl->incremental_vacuum = db.execAndGet("PRAGMA auto_vacuum").getInt() == 2;
+    impl->refresh_reusable();
+    impl->refresh_space(true);
+    // A disk left full by an earlier run: the WAL first, then the reserve.
+    if (impl->disk_low.load()) (void)impl->checkpoint();
+    if (!impl->reserve_held.load() && eff.reserve_bytes > 0 &&
+        impl->free_bytes.load() >= eff.min_free_bytes + eff.reserve_bytes &&
+        !impl->make_reserve())
+      spdlog::warn("cannot make the outbox's reserve file {} ({} bytes)", impl->reserve_path,
+                   eff.reserve_bytes);
   } catch (const SQLite::Exception& e) {
     int code = e.getErrorCode() & 0xff;
     std::string what = e.what();
@@ -589,7 +765,8 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
                    const std::pair<std::string, std::string>* sink_state) {
   CountChange counting(impl_->count_mu, impl_->count_epoch);
   int64_t deleted = 0;
-  Status st = guarded([&] {
+  auto attempt = [&] {
+    deleted = 0;
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& del = *impl_->delete_row;
     for (int64_t id : ids) {
@@ -608,15 +785,74 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
       put.reset();
     }
     tx.commit();
-  });
+  };
+  Status st = guarded(attempt);
   if (!st) {
     impl_->delete_row->tryReset();
     impl_->put_state->tryReset();
-  } else {
-    std::lock_guard lock(impl_->count_mu);
-    impl_->rows -= deleted;
-    impl_->bytes -= deleted == static_cast<int64_t>(ids.size()) ? bytes : 0;
-    if (impl_->bytes < 0) impl_->bytes = 0;
+  }
+  if (st.code() == Status::Code::full) {
+    // Delivered rows must be deletable even on a full disk, or the outbox
+    // never drains: give the reserve back, empty the WAL, try once more.
+    bool gave = impl_->give_back_reserve();
+    Status cp = impl_->checkpoint();
+    spdlog::warn("outbox disk full while deleting {} delivered rows{}; WAL checkpoint: {}; "
+                 "trying again", ids.size(),
+                 gave ? " (gave back the " + std::to_string(impl_->options.reserve_bytes) +
+                            "-byte reserve file)"
+                      : std::string(" (no reserve file left)"),
+                 cp ? std::string("done") : cp.message());
+    st = guarded(attempt);
+    if (!st) {
+      impl_->delete_row->tryReset();
+      impl_->put_state->tryReset();
+    }
+    if (st.code() == Status::Code::full && !sink_state && ids.size() > 100) {
+      // Still too big for the space left: smaller transactions, the WAL
+      // emptied after each. Safe without a sink state: a row not deleted yet
+      // is only delivered again (and dropped by key).
+      int64_t total = 0;
+      size_t at = 0;
+      Status part = Status::ok();
+      while (at < ids.size()) {
+        size_t n = std::min<size_t>(100, ids.size() - at);
+        int64_t slice = 0;
+        part = guarded([&] {
+          SQLite::Transaction tx(*impl_->db);
+          for (size_t k = at; k < at + n; ++k) {
+            impl_->delete_row->bind(1, ids[k]);
+            impl_->delete_row->exec();
+            impl_->delete_row->reset();
+            slice += impl_->db->getChanges();
+          }
+          tx.commit();
+        });
+        if (part) total += slice;
+        if (!part) {
+          impl_->delete_row->tryReset();
+          break;
+        }
+        (void)impl_->checkpoint();
+        at += n;
+      }
+      if (part) {
+        st = Status::ok();
+        deleted = total;
+      } else {
+        std::lock_guard lock(impl_->count_mu);
+        impl_->rows -= total;   // the slices that did commit; bytes are recounted later
+        st = part;
+      }
+    }
+  }
+  if (st) {
+    {
+      std::lock_guard lock(impl_->count_mu);
+      impl_->rows -= deleted;
+      impl_->bytes -= deleted == static_cast<int64_t>(ids.size()) ? bytes : 0;
+      if (impl_->bytes < 0) impl_->bytes = 0;
+    }
+    impl_->after_write();
   }
   return impl_->track(st);
 }
@@ -752,7 +988,58 @@ Status Outbox::set_sink_state(const std::string& sink, const std::string& value)
   return impl_->track(st);
 }
 
-Backlog Outbox::backlog() const { return {impl_->rows.load(), impl_->bytes.load()}; }
+Backlog Outbox::backlog() const {
+  if (!impl_->options.read_only) impl_->refresh_space(false);
+  return {impl_->rows.load(), impl_->bytes.load(), impl_->disk_low.load(),
+          impl_->free_bytes.load()};
+}
+
+void Outbox::after_append() {
+  if (!impl_->options.read_only) impl_->after_write();
+}
+
+void Outbox::maintain() {
+  Impl& m = *impl_;
+  if (m.options.read_only) return;
+  m.refresh_reusable();
+  m.refresh_space(true);
+  // The reserve still to be made again: free pages the outbox no longer needs
+  // are room for it.
+  bool want_room = !m.reserve_held.load() && m.options.reserve_bytes > 0 &&
+                   m.reusable_bytes.load() > 0 && m.incremental_vacuum;
+  if (m.disk_low.load() || want_room ||
+      (m.options.min_free_bytes > 0 && m.wal_bytes() > m.options.min_free_bytes / 4)) {
+    Status st = m.checkpoint(want_room);
+    if (!st) spdlog::debug("outbox WAL checkpoint: {}", st.message());
+  }
+  if (!m.reserve_held.load() && m.options.reserve_bytes > 0 && !m.disk_low.load() &&
+      m.free_bytes.load() - m.reusable_bytes.load() >=
+          m.options.min_free_bytes + m.options.reserve_bytes) {
+    if (m.make_reserve()) {
+      spdlog::info("outbox reserve file {} ({} bytes) made again: space has returned",
+                   m.reserve_path, m.options.reserve_bytes);
+      m.refresh_space(true);
+    }
+  }
+}
+
+bool Outbox::still_at_path(std::string& why) const {
+  if (impl_->opened_ino == 0) return true;
+  struct stat st {};
+  if (::stat(impl_->options.path.c_str(), &st) != 0) {
+    int err = errno;
+    if (err != ENOENT) return true;   // cannot tell (e.g. EACCES): only a missing file is certain
+    why = "it was deleted";
+    return false;
+  }
+  if (static_cast<uint64_t>(st.st_dev) != impl_->opened_dev ||
+      static_cast<uint64_t>(st.st_ino) != impl_->opened_ino) {
+    why = "another file is there now (inode " + std::to_string(st.st_ino) + ", tailbox opened " +
+          std::to_string(impl_->opened_ino) + ")";
+    return false;
+  }
+  return true;
+}
 
 void Outbox::set_fault_hook(std::function<void(std::string_view)> hook) {
   impl_->hook = std::move(hook);

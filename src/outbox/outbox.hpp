@@ -89,12 +89,20 @@ struct LeasedRow {
 struct Backlog {
   int64_t rows = 0;    // pending + dead
   int64_t bytes = 0;   // payload bytes
+  // The outbox's file system is below OpenOptions::min_free_bytes (with
+  // hysteresis: it clears above min_free_bytes * 5/4 plus a reserve still to
+  // be made). Reading must pause so that acks can always commit.
+  bool disk_low = false;
+  int64_t free_bytes = -1;   // as last measured (statvfs f_bavail, plus free pages of an outbox
+                             // without auto_vacuum); -1: unknown
 };
 
 struct OpenOptions {
   std::string path;
   config::Synchronous synchronous = config::Synchronous::normal;
   bool read_only = false;   // for `tailbox status`: no lock, no migration, no writes
+  int64_t min_free_bytes = 0;   // see Backlog::disk_low; 0: never low
+  int64_t reserve_bytes = 0;    // size of "<path>.reserve"; 0: no reserve file
 };
 
 class Outbox {
@@ -129,6 +137,8 @@ class Outbox {
                                int64_t max_bytes, Status& status);
   // Deletes delivered rows; with `sink_state`, stores (sink, value) in the same
   // transaction. `bytes` is the rows' payload size, for the backlog counter.
+  // A delete that finds the disk full gives the reserve file back, checkpoints
+  // the WAL, and tries once more.
   Status ack(std::span<const int64_t> ids, int64_t bytes,
              const std::pair<std::string, std::string>* sink_state = nullptr);
   // Counts a failed attempt on each row and keeps `error`; rows that reach
@@ -158,7 +168,23 @@ class Outbox {
   // A sink's first state (what open() returned). Committed durably
   // (synchronous = FULL): a read-back after a power cut needs it.
   Status set_sink_state(const std::string& sink, const std::string& value);
+  // Rows, bytes and free space. Measures free space (statvfs) at most once a millisecond.
   Backlog backlog() const;
+
+  // Disk space housekeeping; call where the writer methods may be called,
+  // e.g. every second. Measures free space; while it is low, checkpoints the
+  // WAL into the database and truncates it (so the WAL does not eat the disk);
+  // makes "<path>.reserve" again once there is room for it above min_free_bytes.
+  void maintain();
+  // Call after append() (where the writer methods may be called): while space
+  // is short, or the WAL has grown past a quarter of min_free_bytes, the WAL
+  // is checkpointed and truncated (a WAL that readers keep from being reset
+  // would otherwise eat the headroom).
+  void after_append();
+  // Whether the outbox's path still names the database this Outbox opened (not
+  // deleted, not replaced by another file). Safe from any thread. On false,
+  // `why` says what was found.
+  bool still_at_path(std::string& why) const;
   // Counts the backlog again (rows purged or added by hand, e.g. with
   // tools/replay --purge). Call where lease() may be called.
   void recount();

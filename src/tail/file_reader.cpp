@@ -25,11 +25,17 @@ bool ReaderEnv::paused() {
   outbox::Backlog b = outbox.backlog();
   const auto& oc = cfg.outbox;
   if (stats.paused.load()) {
-    if (b.rows < oc.max_rows * 9 / 10 && b.bytes < oc.max_bytes / 10 * 9) {
+    if (b.rows < oc.max_rows * 9 / 10 && b.bytes < oc.max_bytes / 10 * 9 && !b.disk_low) {
       if (stats.paused.exchange(false))
-        spdlog::info("outbox below its low-water mark ({} rows, {} bytes): reading resumes",
-                     b.rows, b.bytes);
+        spdlog::info("outbox below its low-water mark ({} rows, {} bytes, {} bytes free on its "
+                     "disk): reading resumes", b.rows, b.bytes, b.free_bytes);
     }
+  } else if (b.disk_low) {
+    // Headroom for acks: delivered rows must always be deletable.
+    if (!stats.paused.exchange(true))
+      spdlog::warn("outbox disk has {} bytes free ([outbox] min_free_bytes = {}): reading pauses "
+                   "until delivery frees space, nothing is dropped", b.free_bytes,
+                   oc.min_free_bytes);
   } else if (b.rows >= oc.max_rows || b.bytes >= oc.max_bytes) {
     if (!stats.paused.exchange(true))
       spdlog::warn("outbox full ({} rows, {} bytes; limits {} rows, {} bytes): reading pauses, "

@@ -19,6 +19,7 @@
 #include <set>
 
 #include "core/clock.hpp"
+#include "core/failure.hpp"
 #include "outbox/async_outbox.hpp"
 #include "tail/file_identity.hpp"
 #include "tail/file_reader.hpp"
@@ -199,6 +200,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                        } catch (...) {
                          spdlog::error("reader for {} stopped: unknown error", r->file.path);
                        }
+                       report_failure("reader for " + r->file.path + " stopped");
                      }
                      --self->env->stats.files_active;
                      --self->running_readers;

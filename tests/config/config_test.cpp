@@ -219,4 +219,16 @@ type = "sqlite"
     auto file = load_string("[[source]]\nname = \"a\"\npaths = \"/x\"\n[sink]\ntype = \"file\"\n");
     CHECK_THROWS_AS(tailbox::sinks::make_sink(file.sink, ioc.get_executor()), ConfigError);
   }
+
+  TEST_CASE("outbox disk headroom: defaults, sizes, and 0 to turn it off") {
+    auto cfg = load_string(kMinimal);
+    CHECK(cfg.outbox.min_free_bytes == 64LL << 20);
+    CHECK(cfg.outbox.reserve_bytes == 8LL << 20);
+    cfg = load_string(std::string(kMinimal) +
+                      "[outbox]\nmin_free_bytes = \"512KiB\"\nreserve_bytes = 0\n");
+    CHECK(cfg.outbox.min_free_bytes == 512 * 1024);
+    CHECK(cfg.outbox.reserve_bytes == 0);
+    CHECK(error_of(std::string(kMinimal) + "[outbox]\nmin_free_bytes = -1\n")
+              .find("outbox.min_free_bytes") != std::string::npos);
+  }
 }

@@ -6,9 +6,11 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <mutex>
 #include <random>
 #include <thread>
 
+#include "core/failure.hpp"
 #include "outbox/async_outbox.hpp"
 #include "tail/line_splitter.hpp"
 #include "support/scripted_sink.hpp"
@@ -94,6 +96,34 @@ struct Harness {
 }  // namespace
 
 TEST_SUITE("dispatch.dispatcher") {
+  TEST_CASE("a worker that throws (bad_alloc) reports a failure that stops the relay; its rows stay") {
+    Harness h(1, 300);
+    h.cfg.delivery.batch_rows = 100;
+    h.cfg.delivery.workers = 2;
+    std::atomic<int> calls{0};
+    testing::ScriptedSink sink([&](std::span<const Record>) -> Delivery {
+      if (++calls == 2) throw std::bad_alloc();
+      return Delivery::delivered();
+    });
+    std::atomic<int> reports{0};
+    std::string reported;
+    std::mutex mu;
+    set_failure_handler([&](const std::string& what) {
+      std::lock_guard lock(mu);
+      ++reports;
+      reported = what;
+    });
+    dispatch::Dispatcher* d = nullptr;
+    // Done when the failure was reported: the relay's handler would stop everything.
+    bool done = h.run(sink, [&] { return reports.load() > 0; }, &d);
+    set_failure_handler(nullptr);
+    REQUIRE(done);
+    CHECK(reported.find("delivery worker stopped") != std::string::npos);
+    CHECK(reported.find("bad_alloc") != std::string::npos);
+    // Nothing lost: what the sink did not confirm is still in the outbox.
+    CHECK(h.summary().pending + static_cast<int64_t>(sink.delivered().size()) == h.total);
+  }
+
   TEST_CASE("lease never hands one row to two workers (8 workers)") {
     Harness h(4, 2500);
     h.cfg.delivery.workers = 8;

@@ -231,7 +231,9 @@ def case_disk_full():
     port = free_port()
     try:
         outbox = os.path.join(mnt, "outbox.db")
-        h.write_config(wd, outbox={"path": outbox},
+        # No headroom (min_free_bytes = 0): appends themselves meet the full
+        # disk. With headroom, see outbox_disk_full_integration_test.py.
+        h.write_config(wd, outbox={"path": outbox, "min_free_bytes": 0, "reserve_bytes": 0},
                        delivery={"backoff_min": "50ms", "backoff_max": "300ms"},
                        metrics={"listen": f"127.0.0.1:{port}"})
         lock = InboxLock(wd.inbox)

@@ -5,7 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <boost/json/parse.hpp>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <stdexcept>
 
@@ -33,7 +36,7 @@ std::string FileSink::guarantee() const {
 
 std::optional<std::string> FileSink::open(const std::optional<std::string>& state) {
   if (fd_ >= 0) ::close(fd_);   // open() is retried after failures
-  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);   // read: existing keys
   if (fd_ < 0) throw std::runtime_error("cannot open " + path_ + ": " + std::strerror(errno));
   struct stat st {};
   if (fstat(fd_, &st) != 0) throw std::runtime_error("cannot stat " + path_ + ": " + std::strerror(errno));
@@ -43,9 +46,13 @@ std::optional<std::string> FileSink::open(const std::optional<std::string>& stat
   committed_ = size;
 
   unsigned long long dev = 0, ino = 0;
-  long long recorded = 0;
-  if (state && std::sscanf(state->c_str(), "%llu:%llu:%lld", &dev, &ino, &recorded) == 3 &&
-      dev == dev_ && ino == inode_) {
+  long long recorded = 0, known = 0;
+  existing_.clear();
+  skipped_ = 0;
+  known_end_ = 0;
+  int fields = state ? std::sscanf(state->c_str(), "%llu:%llu:%lld:%lld", &dev, &ino, &recorded, &known)
+                     : 0;
+  if (fields >= 3 && dev == dev_ && ino == inode_) {
     if (size > recorded) {
       // Written but never confirmed (or torn by a crash): those rows are still
       // in the outbox and will be written again.
@@ -59,22 +66,140 @@ std::optional<std::string> FileSink::open(const std::optional<std::string>& stat
       spdlog::warn("{} is shorter ({} bytes) than tailbox last committed ({}): someone else "
                    "truncated it; appending after its current end", path_, size, recorded);
     }
+    // Records found in the file when this outbox first met it: still to be
+    // recognised after a restart (lines of a new outbox may not all have
+    // been delivered again yet).
+    if (fields == 4 && known > 0 && ndjson_) {
+      known_end_ = std::min<int64_t>(known, committed_);
+      load_existing_keys(known_end_, false);
+    }
     return std::nullopt;
   }
   if (state)
     spdlog::info("{} is a different file than the one tailbox last wrote; appending to it", path_);
+  if (size > 0) {
+    if (ndjson_) {
+      known_end_ = size;
+      load_existing_keys(size, true);
+    } else {
+      spdlog::warn("{} already holds {} bytes and tailbox has no record of writing them (a new or "
+                   "restored outbox, or a new output file). Raw output carries no idempotency keys: "
+                   "lines that the outbox delivers again WILL BE WRITTEN TWICE. Use format = "
+                   "\"ndjson\", or move the output aside before starting with a new outbox",
+                   path_, size);
+    }
+  }
   // No committed size for this file yet: record where it starts *before* the
   // first write, or a crash between that write and its ack could not be undone.
   return state_string();
 }
 
+namespace {
+
+// The key of one NDJSON record line, as append_ndjson() writes it: the record
+// starts with {"_id":"<key>". Empty when the line is not such a record.
+std::string key_of_line(std::string_view line) {
+  static constexpr std::string_view kStart = "{\"_id\":\"";
+  if (!line.starts_with(kStart)) return {};
+  size_t end = kStart.size();
+  bool escaped = false;
+  for (; end < line.size(); ++end) {
+    if (line[end] == '\\') {
+      escaped = true;
+      ++end;
+    } else if (line[end] == '"') {
+      break;
+    }
+  }
+  if (end >= line.size()) return {};
+  std::string_view body = line.substr(kStart.size(), end - kStart.size());
+  if (!escaped) return std::string(body);
+  try {   // a key with escapes (a host_id with quotes or non-ASCII): let JSON decode it
+    auto v = boost::json::parse(line.substr(kStart.size() - 1, end - kStart.size() + 2));
+    return std::string(v.as_string().c_str(), v.as_string().size());
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// "<host>/<uid>/<offset>" -> ("<host>/<uid>", offset); false if it does not parse.
+bool split_key(std::string_view key, std::string_view& file, int64_t& offset) {
+  size_t slash = key.rfind('/');
+  if (slash == std::string_view::npos || slash == 0) return false;
+  file = key.substr(0, slash);
+  const char* first = key.data() + slash + 1;
+  const char* last = key.data() + key.size();
+  auto [ptr, ec] = std::from_chars(first, last, offset);
+  return ec == std::errc() && ptr == last && first != last;
+}
+
+}  // namespace
+
+void FileSink::load_existing_keys(int64_t size, bool first_time) {
+  std::string chunk;
+  std::string carry;
+  int64_t pos = 0, records = 0;
+  const size_t kChunk = 4 << 20;
+  while (pos < size) {
+    chunk.resize(static_cast<size_t>(std::min<int64_t>(kChunk, size - pos)));
+    ssize_t n = pread(fd_, chunk.data(), chunk.size(), pos);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      throw std::runtime_error("cannot read " + path_ + " to find the records it holds: " +
+                               std::strerror(errno));
+    if (n == 0) break;
+    pos += n;
+    carry.append(chunk.data(), static_cast<size_t>(n));
+    size_t start = 0;
+    for (size_t nl; (nl = carry.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string key = key_of_line(std::string_view(carry).substr(start, nl - start));
+      std::string_view file;
+      int64_t offset = 0;
+      if (!key.empty() && split_key(key, file, offset)) {
+        existing_[std::string(file)].push_back(offset);
+        ++records;
+      }
+    }
+    carry.erase(0, start);
+  }
+  // A last line without its newline is not a complete record: not counted.
+  for (auto& [file, offsets] : existing_) {
+    std::sort(offsets.begin(), offsets.end());
+    offsets.shrink_to_fit();
+  }
+  if (!first_time) {
+    spdlog::info("{}: {} records in its first {} bytes predate this outbox; records with their "
+                 "keys are left out", path_, records, size);
+    return;
+  }
+  spdlog::warn("{} already holds {} records ({} bytes) that tailbox has no record of writing (a new "
+               "or restored outbox, or a new output file): lines delivered again under the same "
+               "keys are skipped; lines read again by a new outbox get new keys and are written "
+               "again (see README, a damaged outbox)", path_, records, size);
+}
+
+bool FileSink::already_written(std::string_view key) const {
+  std::string_view file;
+  int64_t offset = 0;
+  if (!split_key(key, file, offset)) return false;
+  auto it = existing_.find(std::string(file));
+  return it != existing_.end() && std::binary_search(it->second.begin(), it->second.end(), offset);
+}
+
 std::string FileSink::state_string() const {
-  return std::to_string(dev_) + ":" + std::to_string(inode_) + ":" + std::to_string(committed_);
+  std::string s = std::to_string(dev_) + ":" + std::to_string(inode_) + ":" + std::to_string(committed_);
+  if (known_end_ > 0) s += ":" + std::to_string(known_end_);
+  return s;
 }
 
 boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch) {
   buffer_.clear();
+  int64_t skipped = 0;
   for (const Record& r : batch) {
+    if (!existing_.empty() && already_written(r.key)) {
+      ++skipped;
+      continue;
+    }
     if (ndjson_) {
       append_ndjson(buffer_, r);
     } else {
@@ -100,6 +225,12 @@ boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch
     co_return Delivery::retry("fsync " + path_ + ": " + err);
   }
   committed_ += static_cast<int64_t>(buffer_.size());
+  if (skipped > 0) {
+    if (skipped_ == 0)
+      spdlog::info("{}: leaving out records whose keys it already holds (first batch: {} of {})",
+                   path_, skipped, batch.size());
+    skipped_ += skipped;
+  }
   if (buffer_.capacity() > (8u << 20)) std::string().swap(buffer_);
   co_return Delivery::delivered(state_string());
 }

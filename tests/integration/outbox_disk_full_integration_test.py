@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""A full outbox disk recovers by itself: real binary, real 2 MiB tmpfs (root).
+
+1. 100k lines (~10 MB) through an outbox on a 2 MiB tmpfs into the sqlite inbox.
+   Reading must stop with headroom ([outbox] min_free_bytes) so that delivered
+   rows can always be deleted; the WAL must not eat the disk. The inbox must
+   end up with every line exactly once, without an endless "cannot delete"
+   loop in the log.
+2. With the destination locked, more lines are read into the outbox; another
+   file then takes every free byte of the disk and the destination is
+   released: the delivered rows must still be deleted (the reserve file is
+   given back), with no endless "cannot delete" loop, also after a kill -9 and a
+   restart on the full disk. The other file is
+   deleted and tailbox must recover by itself (reserve made again, reading
+   resumes): every line exactly once, nothing left in the outbox.
+
+Exits 77 (meson: skipped) when not root or when a tmpfs cannot be mounted.
+
+Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/outbox_disk_full_integration_test.py
+"""
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+LINES = 100_000
+MORE = 20_000
+
+
+def fill(path):
+    """Writes zeros to `path` until the file system is full; returns the bytes written."""
+    written = 0
+    block = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                n = f.write(block)
+            except OSError:
+                break
+            if not n:
+                break
+            written += n
+        for size in (4096, 512, 1):   # the last pages too
+            while True:
+                try:
+                    if not f.write(b"\0" * size):
+                        break
+                    written += size
+                except OSError:
+                    break
+    return written
+
+
+class InboxLock:
+    """Holds the sqlite inbox's write lock, so the sink fails (busy) until released."""
+
+    def __init__(self, path):
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self):
+        if self.conn is not None:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+
+
+def free_bytes(path):
+    v = os.statvfs(path)
+    return v.f_bavail * v.f_frsize
+
+
+def count_in_log(wd, text):
+    with open(wd.tailbox_log, "rb") as f:
+        return f.read().decode("utf-8", "replace").count(text)
+
+
+def test():
+    if os.geteuid() != 0:
+        print("SKIP: needs root to mount a 2 MiB tmpfs for the outbox", flush=True)
+        sys.exit(77)
+    wd = h.Workdir("tailbox-diskfull-")
+    mnt = os.path.join(wd.root, "small")
+    os.mkdir(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        print(f"SKIP: mount -t tmpfs failed here: {r.stderr.strip()}", flush=True)
+        wd.cleanup(True)
+        sys.exit(77)
+    tb = h.Tailbox(wd)
+    passed = False
+    lock = None
+    try:
+        wd.outbox = os.path.join(mnt, "outbox.db")
+        h.write_config(wd, outbox={"path": wd.outbox, "min_free_bytes": 512 * 1024,
+                                   "reserve_bytes": 256 * 1024},
+                       tail={"read_chunk_bytes": 16384},
+                       delivery={"backoff_min": "50ms", "backoff_max": "500ms"})
+        rng = random.Random(10)
+        path = wd.log_path("big.log")
+        src = h.SourceFiles([path])
+        data = b"".join(h.make_line(rng, "d", i, variety=False) for i in range(LINES))
+        src.write(path, data, LINES)
+        h.log(f"{LINES} lines, {len(data)} bytes, outbox on a 2 MiB tmpfs")
+        t0 = time.monotonic()
+        tb.start()
+        h.wait_until(lambda: h.inbox_count(wd.inbox) >= LINES, 240,
+                     f"all {LINES} lines through a 2 MiB outbox disk", tailbox=tb, interval=0.5,
+                     progress=lambda: f"inbox {h.inbox_count(wd.inbox)}, free "
+                                      f"{free_bytes(mnt)} bytes, 'cannot delete' logged "
+                                      f"{count_in_log(wd, 'cannot delete')} times")
+        h.log(f"phase 1: {LINES} lines delivered in {time.monotonic() - t0:.1f}s; "
+              f"'cannot delete' logged {count_in_log(wd, 'cannot delete')} times")
+        h.check_exact(h.expected_from_files([path]), h.read_inbox(wd.inbox), label="inbox, phase 1")
+        h.wait_until(lambda: h.outbox_count(wd.outbox) == 0, 30, "the outbox to drain", tailbox=tb)
+
+        # Phase 2: rows wait in the outbox behind a locked destination, then
+        # another file takes every free byte and the destination is released.
+        filler = os.path.join(mnt, "filler")
+        deleted_before = count_in_log(wd, "cannot delete")
+        lock = InboxLock(wd.inbox)
+        more = b"".join(h.make_line(rng, "e", LINES + i, variety=False) for i in range(MORE))
+        src.write(path, more, MORE)
+        h.wait_until(lambda: h.outbox_count(wd.outbox) >= 2000, 30, "rows waiting in the outbox",
+                     tailbox=tb)
+        filled = fill(filler)
+        waiting = h.outbox_count(wd.outbox)
+        h.log(f"phase 2: {waiting} rows wait; filled the outbox disk with {filled} bytes "
+              f"({free_bytes(mnt)} free); kill -9 and a restart on the full disk")
+        tb.kill9()
+        tb.start()
+        time.sleep(2)
+        tb.assert_alive("restarted on a full disk")
+        h.log("releasing the destination")
+        lock.release()
+        h.wait_until(lambda: h.outbox_count(wd.outbox) == 0, 60,
+                     "the waiting rows to be delivered and deleted on a full disk", tailbox=tb,
+                     progress=lambda: f"outbox {h.outbox_count(wd.outbox)}, 'cannot delete' "
+                                      f"{count_in_log(wd, 'cannot delete') - deleted_before}")
+        if count_in_log(wd, "gave back the") == 0:
+            h.fail("test did not reach its point: no delete met the full disk (reserve never used)")
+        n1 = count_in_log(wd, "cannot delete")
+        time.sleep(3)
+        if count_in_log(wd, "cannot delete") != n1:
+            h.fail("'cannot delete' is still being logged with an empty outbox")
+        tb.assert_alive("the disk was full")
+        h.log(f"delivered rows deleted on the full disk (reserve given back; 'cannot delete' "
+              f"logged {n1 - deleted_before} times)")
+        os.remove(filler)
+        h.log(f"filler deleted ({free_bytes(mnt)} bytes free); waiting for tailbox to recover")
+        h.wait_until(lambda: h.inbox_count(wd.inbox) >= LINES + MORE, 120,
+                     f"all {LINES + MORE} lines after space returned", tailbox=tb, interval=0.5,
+                     progress=lambda: f"inbox {h.inbox_count(wd.inbox)}, free {free_bytes(mnt)}")
+        h.wait_until(lambda: h.outbox_count(wd.outbox) == 0, 30, "the outbox to drain", tailbox=tb)
+        h.wait_until(lambda: os.path.exists(wd.outbox + ".reserve"), 10,
+                     "the reserve file to be made again", tailbox=tb)
+        h.log("phase 2: recovered by itself; reserve file made again")
+        rc = tb.stop()
+        if rc != 0:
+            h.fail(f"tailbox exited {rc}")
+        h.check_exact(h.expected_from_files([path]), h.read_inbox(wd.inbox), label="inbox, phase 2")
+        src.close()
+        passed = True
+    finally:
+        if lock:
+            lock.release()
+        tb.close()
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+        if not passed:
+            h.report_failure_context(wd)
+        wd.cleanup(passed)
+
+
+if __name__ == "__main__":
+    h.main(test, "outbox_disk_full_integration_test")
