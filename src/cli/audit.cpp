@@ -132,10 +132,11 @@ void audit_file(const config::Config& cfg, const outbox::TrackedFile& f, outbox:
   if (src->multiline.enabled()) start = tail::StartPattern::compile(src->multiline.start_pattern);
   tail::RecordAssembler assembler(*src, start);
 
-  Status st;
+  auto in_outbox = ob.file_rows(f.id);
+  if (!in_outbox)
+    throw std::runtime_error("cannot read the outbox's rows: " + in_outbox.error().message());
   std::map<int64_t, bool> rows;
-  for (const auto& [offset, dead] : ob.file_rows(f.id, st)) rows[offset] = dead;
-  if (!st) throw std::runtime_error("cannot read the outbox's rows: " + st.message());
+  for (const auto& [offset, dead] : *in_outbox) rows[offset] = dead;
 
   Progress progress(f.path, now->size);
   std::string pending;   // bytes from `base` on, not consumed yet
@@ -204,9 +205,15 @@ int run_audit(const config::Config& cfg, const AuditOptions& options) {
   std::vector<outbox::TrackedFile> files;
   try {
     ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
-    files = ob->tracked_files();
   } catch (const std::exception& e) {
     std::cerr << "tailbox audit: " << e.what() << "\n";
+    return 1;
+  }
+  if (auto tracked = ob->tracked_files()) {
+    files = std::move(*tracked);
+  } else {
+    std::cerr << "tailbox audit: cannot read " << cfg.outbox.path << ": "
+              << tracked.error().message() << "\n";
     return 1;
   }
   std::vector<FileReport> reports;

@@ -157,16 +157,20 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
   // writer's connection belongs to the outbox strand).
   sink.set_outbox_lookup([path = cfg.outbox.path](const std::vector<std::string>& keys) {
     auto reader = outbox::Outbox::open({path, config::Synchronous::normal, true});
-    Status st;
-    std::vector<bool> found = reader->rows_exist(keys, st);
-    if (!st) throw std::runtime_error("cannot look keys up in the outbox: " + st.message());
-    return found;
+    auto found = reader->rows_exist(keys);
+    if (!found)
+      throw std::runtime_error("cannot look keys up in the outbox: " + found.error().message());
+    return std::move(*found);
   });
   auto delay = cfg.delivery.backoff_min;
   for (int attempt = 1; !stopping.load(); ++attempt) {
     std::string error;
     try {
-      auto state = co_await outbox.run([&](outbox::Outbox& o) { return o.sink_state(sink.name()); });
+      auto stored = co_await outbox.run([&](outbox::Outbox& o) { return o.sink_state(sink.name()); });
+      if (!stored)
+        throw std::runtime_error("cannot read the sink's state from the outbox: " +
+                                 stored.error().message());
+      const std::optional<std::string>& state = *stored;
       auto open = [&sink, &state] { return sink.open(state); };
       std::optional<std::string> initial = co_await run_blocking(opener, open);
       if (initial) {
@@ -438,12 +442,10 @@ int run_relay(config::Config cfg) {
   // Counted in the outbox itself on the writer's connection (every thread has
   // stopped), not taken from the running tally.
   int64_t left = outbox->backlog().rows;
-  try {
-    auto summary = outbox->unsafe_sync().summary();
-    left = summary.pending + summary.dead;
-  } catch (const std::exception& e) {
-    spdlog::warn("cannot count the rows left in the outbox: {}", e.what());
-  }
+  if (auto summary = outbox->unsafe_sync().summary())
+    left = summary->pending + summary->dead;
+  else
+    spdlog::warn("cannot count the rows left in the outbox: {}", summary.error().message());
   spdlog::info("stopped: {} lines read, {} rows delivered, {} dead-lettered, {} rows left in the outbox",
                tailer.stats().lines_read.load(), ds.delivered.load(), ds.dead.load(), left);
   if (failed.load() || dispatcher.failed() || failure_reported()) {

@@ -20,15 +20,15 @@ int show_status(const config::Config& cfg, bool json) {
     std::cerr << "tailbox status: " << e.what() << "\n";
     return 1;
   }
-  outbox::Outbox::Summary s;
-  std::vector<outbox::TrackedFile> files;
-  try {
-    s = ob->summary();
-    files = ob->tracked_files();
-  } catch (const std::exception& e) {
-    std::cerr << "tailbox status: cannot read " << cfg.outbox.path << ": " << e.what() << "\n";
+  auto summary = ob->summary();
+  auto tracked = summary ? ob->tracked_files() : failed(summary.error());
+  if (!tracked) {
+    std::cerr << "tailbox status: cannot read " << cfg.outbox.path << ": "
+              << tracked.error().message() << "\n";
     return 1;
   }
+  const outbox::Outbox::Summary& s = *summary;
+  const std::vector<outbox::TrackedFile>& files = *tracked;
   int64_t now = unix_ms();
   double oldest_age = s.oldest_pending_ms ? static_cast<double>(now - s.oldest_pending_ms) / 1000.0 : 0.0;
 
@@ -86,12 +86,17 @@ int check_outbox(const config::Config& cfg) {
   std::unique_ptr<outbox::Outbox> ob;
   try {
     ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
-    std::string result = ob->integrity_check();
-    if (result == "ok") {
+    auto result = ob->integrity_check();
+    if (!result) {
+      std::printf("outbox %s cannot be read: %s\n", cfg.outbox.path.c_str(),
+                  result.error().message().c_str());
+      if (result.error().code() != Status::Code::corrupt) return 1;
+    } else if (*result == "ok") {
       std::printf("outbox %s: integrity ok\n", cfg.outbox.path.c_str());
       return 0;
+    } else {
+      std::printf("outbox %s is damaged:\n%s\n", cfg.outbox.path.c_str(), result->c_str());
     }
-    std::printf("outbox %s is damaged:\n%s\n", cfg.outbox.path.c_str(), result.c_str());
   } catch (const std::exception& e) {
     std::printf("outbox %s cannot be read: %s\n", cfg.outbox.path.c_str(), e.what());
     // A directory, a permission, a foreign database: nothing .recover can fix.

@@ -1,14 +1,19 @@
 // Status: the outcome of an operation that can fail in an expected way
-// (disk full, I/O error, a busy database). Exceptions are kept for start-up
-// errors and bugs. A plain value; thread-safe to copy.
+// (disk full, I/O error, a busy database), and Result<T>: a value or the
+// Status that says why there is none (tl::expected). Exceptions are kept for
+// start-up errors and bugs. Plain values; thread-safe to copy.
+//
+// Both are [[nodiscard]]: an ignored failure is a compile error; where it is
+// really meant to be ignored, say why next to a (void) cast.
 #pragma once
 
 #include <string>
+#include <tl/expected.hpp>
 #include <utility>
 
 namespace tailbox {
 
-class Status {
+class [[nodiscard]] Status {
  public:
   enum class Code { ok, full, io_error, busy, corrupt, other };
 
@@ -26,5 +31,11 @@ class Status {
   Code code_ = Code::ok;
   std::string message_;
 };
+
+template <typename T>
+using Result = tl::expected<T, Status>;
+
+// The failure side of a Result: `return failed(status);`.
+inline tl::unexpected<Status> failed(Status status) { return tl::unexpected<Status>(std::move(status)); }
 
 }  // namespace tailbox

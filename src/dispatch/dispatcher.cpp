@@ -110,12 +110,12 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       std::vector<outbox::LeasedRow> out;
       auto& cur = cursor[static_cast<size_t>(lane)];
       for (int pass = 0; pass < 2 && out.empty(); ++pass) {
-        Status st;
-        auto rows = o.lease(cur, lane, lanes, max_rows, max_bytes, st);
-        if (!st) {
-          spdlog::warn("cannot lease rows from the outbox: {}", st.message());
+        auto leased_now = o.lease(cur, lane, lanes, max_rows, max_bytes);
+        if (!leased_now) {
+          spdlog::warn("cannot lease rows from the outbox: {}", leased_now.error().message());
           break;
         }
+        auto& rows = *leased_now;
         if (!rows.empty()) cur = rows.back().id;
         for (auto& r : rows)
           if (leased.insert(r.id).second) out.push_back(std::move(r));
@@ -263,9 +263,18 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       ++attempt;
       ++stats.retried;
       std::vector<int64_t> ids = ids_of(rows), dead;
-      co_await outbox.run([&](outbox::Outbox& o) {
-        return o.fail(ids, d.detail, cfg.delivery.max_attempts, dead);
+      auto failed_rows = co_await outbox.run([&](outbox::Outbox& o) {
+        return o.fail(ids, d.detail, cfg.delivery.max_attempts);
       });
+      if (failed_rows) {
+        dead = std::move(*failed_rows);
+      } else if (auto held = log_limit.allow("fail")) {
+        // The attempt is not counted (the rows stay pending, unchanged): the
+        // retry goes on; max_attempts is reached later than configured.
+        spdlog::warn("cannot count a failed attempt on {} rows in the outbox: {}{}", ids.size(),
+                     failed_rows.error().message(),
+                     *held ? " (" + std::to_string(*held) + " similar failures not logged)" : "");
+      }
       milliseconds delay = std::max(policy.delay(attempt, w.rng), d.retry_after);
       if (auto held = log_limit.allow("retry"))
         spdlog::warn("{} failed ({}), attempt {}; retrying {} rows in {} ms{}", sink.name(),

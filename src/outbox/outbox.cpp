@@ -37,6 +37,18 @@ Status from_exception(const SQLite::Exception& e) {
   return Status::error(c, e.what());
 }
 
+// Runs `body` and turns SQLite and hook exceptions into a failed Result.
+template <typename F>
+auto guarded_result(F&& body) -> Result<decltype(body())> {
+  try {
+    return body();
+  } catch (const SQLite::Exception& e) {
+    return failed(from_exception(e));
+  } catch (const std::exception& e) {
+    return failed(Status::error(Status::Code::other, e.what()));
+  }
+}
+
 // Runs `body` and turns SQLite and hook exceptions into a Status.
 template <typename F>
 Status guarded(F&& body) {
@@ -561,7 +573,8 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
   return std::unique_ptr<Outbox>(new Outbox(std::move(impl)));
 }
 
-std::vector<TrackedFile> Outbox::tracked_files() {
+Result<std::vector<TrackedFile>> Outbox::tracked_files() {
+  return guarded_result([&] {
   std::vector<TrackedFile> out;
   SQLite::Statement q(*impl_->db, sql::kTrackedFiles);
   while (q.executeStep()) {
@@ -579,13 +592,12 @@ std::vector<TrackedFile> Outbox::tracked_files() {
     out.push_back(std::move(f));
   }
   return out;
+  });
 }
 
-std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std::string& path,
-                                            const FileIdentity& identity,
-                                            int64_t read_offset, Status& status) {
-  std::optional<TrackedFile> result;
-  status = guarded([&] {
+Result<TrackedFile> Outbox::add_file(const std::string& source, const std::string& path,
+                                     const FileIdentity& identity, int64_t read_offset) {
+  return guarded_result([&] {
     SQLite::Database& db = *impl_->db;
     // A uid already taken (same inode and first bytes seen before: truncation,
     // inode reuse) gets the next generation suffix.
@@ -622,9 +634,8 @@ std::optional<TrackedFile> Outbox::add_file(const std::string& source, const std
       std::lock_guard lock(impl_->files_mu);
       impl_->files[f.id] = std::make_shared<FileInfo>(FileInfo{source, path, uid});
     }
-    result = std::move(f);
+    return f;
   });
-  return status ? result : std::nullopt;
 }
 
 Status Outbox::update_path(int64_t file_id, const std::string& path) {
@@ -725,11 +736,11 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
   return impl_->track(st);
 }
 
-std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
-                                     int64_t max_bytes, Status& status) {
+Result<std::vector<LeasedRow>> Outbox::lease(int64_t after_id, int lane, int lanes,
+                                             int64_t max_rows, int64_t max_bytes) {
   std::vector<LeasedRow> out;
   SQLite::Statement& q = lanes > 1 ? *impl_->lease_lane : *impl_->lease_all;
-  status = guarded([&] {
+  Status status = guarded([&] {
     q.bind(1, after_id);
     q.bind(2, max_rows);
     if (lanes > 1) {
@@ -758,6 +769,7 @@ std::vector<LeasedRow> Outbox::lease(int64_t after_id, int lane, int lanes, int6
     }
   });
   q.tryReset();
+  if (!status) return failed(std::move(status));
   return out;
 }
 
@@ -857,9 +869,11 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
   return impl_->track(st);
 }
 
-Status Outbox::fail(std::span<const int64_t> ids, std::string_view error, int64_t max_attempts,
-                    std::vector<int64_t>& dead) {
+Result<std::vector<int64_t>> Outbox::fail(std::span<const int64_t> ids, std::string_view error,
+                                          int64_t max_attempts) {
+  std::vector<int64_t> dead;
   Status st = guarded([&] {
+    dead.clear();
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& q = *impl_->fail_row;
     for (int64_t id : ids) {
@@ -873,7 +887,8 @@ Status Outbox::fail(std::span<const int64_t> ids, std::string_view error, int64_
     tx.commit();
   });
   impl_->fail_row->tryReset();
-  return impl_->track(st);
+  if (!impl_->track(st)) return failed(std::move(st));
+  return dead;
 }
 
 Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
@@ -892,9 +907,9 @@ Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
   return impl_->track(st);
 }
 
-std::vector<bool> Outbox::rows_exist(const std::vector<std::string>& keys, Status& status) {
-  std::vector<bool> out(keys.size(), false);
-  status = guarded([&] {
+Result<std::vector<bool>> Outbox::rows_exist(const std::vector<std::string>& keys) {
+  return guarded_result([&] {
+    std::vector<bool> out(keys.size(), false);
     SQLite::Database& db = *impl_->db;
     SQLite::Statement q(db, sql::kRowForKey);
     SQLite::Transaction snapshot(db);   // rolled back at the end: it only reads
@@ -906,26 +921,27 @@ std::vector<bool> Outbox::rows_exist(const std::vector<std::string>& keys, Statu
       out[i] = q.executeStep();
       q.reset();
     }
+    return out;
   });
-  if (!status) out.assign(keys.size(), false);
-  return out;
 }
 
-std::vector<std::pair<int64_t, bool>> Outbox::file_rows(int64_t file_id, Status& status) {
-  std::vector<std::pair<int64_t, bool>> out;
-  status = guarded([&] {
+Result<std::vector<std::pair<int64_t, bool>>> Outbox::file_rows(int64_t file_id) {
+  return guarded_result([&] {
+    std::vector<std::pair<int64_t, bool>> out;
     SQLite::Statement q(*impl_->db, sql::kFileRows);
     q.bind(1, file_id);
     while (q.executeStep()) out.emplace_back(q.getColumn(0).getInt64(), q.getColumn(1).getInt() != 0);
+    return out;
   });
-  return out;
 }
 
-std::optional<std::string> Outbox::sink_state(const std::string& sink) {
-  SQLite::Statement q(*impl_->db, sql::kGetSinkState);
-  q.bind(1, sink);
-  if (q.executeStep()) return q.getColumn(0).getString();
-  return std::nullopt;
+Result<std::optional<std::string>> Outbox::sink_state(const std::string& sink) {
+  return guarded_result([&]() -> std::optional<std::string> {
+    SQLite::Statement q(*impl_->db, sql::kGetSinkState);
+    q.bind(1, sink);
+    if (q.executeStep()) return q.getColumn(0).getString();
+    return std::nullopt;
+  });
 }
 
 void Outbox::recount() {
@@ -1045,7 +1061,8 @@ void Outbox::set_fault_hook(std::function<void(std::string_view)> hook) {
   impl_->hook = std::move(hook);
 }
 
-Outbox::Summary Outbox::summary() {
+Result<Outbox::Summary> Outbox::summary() {
+  return guarded_result([&] {
   Summary s;
   SQLite::Database& db = *impl_->db;
   SQLite::Statement counts(db, sql::kCountsByState);
@@ -1064,9 +1081,11 @@ Outbox::Summary Outbox::summary() {
   while (dead.executeStep())
     s.dead_by_error.emplace_back(dead.getColumn(0).getString(), dead.getColumn(1).getInt64());
   return s;
+  });
 }
 
-std::string Outbox::integrity_check() {
+Result<std::string> Outbox::integrity_check() {
+  return guarded_result([&] {
   std::string out;
   SQLite::Statement q(*impl_->db, "PRAGMA integrity_check");
   while (q.executeStep()) {
@@ -1074,6 +1093,7 @@ std::string Outbox::integrity_check() {
     out += q.getColumn(0).getString();
   }
   return out;
+  });
 }
 
 }  // namespace tailbox::outbox

@@ -15,8 +15,9 @@
 // and lease() from one (other) thread or strand at a time: it has its own
 // read connection, so leasing runs beside appends and acks (AsyncOutbox has a
 // strand for each). backlog() may be read from any thread.
-// SQLite exceptions never leave this class: expected failures are Status
-// values; start-up failures throw OutboxError.
+// One error contract: every method that can fail returns a Status or a
+// Result<T> (core/status.hpp), both [[nodiscard]]; SQLite exceptions never
+// leave this class. Only open() throws (OutboxError), at start-up.
 #pragma once
 
 #include <atomic>
@@ -116,11 +117,10 @@ class Outbox {
 
   const std::string& path() const;
 
-  std::vector<TrackedFile> tracked_files();
-  // Adds a file and returns it with its id. `generation` disambiguates uids.
-  std::optional<TrackedFile> add_file(const std::string& source, const std::string& path,
-                                      const FileIdentity& identity, int64_t read_offset,
-                                      Status& status);
+  Result<std::vector<TrackedFile>> tracked_files();
+  // Adds a file and returns it with its id and a uid no earlier file had.
+  Result<TrackedFile> add_file(const std::string& source, const std::string& path,
+                               const FileIdentity& identity, int64_t read_offset);
   Status update_path(int64_t file_id, const std::string& path);
   // The file is now found by another [[source]] (renamed, or its globs moved):
   // its uid and offset stay, its rows carry the new source name from now on.
@@ -133,8 +133,8 @@ class Outbox {
   // Up to max_rows pending rows (and about max_bytes) with id > after_id, in id
   // order; with lanes > 1 only files with file % lanes == lane. May run beside
   // the writer methods; sees every transaction committed before it starts.
-  std::vector<LeasedRow> lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
-                               int64_t max_bytes, Status& status);
+  Result<std::vector<LeasedRow>> lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
+                                       int64_t max_bytes);
   // Deletes delivered rows; with `sink_state`, stores (sink, value) in the same
   // transaction. `bytes` is the rows' payload size, for the backlog counter.
   // A delete that finds the disk full gives the reserve file back, checkpoints
@@ -142,9 +142,9 @@ class Outbox {
   Status ack(std::span<const int64_t> ids, int64_t bytes,
              const std::pair<std::string, std::string>* sink_state = nullptr);
   // Counts a failed attempt on each row and keeps `error`; rows that reach
-  // max_attempts (0: never) become dead; their ids are added to `dead`.
-  Status fail(std::span<const int64_t> ids, std::string_view error, int64_t max_attempts,
-              std::vector<int64_t>& dead);
+  // max_attempts (0: never) become dead: returns their ids.
+  Result<std::vector<int64_t>> fail(std::span<const int64_t> ids, std::string_view error,
+                                    int64_t max_attempts);
   // Marks rows dead at once (the sink rejected them).
   Status bury(std::span<const int64_t> ids, std::string_view error);
 
@@ -158,13 +158,14 @@ class Outbox {
   // part is not checked (an outbox belongs to one host); a key that does not
   // parse is false. Reads on the writer connection: call it where the writer
   // methods may be called, or on a read-only Outbox of its own (any thread).
-  std::vector<bool> rows_exist(const std::vector<std::string>& keys, Status& status);
+  Result<std::vector<bool>> rows_exist(const std::vector<std::string>& keys);
 
   // The rows of file `file_id` still in the outbox: (offset, dead), by offset.
   // For `tailbox audit`; any connection (read-only outboxes too).
-  std::vector<std::pair<int64_t, bool>> file_rows(int64_t file_id, Status& status);
+  Result<std::vector<std::pair<int64_t, bool>>> file_rows(int64_t file_id);
 
-  std::optional<std::string> sink_state(const std::string& sink);
+  // The state a sink committed with its last ack; nullopt if none yet.
+  Result<std::optional<std::string>> sink_state(const std::string& sink);
   // A sink's first state (what open() returned). Committed durably
   // (synchronous = FULL): a read-back after a power cut needs it.
   Status set_sink_state(const std::string& sink, const std::string& value);
@@ -211,9 +212,9 @@ class Outbox {
     int64_t oldest_pending_ms = 0;   // ingest time of the oldest pending row, 0 if none
     std::vector<std::pair<std::string, int64_t>> dead_by_error;
   };
-  Summary summary();
+  Result<Summary> summary();
   // PRAGMA integrity_check: "ok" or the problems found.
-  std::string integrity_check();
+  Result<std::string> integrity_check();
 
  private:
   struct Impl;

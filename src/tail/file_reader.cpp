@@ -291,15 +291,14 @@ asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
       co_return;
     }
   }
-  Status st;
   const std::string name = src_.name, path = r_->file.path;
   const int64_t old_id = r_->file.id;
-  auto fresh = co_await env_->outbox.run([&](outbox::Outbox& o) {
-    (void)o.release_file(old_id);
-    return o.add_file(name, path, *identity, 0, st);
+  auto fresh = co_await env_->outbox.run([&](outbox::Outbox& o) -> Result<outbox::TrackedFile> {
+    if (Status released = o.release_file(old_id); !released) return failed(std::move(released));
+    return o.add_file(name, path, *identity, 0);
   });
   if (!fresh) {
-    spdlog::error("cannot record truncated {}: {}", path, st.message());
+    spdlog::error("cannot record truncated {}: {}", path, fresh.error().message());
     co_await sleep(cfg_.tail.poll_interval);
     co_return;
   }

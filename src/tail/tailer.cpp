@@ -569,13 +569,12 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
 
     auto r = make_reader(source, fd);   // owns fd from here
-    Status st;
     const std::string name = source.name;
     const FileIdentity identity = *id;
     auto added = co_await env->outbox.run(
-        [&](outbox::Outbox& o) { return o.add_file(name, path, identity, start, st); });
+        [&](outbox::Outbox& o) { return o.add_file(name, path, identity, start); });
     if (!added) {
-      spdlog::error("cannot track {}: {}", path, st.message());
+      spdlog::error("cannot track {}: {}", path, added.error().message());
       co_return;   // r's destructor closes fd; the next scan tries again
     }
     r->file = *added;
@@ -585,8 +584,34 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     add_reader(r);
   }
 
+  // The checkpoints of files tracked before this start. Throws when the
+  // outbox cannot be read (the relay then stops: reading without them would
+  // read every file again under new uids).
+  asio::awaitable<void> load_checkpoints() {
+    auto files = co_await env->outbox.run([](outbox::Outbox& o) { return o.tracked_files(); });
+    if (!files)
+      throw std::runtime_error("cannot read the tracked files from the outbox: " +
+                               files.error().message());
+    for (auto& f : *files) {
+      fresh_outbox = false;
+      Key key{f.identity.dev, f.identity.inode};
+      if (f.released) {
+        // A .gz is read once: remember it so that its name is never read again.
+        if (is_gz(f.path)) skipped[key] = Skipped{Skipped::Why::released, f.identity};
+        continue;
+      }
+      // Kept whether or not its source is still configured: a source renamed,
+      // or a file moved to another source's globs, resumes at its offset.
+      if (!source_named(f.source))
+        spdlog::info("{} was read by source \"{}\", which the configuration no longer has; its "
+                     "position is kept for whichever source finds it", f.path, f.source);
+      known.emplace(key, std::move(f));
+    }
+  }
+
   asio::awaitable<void> run() {
     auto self = shared_from_this();
+    co_await load_checkpoints();
     watcher->start([self](std::span<const Watcher::Event> events) { self->on_events(events); });
     while (!env->stopping.load()) {
       scan_requested = false;
@@ -625,22 +650,6 @@ Tailer::Tailer(asio::any_io_executor executor, const config::Config& config,
                outbox::AsyncOutbox& outbox)
     : impl_(std::make_shared<Impl>(executor, config, outbox)) {
   raise_open_files_limit();
-  for (auto& f : outbox.unsafe_sync().tracked_files()) {
-    impl_->fresh_outbox = false;
-    Key key{f.identity.dev, f.identity.inode};
-    if (f.released) {
-      // A .gz is read once: remember it so that its name is never read again.
-      if (is_gz(f.path))
-        impl_->skipped[key] = Impl::Skipped{Impl::Skipped::Why::released, f.identity};
-      continue;
-    }
-    // Kept whether or not its source is still configured: a source renamed,
-    // or a file moved to another source's globs, resumes at its offset.
-    if (!impl_->source_named(f.source))
-      spdlog::info("{} was read by source \"{}\", which the configuration no longer has; its "
-                   "position is kept for whichever source finds it", f.path, f.source);
-    impl_->known.emplace(key, std::move(f));
-  }
 }
 
 Tailer::~Tailer() = default;

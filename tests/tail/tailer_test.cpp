@@ -20,6 +20,7 @@
 
 #include "config/config.hpp"
 #include "outbox/async_outbox.hpp"
+#include "support/result.hpp"
 #include "support/temp_dir.hpp"
 #include "tail/watcher.hpp"
 
@@ -115,11 +116,11 @@ struct Relay {
   // REQUIRES: stopped.
   std::vector<outbox::LeasedRow> all_rows() {
     Status st;
-    auto rows = ob->unsafe_sync().lease(0, 0, 1, 1'000'000, 1LL << 40, st);
+    auto rows = testing::ok(ob->unsafe_sync().lease(0, 0, 1, 1'000'000, 1LL << 40));
     REQUIRE(st.is_ok());
     return rows;
   }
-  std::vector<outbox::TrackedFile> files() { return ob->unsafe_sync().tracked_files(); }
+  std::vector<outbox::TrackedFile> files() { return testing::ok(ob->unsafe_sync().tracked_files()); }
 };
 
 // Polling so slow that only events can explain prompt reading.
@@ -436,7 +437,7 @@ TEST_SUITE("tail.tailer") {
     std::filesystem::remove(relay.log("d.log"));
     relay.start();
     CHECK(eventually([&] {
-      for (const auto& f : relay.ob->unsafe_sync().tracked_files())
+      for (const auto& f : testing::ok(relay.ob->unsafe_sync().tracked_files()))
         if (f.released) return true;
       return false;
     }));
