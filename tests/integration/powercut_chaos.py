@@ -264,18 +264,16 @@ def check_tiling(wd, delivered, multiline, label, examples=5):
                 pieces += 1
             pos, ok = start, True
             for i, r in enumerate(inside):
-                if r.offset != pos:
-                    ok = False
-                    break
                 text = r.line or b""
-                if data[pos:pos + len(text)] != text:
+                if r.offset != pos or data[pos:pos + len(text)] != text:
                     ok = False
                     break
                 pos += len(text)
-                # The newline after a piece is the next record's (an empty
-                # line) when the timer cut the piece just before it.
-                next_here = i + 1 < len(inside) and inside[i + 1].offset == pos
-                if pos < end and data[pos:pos + 1] == b"\n" and not next_here:
+                # The record consumed the newline after its text, unless the
+                # next record starts right there (a piece flushed by the timer
+                # just before its newline: the late "\n" is a record of its own).
+                nxt = inside[i + 1].offset if i + 1 < len(inside) else end
+                if nxt == pos + 1 and data[pos:pos + 1] == b"\n":
                     pos += 1
             if not ok or pos != end:
                 got = " + ".join(f"@{r.offset} {r.line[:50]!r}({len(r.line)} bytes)" for r in inside)
@@ -343,7 +341,11 @@ class Scenario:
             tb.start()
             bitten = 0
             for k in range(self.cuts):
-                gap = rng.uniform(0.02, 0.3) if rng.random() < 0.15 else rng.uniform(*self.gap)
+                # Some cuts right after a start (while tailbox opens and scans).
+                if k > 0 and rng.random() < 0.15:
+                    gap = rng.uniform(0.02, 0.3)
+                else:
+                    gap = rng.uniform(*self.gap)
                 end = time.monotonic() + gap
                 while time.monotonic() < end:
                     tb.assert_alive(f"running before cut #{k + 1} (after a restart from a cut)")

@@ -278,7 +278,14 @@ static uint64_t file_size(int fd) {
 /* Journals a write of `len` bytes at `offset` (-1: the fd's position or EOF
  * with O_APPEND). REQUIRES: mu held, e != NULL. */
 static void before_write(struct inode_entry* e, int fd, int64_t offset, size_t len) {
-  uint64_t size = file_size(fd);
+  struct stat st;
+  if (fstat(fd, &st) != 0) return;
+  if (st.st_dev != e->dev || st.st_ino != e->ino) {
+    /* closed behind our back (a libc-internal close) and reused: not ours */
+    fd_inode[fd] = 0;
+    return;
+  }
+  uint64_t size = (uint64_t)st.st_size;
   if (offset < 0) {
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0 && (fl & O_APPEND)) offset = (int64_t)size;
