@@ -102,7 +102,7 @@ def case_outage(wd, cluster, tb, rng):
     w = h.Writer(wd, rng)
     w.burst(3_000)
     tb.start()
-    h.wait_until(lambda: h.pending_rows(wd) == 0, 60, "the first 3,000 lines", tailbox=tb)
+    h.wait_until(lambda: h.caught_up(wd, w.paths), 60, "the first 3,000 lines", tailbox=tb)
     h.log("all three brokers down for 6 s while lines are written")
     for b in (1, 2, 3):
         cluster.broker_down(b)
