@@ -168,12 +168,13 @@ Connection::~Connection() {
   }
 }
 
-void Connection::declare_queue(const std::string& queue, QueueType type, bool passive) {
+uint64_t Connection::declare_queue(const std::string& queue, QueueType type, bool passive) {
   last_used_ = steady_clock::now();
   amqp_table_entry_t args[] = {utf8_entry("x-queue-type", queue_type_name(type))};
   amqp_table_t table = passive ? amqp_empty_table : amqp_table_t{1, args};
-  amqp_queue_declare(h_->conn, 1, bytes(queue), passive, 1, 0, 0, table);
+  amqp_queue_declare_ok_t* ok = amqp_queue_declare(h_->conn, 1, bytes(queue), passive, 1, 0, 0, table);
   check_reply(passive ? "queue.declare (passive)" : "queue.declare");
+  return ok ? ok->message_count : 0;
 }
 
 void Connection::lock(const std::string& name) {

@@ -65,7 +65,9 @@ class Connection {
 
   // queue.declare on channel 1: durable with x-queue-type, or passive (the
   // queue must exist). A type mismatch is a ConnectionError (406).
-  void declare_queue(const std::string& queue, QueueType type, bool passive);
+  // Returns the broker's message count (for a stream: from its metrics, a
+  // few seconds late; never more than the stream's next offset).
+  uint64_t declare_queue(const std::string& queue, QueueType type, bool passive);
   // An exclusive, auto-delete queue of this connection: fails with code 405
   // (RESOURCE_LOCKED) while another connection holds it.
   void lock(const std::string& name);
