@@ -59,6 +59,7 @@ struct RabbitmqSink::Impl {
   // Stream only: every message of ours before it is confirmed or in `skip`.
   int64_t high = 0;
   std::optional<std::string> last_state;  // the last state handed out
+  clock_type::time_point last_advance{};
   std::string buffer;
 
   ~Impl() {
@@ -266,6 +267,25 @@ struct RabbitmqSink::Impl {
                  rb.seen, o.queue, from, skip.size() - held_before);
   }
 
+  // After a confirmed batch: the broker's message count, measured now, is
+  // at most the stream's next offset, so every message published from now on
+  // lands at or after it, and every earlier one of ours is confirmed (this
+  // batch's rows are deleted in the transaction that commits the state) or
+  // held in `skip`/`unsure`. It lags a few seconds behind (broker metrics):
+  // the state trails the stream's end by that much. At most once a second;
+  // a failure only leaves the state where it was.
+  void advance() {
+    const auto now = clock_type::now();
+    if (now - last_advance < std::chrono::seconds(1)) return;
+    last_advance = now;
+    try {
+      high = std::max(high, static_cast<int64_t>(conn->declare_queue(o.queue, o.queue_type, true)));
+    } catch (const std::exception& e) {
+      conn.reset();
+      spdlog::debug("{}: reading the stream's message count: {}", name, e.what());
+    }
+  }
+
   Delivery finish(std::optional<std::string> now) {
     if (!stream || now == last_state) return Delivery::delivered();
     last_state = now;
@@ -309,11 +329,7 @@ struct RabbitmqSink::Impl {
                                            "lines sent without an answer: ") + e.what());
       }
     }
-    if (stream) {
-      // A lower bound of the offset the batch lands at (see open()).
-      high = std::max(high, static_cast<int64_t>(conn->declare_queue(o.queue, o.queue_type, true)));
-    }
-    const int64_t bound = high;
+    const int64_t bound = high;  // every message of this batch lands at or after it
 
     struct Sent {
       std::string key;
@@ -395,6 +411,7 @@ struct RabbitmqSink::Impl {
 
     if (!failure) {
       for (const auto& key : hits) skip.erase(key);
+      if (stream) advance();
       return finish(stream ? std::optional<std::string>(state()) : std::nullopt);
     }
     // What the broker acked is stored: never published again. What it did not

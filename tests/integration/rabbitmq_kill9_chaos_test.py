@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Chaos: kill -9 tailbox while it publishes to a real rabbitmq-server; the
+stream queue must hold every line exactly once, a classic queue every line at
+least once. Seeded (the seed is printed; TAILBOX_SEED=N reruns it).
+
+AMQP 0-9-1 has no broker-side dedup: in a stream queue only the sink's
+read-back (open(): the stream from the committed offset up to a marker;
+before publishing again lines sent without an answer: the same) keeps a
+published-but-unconfirmed line from a second copy.
+
+1. stream: kill -9 at 5 random moments while lines are written (some torn),
+   the broker stopped and started again after the second; then more kills
+   in the middle of heavy deliveries until at least 2 restarts found
+   published-but-unconfirmed lines in the stream (tailbox logs how many; at
+   most 10 rounds). Exact at the end, line by line.
+2. classic queue: kill -9 at 3 random moments; every line at least once
+   (copies, counted by message_id, are allowed: that is the guarantee).
+3. a confirm that never comes: tailbox talks to the broker through a proxy
+   that, for a while, drops everything the broker sends (confirms included)
+   but passes what tailbox sends. A batch is then stored without an answer
+   and the attempt times out (timeout = "2s"). When answers pass again,
+   tailbox reconnects, reads the stream back and must not publish the stored
+   lines again: exact at the end.
+
+Exit 77 (skip) when rabbitmq-server is not installed (1 under CI=true).
+Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_kill9_chaos_test.py
+"""
+
+import os
+import random
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+import rabbitmq_case as rc  # noqa: E402
+import rabbitmq_server  # noqa: E402
+from nats_kill9_chaos_test import AnswerDropProxy, log_count  # noqa: E402  (a plain TCP proxy)
+
+READ_BACK = re.compile(r"read back (\d+) messages from offset (\d+): (\d+) of this host's")
+RECHECK = re.compile(r"read back (\d+) messages of stream \S+ from offset (\d+): (\d+) were stored")
+
+
+def read_backs(wd, pattern=READ_BACK):
+    try:
+        with open(wd.tailbox_log, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [tuple(int(x) for x in m.groups()) for m in pattern.finditer(text)]
+
+
+def write_for(w, rng, seconds, big=(50, 1500)):
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        w.burst(rng.randint(*big), torn=rng.random() < 0.2)
+        time.sleep(rng.uniform(0, 0.05))
+
+
+def case_stream_kill9(rs, wd, tb, rng):
+    queue = "kill9-stream"
+    rc.write_rabbitmq_config(wd, rs.port, queue, "stream")
+    w = h.Writer(wd, rng)
+    w.spread(5_000, 4)
+    tb.start()
+    for k in range(5):
+        write_for(w, rng, rng.uniform(0.3, 2.0))
+        tb.kill9()
+        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+        if k == 1:
+            t0 = time.monotonic()
+            rs.stop()
+            w.burst(rng.randint(500, 3000))
+            rs.start()
+            h.log(f"rabbitmq-server stopped and started again ({time.monotonic() - t0:.1f}s)")
+        elif rng.random() < 0.5:
+            w.burst(rng.randint(100, 2000))
+        tb.start()
+    found = sum(1 for _, _, skipped in read_backs(wd) if skipped > 0)
+    for k in range(10):
+        if found >= 2:
+            break
+        write_for(w, rng, rng.uniform(0.5, 1.5), big=(1000, 4000))
+        tb.kill9()
+        before = len(read_backs(wd))
+        tb.start()
+        h.wait_until(lambda: len(read_backs(wd)) > before, 60, "tailbox to read the stream back",
+                     tailbox=tb)
+        seen, after, skipped = read_backs(wd)[-1]
+        h.log(f"extra kill -9 #{k + 1}: read back {seen} messages from offset {after}, "
+              f"{skipped} published but unconfirmed")
+        found += skipped > 0
+    backs = read_backs(wd)
+    h.log(f"{len(backs)} read-backs at start; {found} found published-but-unconfirmed lines "
+          f"({sum(b[2] for b in backs)} lines in all)")
+    if found < 2:
+        h.fail(f"only {found} restarts found published-but-unconfirmed lines: the test did not "
+               "exercise the read-back")
+    w.burst(1_000)
+    rc.wait_all(rs.port, queue, wd, tb, w.paths, 120, "every line after the kills")
+    h.stop_clean(tb)
+    w.close()
+    rc.check_exact(rs.port, queue, w.paths)
+
+
+def case_classic_kill9(rs, wd, tb, rng):
+    queue = "kill9-classic"
+    rc.write_rabbitmq_config(wd, rs.port, queue, "classic")
+    w = h.Writer(wd, rng)
+    w.spread(3_000, 4)
+    tb.start()
+    for k in range(3):
+        write_for(w, rng, rng.uniform(0.3, 1.5))
+        tb.kill9()
+        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+        tb.start()
+    w.burst(1_000)
+    rc.wait_all(rs.port, queue, wd, tb, w.paths, 120, "every line after the kills")
+    h.stop_clean(tb)
+    w.close()
+    copies = rc.check_at_least_once(rs.port, queue, w.paths)
+    h.log(f"{copies} copies in the classic queue (at-least-once, as documented)")
+
+
+def case_confirm_timeout(rs, wd, tb, rng):
+    queue, warm, n = "no-confirm", 300, 3_000
+    proxy = AnswerDropProxy(rs.port)
+    try:
+        rc.write_rabbitmq_config(wd, proxy.port, queue, "stream",
+                                 delivery={"backoff_min": "100ms", "backoff_max": "500ms"},
+                                 sink_extra={"timeout": "2s"})
+        w = h.Writer(wd, rng)
+        w.spread(warm, 4)
+        tb.start()
+        rc.wait_all(rs.port, queue, wd, tb, w.paths, 60, f"the first {warm} lines")
+        proxy.drop(True)
+        failed = log_count(wd, "no publisher confirm for")
+        w.spread(n, 4)
+        h.wait_until(lambda: log_count(wd, "no publisher confirm for") > failed, 30,
+                     "an attempt to time out without confirms", interval=0.1, tailbox=tb)
+        h.log("a batch timed out without confirms; keeping the answers away 3 s more")
+        time.sleep(3)
+        proxy.drop(False)
+        rc.wait_all(rs.port, queue, wd, tb, w.paths, 90, "every line after the confirms came back")
+        h.stop_clean(tb)
+        w.close()
+        rechecks = read_backs(wd, RECHECK)
+        stored = sum(r[2] for r in rechecks)
+        h.log(f"{len(rechecks)} read-backs before publishing again; {stored} lines were stored "
+              f"without an answer and not published again")
+        if stored == 0:
+            h.fail("no line was found stored without an answer: the test did not exercise the "
+                   "read-back before a re-send")
+        rc.check_exact(rs.port, queue, w.paths)
+    finally:
+        proxy.close()
+
+
+def test():
+    seed = h.seed_from_env()
+    rng = random.Random(seed)
+    h.tailbox_bin()
+    rc.tool_bin()
+    with rabbitmq_server.RabbitServer() as rs:
+        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
+        rc.run_cases(rs, (("rabbitmq_stream_kill9", case_stream_kill9),
+                          ("rabbitmq_classic_kill9", case_classic_kill9),
+                          ("rabbitmq_confirm_timeout", case_confirm_timeout)), rng, seed)
+
+
+if __name__ == "__main__":
+    rabbitmq_server.require_rabbitmq_server()
+    h.main(test, "rabbitmq_kill9_chaos_test")
