@@ -49,6 +49,36 @@ def write_rabbitmq_config(wd, port, queue, queue_type="stream", sink_extra=None,
     return h.write_sink_config(wd, sink, host_id=HOST, **kwargs)
 
 
+def add_orphan_source(wd):
+    """Adds a [[source]] "orphan" (files <wd>/orphan/*.log) to wd.config; with
+    routing_key = "{source}" on amq.direct and only "app" bound, its lines are
+    unroutable. Returns the directory."""
+    orphan_dir = os.path.join(wd.root, "orphan")
+    os.makedirs(orphan_dir, exist_ok=True)
+    with open(wd.config) as f:
+        text = f.read()
+    extra = f'\n[[source]]\nname = "orphan"\npaths = ["{orphan_dir}/*.log"]\nread_from = "head"\n'
+    text = text.replace("\n[tail]\n", extra + "\n[tail]\n", 1)
+    with open(wd.config, "w") as f:
+        f.write(text)
+    r = h.run_cli(["check", "-c", wd.config])
+    if r.returncode != 0:
+        h.fail(f"tailbox check: {r.stdout}{r.stderr}")
+    return orphan_dir
+
+
+def check_dead_are(wd, expected_dead):
+    """The dead rows are exactly `expected_dead` ((path, offset)s), each with the 312 reason."""
+    dead = h.dead_rows(wd)
+    got = sorted((p, off) for off, p, _ in dead)
+    if got != sorted(expected_dead):
+        h.fail(f"{len(got)} dead rows, expected {len(expected_dead)} (the unroutable lines): "
+               f"{got[:5]} vs {sorted(expected_dead)[:5]}")
+    if not all("unroutable" in (e or "") and "312" in (e or "") for _, _, e in dead):
+        h.fail(f"a dead row's error does not say unroutable (312): {dead[0][2]!r}")
+    return dead[0][2] if dead else ""
+
+
 def count(port, queue):
     """The broker's message count (a stream's lags a few seconds); -1 on error."""
     try:

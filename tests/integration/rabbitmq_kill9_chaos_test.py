@@ -15,7 +15,13 @@ published-but-unconfirmed line from a second copy.
    most 10 rounds). Exact at the end, line by line.
 2. classic queue: kill -9 at 3 random moments; every line at least once
    (copies, counted by message_id, are allowed: that is the guarantee).
-3. a confirm that never comes: tailbox talks to the broker through a proxy
+3. unroutable lines under kill -9: the sink publishes through amq.direct
+   with routing_key "{source}"; "app" is bound to the stream, "orphan" is
+   not (mandatory). Orphan lines are mixed into the batches (each such batch
+   is rejected, split, its routed part acknowledged without a second copy)
+   while tailbox is killed 3 times: the orphan lines end up dead-lettered in
+   the outbox with the 312 reason, every app line exactly once in the stream.
+4. a confirm that never comes: tailbox talks to the broker through a proxy
    that, for a while, drops everything the broker sends (confirms included)
    but passes what tailbox sends. A batch is then stored without an answer
    and the attempt times out (timeout = "2s"). When answers pass again,
@@ -123,6 +129,41 @@ def case_classic_kill9(rs, wd, tb, rng):
     h.log(f"{copies} copies in the classic queue (at-least-once, as documented)")
 
 
+def case_unroutable_kill9(rs, wd, tb, rng):
+    queue = "kill9-routed"
+    rc.write_rabbitmq_config(wd, rs.port, queue, "stream",
+                             sink_extra={"exchange": "amq.direct", "routing_key": "{source}"})
+    orphan_dir = rc.add_orphan_source(wd)
+    tb.start()
+    h.wait_until(lambda: rc.count(rs.port, queue) >= 0, 60, "the stream declared", tailbox=tb)
+    rc.tool(rs.port, "bind", queue, "amq.direct", "app")
+    w = h.Writer(wd, rng)
+    orphan = h.Writer(wd, rng, files=("o.log",))
+    orphan.paths = [os.path.join(orphan_dir, "o.log")]
+    orphan.src.close()
+    orphan.src = h.SourceFiles(orphan.paths)
+    for k in range(3):
+        t_end = time.monotonic() + rng.uniform(0.5, 1.5)
+        while time.monotonic() < t_end:
+            w.burst(rng.randint(100, 1500), torn=rng.random() < 0.2)
+            if rng.random() < 0.3:
+                orphan.burst(rng.randint(1, 3))
+            time.sleep(rng.uniform(0, 0.05))
+        tb.kill9()
+        h.log(f"kill -9 #{k + 1}: {w.seq} app lines, {orphan.seq} orphan lines written; "
+              f"{h.pending_rows(wd)} pending, {len(h.dead_rows(wd))} dead")
+        tb.start()
+    paths = w.paths + orphan.paths
+    h.wait_until(lambda: h.caught_up_reading(wd, paths) and h.pending_rows(wd) == 0, 120,
+                 "every line delivered or dead", interval=0.5, tailbox=tb)
+    h.stop_clean(tb)
+    w.close()
+    orphan.close()
+    reason = rc.check_dead_are(wd, h.expected_from_files(orphan.paths).keys())
+    h.log(f"{orphan.seq} unroutable lines dead-lettered: {reason}")
+    rc.check_exact(rs.port, queue, w.paths)
+
+
 def case_confirm_timeout(rs, wd, tb, rng):
     queue, warm, n = "no-confirm", 300, 3_000
     proxy = AnswerDropProxy(rs.port)
@@ -166,6 +207,7 @@ def test():
         h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
         rc.run_cases(rs, (("rabbitmq_stream_kill9", case_stream_kill9),
                           ("rabbitmq_classic_kill9", case_classic_kill9),
+                          ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
                           ("rabbitmq_confirm_timeout", case_confirm_timeout)), rng, seed)
 
 
