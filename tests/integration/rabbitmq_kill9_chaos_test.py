@@ -28,6 +28,16 @@ published-but-unconfirmed line from a second copy.
    tailbox reconnects, reads the stream back and must not publish the stored
    lines again: exact at the end.
 
+5. the lock (one connection of a relay at a time): a proxy holds back
+   everything tailbox sends on its open connections (new connections pass).
+   The batch in flight never reaches the broker, times out, and tailbox opens
+   a new connection, which must wait: the broker still holds the old one
+   (the proxy keeps it open) and with it the lock queue. Then the proxy
+   delivers the held bytes (the batch is stored now) and closes the old
+   connection; tailbox gets the lock, reads the stream back and finds the
+   batch. Without the lock it would have read back before the late bytes
+   arrived and published the batch a second time.
+
 Exit 77 (skip) when rabbitmq-server is not installed (1 under CI=true).
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_kill9_chaos_test.py
 """
@@ -35,7 +45,9 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_kill9_chaos_
 import os
 import random
 import re
+import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -198,6 +210,154 @@ def case_confirm_timeout(rs, wd, tb, rng):
         proxy.close()
 
 
+class StallProxy:
+    """A TCP proxy. stall(): the connections open now stop forwarding what the
+    client sends (it is kept); new connections are not affected. release():
+    the kept bytes are sent to the broker, then those connections are closed."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lock = threading.Lock()
+        self.conns = []     # [client, server, held (bytearray or None), client_gone]
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            c = [client, server, None, False]
+            with self.lock:
+                self.conns.append(c)
+            threading.Thread(target=self._up, args=(c,), daemon=True).start()
+            threading.Thread(target=self._down, args=(c,), daemon=True).start()
+
+    def _up(self, c):
+        client, server = c[0], c[1]
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                data = b""
+            with self.lock:
+                if c[2] is not None:        # stalled: keep it, even the end
+                    if data:
+                        c[2] += data
+                        continue
+                    c[3] = True
+                    return
+            if not data:
+                break
+            try:
+                server.sendall(data)
+            except OSError:
+                break
+        for s in (client, server):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _down(self, c):
+        client, server = c[0], c[1]
+        while True:
+            try:
+                data = server.recv(65536)
+            except OSError:
+                return
+            if not data:
+                break
+            try:
+                client.sendall(data)
+            except OSError:
+                pass        # the client is gone; keep reading what the broker says
+        try:
+            client.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def stall(self):
+        with self.lock:
+            for c in self.conns:
+                c[2] = bytearray()
+
+    def release(self):
+        """Sends the kept bytes; returns how many."""
+        with self.lock:
+            stalled = [c for c in self.conns if c[2] is not None]
+        sent = 0
+        for c in stalled:
+            with self.lock:
+                data, c[2] = bytes(c[2]), None
+            try:
+                c[1].sendall(data)
+                sent += len(data)
+            except OSError:
+                pass
+        time.sleep(0.5)     # let the broker read them before the connection ends
+        for c in stalled:
+            for s in (c[0], c[1]):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return sent
+
+    def close(self):
+        self.listener.close()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            for s in (c[0], c[1]):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def case_lock(rs, wd, tb, rng):
+    queue, warm, n = "lock", 300, 2_000
+    proxy = StallProxy(rs.port)
+    try:
+        rc.write_rabbitmq_config(wd, proxy.port, queue, "stream",
+                                 delivery={"backoff_min": "100ms", "backoff_max": "500ms"},
+                                 sink_extra={"timeout": "2s", "heartbeat": "30s"})
+        w = h.Writer(wd, rng)
+        w.spread(warm, 4)
+        tb.start()
+        rc.wait_all(rs.port, queue, wd, tb, w.paths, 60, f"the first {warm} lines")
+        proxy.stall()
+        timeouts = log_count(wd, "no publisher confirm for")
+        w.spread(n, 4)
+        h.wait_until(lambda: log_count(wd, "no publisher confirm for") > timeouts, 30,
+                     "the held batch to time out", interval=0.1, tailbox=tb)
+        h.wait_until(lambda: log_count(wd, "is still held by another connection") > 0, 30,
+                     "the new connection to wait for the lock", interval=0.2, tailbox=tb)
+        before = rc.count(rs.port, queue)
+        held = proxy.release()
+        h.log(f"the new connection waited for the lock; released {held} held bytes")
+        rc.wait_all(rs.port, queue, wd, tb, w.paths, 90, "every line after the release")
+        h.stop_clean(tb)
+        w.close()
+        stored = sum(r[2] for r in read_backs(wd, RECHECK))
+        h.log(f"{stored} lines stored by the late bytes were found by the read-back "
+              f"(message count before the release: {before})")
+        if stored == 0:
+            h.fail("the read-back found none of the late batch: the test did not make the gap")
+        rc.check_exact(rs.port, queue, w.paths)
+    finally:
+        proxy.close()
+
+
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
@@ -208,7 +368,8 @@ def test():
         rc.run_cases(rs, (("rabbitmq_stream_kill9", case_stream_kill9),
                           ("rabbitmq_classic_kill9", case_classic_kill9),
                           ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
-                          ("rabbitmq_confirm_timeout", case_confirm_timeout)), rng, seed)
+                          ("rabbitmq_confirm_timeout", case_confirm_timeout),
+                          ("rabbitmq_lock", case_lock)), rng, seed)
 
 
 if __name__ == "__main__":
