@@ -6,8 +6,14 @@ namespace {
 
 std::string with_code(const char* what, const Failure& f) {
   std::string out = what;
-  if (f.code) out += " " + std::to_string(f.code);
-  if (!f.text.empty()) out += ": " + f.text;
+  if (f.code) {
+    out += ' ';
+    out += std::to_string(f.code);
+  }
+  if (!f.text.empty()) {
+    out += ": ";
+    out += f.text;
+  }
   return out;
 }
 
