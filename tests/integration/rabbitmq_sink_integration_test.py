@@ -20,6 +20,13 @@ line by line (key = message_id, path, offset, exact bytes) with the files.
    basic.return reason (312 NO_ROUTE); every "app" line is in the stream
    exactly once.
 
+4. idle longer than two heartbeats (heartbeat = "2s", 6 s without lines):
+   rabbitmq-c answers heartbeats only inside its calls, so the broker has
+   closed the connection by then; the sink must open a new one before
+   publishing, without a failed attempt, and the stream stays exact.
+
+5. a quorum queue (declared by tailbox): 5,000 lines, at-least-once check.
+
 Exit 77 (skip) when rabbitmq-server is not installed (1 under CI=true).
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_sink_integration_test.py
 """
@@ -117,6 +124,37 @@ def case_unroutable(rs, wd, tb, rng):
     rc.check_exact(rs.port, queue, w.paths)
 
 
+def case_idle(rs, wd, tb, rng):
+    queue = "logs-idle"
+    rc.write_rabbitmq_config(wd, rs.port, queue, "stream", sink_extra={"heartbeat": "2s"})
+    w = h.Writer(wd, rng)
+    w.spread(1_000, 4)
+    tb.start()
+    rc.wait_all(rs.port, queue, wd, tb, w.paths, 60, "the first 1,000 lines")
+    time.sleep(6)
+    w.spread(1_000, 4)
+    rc.wait_all(rs.port, queue, wd, tb, w.paths, 60, "the lines after the pause")
+    h.stop_clean(tb)
+    w.close()
+    with open(wd.tailbox_log, errors="replace") as f:
+        failed = [line for line in f if " failed (" in line]
+    if failed:
+        h.fail(f"a delivery failed after the idle pause: {failed[0].strip()}")
+    rc.check_exact(rs.port, queue, w.paths)
+
+
+def case_quorum(rs, wd, tb, rng):
+    queue = "logs-quorum"
+    rc.write_rabbitmq_config(wd, rs.port, queue, "quorum")
+    w = h.Writer(wd, rng)
+    w.spread(5_000, 4)
+    tb.start()
+    rc.wait_all(rs.port, queue, wd, tb, w.paths, 60, "5,000 lines")
+    h.stop_clean(tb)
+    w.close()
+    rc.check_at_least_once(rs.port, queue, w.paths)
+
+
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
@@ -126,7 +164,9 @@ def test():
         h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
         rc.run_cases(rs, (("rabbitmq_stream_outage", case_stream_outage),
                           ("rabbitmq_classic_outage", case_classic_outage),
-                          ("rabbitmq_unroutable", case_unroutable)), rng, seed)
+                          ("rabbitmq_unroutable", case_unroutable),
+                          ("rabbitmq_idle", case_idle),
+                          ("rabbitmq_quorum", case_quorum)), rng, seed)
 
 
 if __name__ == "__main__":
