@@ -24,7 +24,10 @@ namespace {
 constexpr const char* kHelp = R"(tailbox - ships log lines exactly once, through an SQLite outbox
 
 Usage:
-  tailbox run    -c FILE          tail the configured files and deliver their lines
+  tailbox run    -c FILE [--watch-config]
+                                  tail the configured files and deliver their lines;
+                                  SIGHUP (or a change of FILE with --watch-config)
+                                  reloads the configuration
   tailbox check  -c FILE          validate the configuration and exit
   tailbox check  -c FILE --outbox also run an integrity check on the outbox
   tailbox status -c FILE [--json] backlog, dead rows, and each file's progress
@@ -73,7 +76,7 @@ int main(int argc, char** argv) {
     return usage("unknown command \"" + command + "\"");
 
   std::string config_path, log_level, log_format;
-  bool json = false, outbox = false;
+  bool json = false, outbox = false, watch_config = false;
   tailbox::cli::AuditOptions audit;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -106,6 +109,8 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--outbox" && command == "check") {
       outbox = true;
+    } else if (a == "--watch-config" && command == "run") {
+      watch_config = true;
     } else if (a == "--help" || a == "-h") {
       std::cout << kHelp;
       return 0;
@@ -116,6 +121,8 @@ int main(int argc, char** argv) {
   if (config_path.empty()) return usage(command + " needs -c FILE");
 
   tailbox::config::Config cfg;
+  // Read before loading: a reload compares the file with what was loaded.
+  const std::string config_bytes = command == "run" ? tailbox::cli::file_bytes(config_path) : "";
   try {
     cfg = tailbox::config::load_file(config_path);
     if (!log_level.empty()) {
@@ -162,7 +169,18 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
   try {
-    return tailbox::cli::run_relay(std::move(cfg));
+    tailbox::cli::RunOptions run_options;
+  run_options.config_path = config_path;
+  run_options.config_bytes = config_bytes;
+  run_options.watch_config = watch_config;
+  run_options.argv.assign(argv, argv + argc);
+  int rc = tailbox::cli::run_relay(std::move(cfg), run_options);
+  if (rc == tailbox::cli::kReexec) {
+    tailbox::cli::exec_again(run_options.argv);
+    spdlog::error("cannot execute tailbox again to reload: {}", std::strerror(errno));
+    return 1;
+  }
+  return rc;
   } catch (const std::exception& e) {
     // Out of memory or threads while wiring the relay: an error, not an abort.
     spdlog::error("tailbox stopped: {}; exit 1", e.what());

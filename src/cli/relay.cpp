@@ -11,7 +11,12 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <functional>
 #include <thread>
 #include <mutex>
@@ -23,6 +28,7 @@
 #include "core/clock.hpp"
 #include "core/failure.hpp"
 #include "dispatch/dispatcher.hpp"
+#include "dispatch/record_builder.hpp"
 #include "metrics/http_server.hpp"
 #include "metrics/metrics.hpp"
 #include "outbox/async_outbox.hpp"
@@ -258,7 +264,45 @@ metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outb
 
 }  // namespace
 
-int run_relay(config::Config cfg) {
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+void exec_again(const std::vector<std::string>& argv) {
+  spdlog::default_logger()->flush();
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  // Every descriptor tailbox opens is O_CLOEXEC (the outbox lock too): the
+  // new image takes the lock again and opens the outbox as after a restart.
+  ::setenv("TAILBOX_RELOADED", "1", 1);
+  ::execv("/proc/self/exe", args.data());
+}
+
+config::Config load_and_validate(const std::string& path) {
+  config::Config cfg = config::load_file(path);
+  dispatch::RecordBuilder builder(cfg);
+  asio::io_context probe;
+  config::SinkConfig sink_copy = cfg.sink;
+  (void)sinks::make_sink(sink_copy, probe.get_executor());
+  return cfg;
+}
+
+namespace {
+
+// What a reload may not change while the process keeps its outbox lock.
+std::string reload_refusal(const config::Config& now, const config::Config& next) {
+  if (next.outbox.path != now.outbox.path)
+    return "[outbox] path cannot change on reload (the relay holds its outbox): restart tailbox";
+  return "";
+}
+
+}  // namespace
+
+int run_relay(config::Config cfg, const RunOptions& options) {
   asio::io_context ioc;
   std::unique_ptr<sinks::Sink> sink;
   std::unique_ptr<outbox::AsyncOutbox> outbox;
@@ -276,8 +320,8 @@ int run_relay(config::Config cfg) {
   }
 
   auto backlog = outbox->backlog();
-  spdlog::info("tailbox {} starting: host_id {}, outbox {} ({} rows waiting), sink {} ({})",
-               TAILBOX_VERSION, cfg.host_id, cfg.outbox.path, backlog.rows, sink->name(),
+  spdlog::info("tailbox {} {}: host_id {}, outbox {} ({} rows waiting), sink {} ({})",
+               TAILBOX_VERSION, std::getenv("TAILBOX_RELOADED") ? "started again (reload)" : "starting", cfg.host_id, cfg.outbox.path, backlog.rows, sink->name(),
                sink->guarantee());
   if (cfg.sink.type == "kafka" && cfg.outbox.synchronous != config::Synchronous::full)
     spdlog::warn("[outbox] synchronous is not \"full\": after a power loss, lines Kafka already "
@@ -323,16 +367,91 @@ int run_relay(config::Config cfg) {
 
   std::atomic<int> running{2};
   std::atomic<bool> failed{false};
+  std::atomic<bool> reexec{false};
   asio::signal_set signals(ioc, SIGINT, SIGTERM);
   asio::signal_set hangup(ioc, SIGHUP);
+  // Stops reading and delivery; past shutdown_timeout, `on_timeout` (exit as
+  // a crash would, or execute the binary again): unconfirmed rows stay in the
+  // outbox and are delivered (and deduplicated) after.
+  auto stop_all = [&](std::function<void()> on_timeout) {
+    tailer.stop();
+    dispatcher.stop();
+    try {
+      std::thread([timeout = cfg.delivery.shutdown_timeout, on_timeout] {
+        std::this_thread::sleep_for(timeout);
+        spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
+        spdlog::default_logger()->flush();
+        on_timeout();
+      }).detach();
+    } catch (const std::exception& e) {
+      // No thread to be had (memory, limits): the stop goes on without a deadline.
+      spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
+    }
+  };
+  // A reload: the new configuration is validated before anything stops; a
+  // refused one leaves the running relay as it is.
+  // Taken before the configuration was loaded: a change in between is seen.
+  const std::string loaded_bytes = options.config_bytes;
+  auto try_reload = [&](const char* why) {
+    if (options.config_path.empty()) return;
+    std::string bytes = file_bytes(options.config_path);
+    if (bytes == loaded_bytes) {
+      spdlog::info("{}: configuration {} unchanged; nothing to reload", why, options.config_path);
+      return;
+    }
+    config::Config next;
+    try {
+      next = load_and_validate(options.config_path);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: the new configuration is refused, the running one stays: {}", why,
+                    e.what());
+      return;
+    }
+    if (std::string refusal = reload_refusal(cfg, next); !refusal.empty()) {
+      spdlog::error("{}: the new configuration is refused, the running one stays: {}", why,
+                    refusal);
+      return;
+    }
+    if (next.host_id != cfg.host_id)
+      spdlog::warn("{}: host_id changes from {} to {}: every key changes, the destination cannot "
+                   "deduplicate across it", why, cfg.host_id, next.host_id);
+    if (stopping.exchange(true)) return;
+    spdlog::info("{}: configuration {} changed and is valid: reloading (reading stops at a "
+                 "committed chunk, in-flight batches finish within {} ms, then tailbox starts "
+                 "again in this process from the outbox's checkpoints)",
+                 why, options.config_path, cfg.delivery.shutdown_timeout.count());
+    reexec = true;
+    stop_all([argv = options.argv] {
+      exec_again(argv);
+      spdlog::error("cannot execute tailbox again to reload: {}; exit 1", std::strerror(errno));
+      spdlog::default_logger()->flush();
+      _exit(1);
+    });
+  };
   std::function<void()> wait_hangup = [&] {
     hangup.async_wait([&](const boost::system::error_code& ec, int) {
       if (ec) return;
       reopen_logs();
+      try_reload("SIGHUP");
       wait_hangup();
     });
   };
   wait_hangup();
+  asio::steady_timer watch_timer(ioc);
+  std::function<void()> watch_config = [&] {
+    watch_timer.expires_after(std::chrono::seconds(1));
+    watch_timer.async_wait([&](const boost::system::error_code& ec) {
+      if (ec || stopping.load()) return;
+      static std::string refused;   // the bytes last refused: told once
+      std::string bytes = file_bytes(options.config_path);
+      if (bytes != loaded_bytes && bytes != refused) {
+        try_reload("--watch-config");
+        if (!stopping.load()) refused = bytes;
+      }
+      watch_config();
+    });
+  };
+  if (options.watch_config) watch_config();
   // A failure anywhere (reported through core/failure.hpp) stops the whole
   // relay: reading stops at once, in-flight batches get shutdown_timeout to
   // finish, /readyz fails, and the exit code is 1. Unconfirmed rows stay in
@@ -375,6 +494,7 @@ int run_relay(config::Config cfg) {
     if (--running == 0) {
       signals.cancel();
       hangup.cancel();
+      watch_timer.cancel();
       if (http) http->stop();
       ioc.stop();   // idle keep-alive HTTP connections must not hold the exit up
     }
@@ -389,22 +509,11 @@ int run_relay(config::Config cfg) {
     if (ec) return;
     spdlog::info("signal {}: stopping; in-flight batches may finish within {} ms", signo,
                  cfg.delivery.shutdown_timeout.count());
-    if (stopping.exchange(true)) return;   // already stopping after a failure
-    tailer.stop();
-    dispatcher.stop();
+    reexec = false;                        // a stop signal wins over a reload under way
+    if (stopping.exchange(true)) return;   // already stopping after a failure or a reload
     // Past the timeout, exit as a crash would: every row not confirmed is still
     // in the outbox and will be delivered (and deduplicated) after a restart.
-    try {
-      std::thread([timeout = cfg.delivery.shutdown_timeout] {
-        std::this_thread::sleep_for(timeout);
-        spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
-        spdlog::default_logger()->flush();
-        _exit(0);
-      }).detach();
-    } catch (const std::exception& e) {
-      // No thread to be had (memory, limits): the stop goes on without a deadline.
-      spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
-    }
+    stop_all([] { _exit(0); });
   });
 
   asio::co_spawn(ioc, watch_outbox(*outbox, stopping), asio::detached);
@@ -451,6 +560,10 @@ int run_relay(config::Config cfg) {
   if (failed.load() || dispatcher.failed() || failure_reported()) {
     spdlog::error("tailbox stopped because of an unexpected error (see above); exit 1");
     return 1;
+  }
+  if (reexec.load()) {
+    spdlog::info("reloading: starting again with the new configuration");
+    return kReexec;
   }
   return 0;
 }

@@ -151,7 +151,8 @@ class Tailbox:
     `env`: extra environment variables for the process (e.g. an LD_PRELOAD shim).
     """
 
-    def __init__(self, wd, binary=None, config=None, env=None, preexec_fn=None):
+    def __init__(self, wd, binary=None, config=None, env=None, preexec_fn=None, run_args=()):
+        self.run_args = list(run_args)   # e.g. ["--watch-config"]
         self.wd = wd
         self.binary = binary or tailbox_bin()
         self.config = config or wd.config
@@ -175,7 +176,7 @@ class Tailbox:
         if self.logf is None:
             self.logf = open(self.wd.tailbox_log, "ab", buffering=0)
         self.logf.write(f"===== start #{self.starts} at {time.time():.3f} =====\n".encode())
-        self.proc = subprocess.Popen([self.binary, "run", "-c", self.config],
+        self.proc = subprocess.Popen([self.binary, "run", "-c", self.config, *self.run_args],
                                      stdin=subprocess.DEVNULL, stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      env=self.env, preexec_fn=self.preexec_fn)
