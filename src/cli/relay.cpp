@@ -24,6 +24,7 @@
 #include <boost/asio/this_coro.hpp>
 
 #include "cli/logging.hpp"
+#include "cli/status_page.hpp"
 #include "core/blocking.hpp"
 #include "core/clock.hpp"
 #include "core/failure.hpp"
@@ -141,6 +142,7 @@ struct SinkHealth {
   std::atomic<bool> open{false};
   mutable std::mutex mu;
   std::string last_error = "opening";
+  std::atomic<int64_t> last_error_ms{0};   // 0: no failure to open yet
   std::string error() const {
     std::lock_guard lock(mu);
     return last_error;
@@ -193,6 +195,7 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
     {
       std::lock_guard lock(health.mu);
       health.last_error = error;
+      health.last_error_ms = unix_ms();
     }
     if (attempt == 1 || attempt % 10 == 0)
       spdlog::warn("cannot open {} (attempt {}): {}; lines are kept in the outbox, retrying in {} ms",
@@ -260,6 +263,27 @@ metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outb
                            {"outbox_rows", backlog.rows},
                            {"last_delivery_ms", last_ok}};
   return {reason.empty() ? 200 : 503, "application/json", boost::json::serialize(body) + "\n"};
+}
+
+// What the status page shows of the running relay.
+LiveState live_state(const tail::TailStats& ts, const dispatch::DispatchStats& ds,
+                     const SinkHealth& sink) {
+  LiveState s;
+  s.lines_read = ts.lines_read.load();
+  s.rows_delivered = ds.delivered.load();
+  s.reader_paused = ts.paused.load();
+  s.files_followed = ts.files_active.load();
+  s.readers_failed = ts.readers_failed.load();
+  s.sink.open = sink.open.load();
+  s.sink.open_error_ms = sink.last_error_ms.load();
+  if (s.sink.open_error_ms) s.sink.open_error = sink.error();
+  s.sink.retries = ds.retried.load();
+  s.sink.dead_rows = ds.dead.load();
+  s.sink.in_flight_rows = ds.in_flight.load();
+  s.sink.last_success_ms = ds.last_success_ms.load();
+  s.sink.last_failure_ms = ds.last_failure_ms.load();
+  s.sink.last_error = ds.last_error();
+  return s;
 }
 
 }  // namespace
@@ -343,8 +367,12 @@ int run_relay(config::Config cfg, const RunOptions& options) {
   std::atomic<bool> stopping{false};
   metrics::Registry registry;
   register_metrics(registry, cfg, tailer, *outbox, dispatcher, *sink);
+  std::unique_ptr<StatusPage> status_page;
   std::unique_ptr<metrics::HttpServer> http;
   if (!cfg.metrics.listen.empty()) {
+    status_page = std::make_unique<StatusPage>(cfg, sink->name(), sink->guarantee(), [&] {
+      return live_state(tailer.stats(), dispatcher.stats(), sink_health);
+    });
     http = std::make_unique<metrics::HttpServer>(
         ioc.get_executor(), cfg.metrics.listen,
         [&](const std::string& path) -> metrics::Response {
@@ -353,7 +381,8 @@ int run_relay(config::Config cfg, const RunOptions& options) {
           if (path == "/healthz") return {200, "application/json", "{\"alive\":true}\n"};
           if (path == "/readyz")
             return readiness(cfg, *outbox, dispatcher.stats(), sink_health, tailer.stats(), stopping);
-          return {404, "text/plain", "try /metrics, /healthz or /readyz\n"};
+          if (auto page = status_page->handle(path)) return *page;
+          return {404, "text/plain", "try /, /status.json, /metrics, /healthz or /readyz\n"};
         });
     try {
       http->start();

@@ -6,31 +6,23 @@
 #include <cerrno>
 #include <cstdio>
 #include <iostream>
+#include <stdexcept>
 
 #include "core/clock.hpp"
 #include "outbox/outbox.hpp"
 
 namespace tailbox::cli {
 
-int show_status(const config::Config& cfg, bool json) {
-  std::unique_ptr<outbox::Outbox> ob;
-  try {
-    ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
-  } catch (const std::exception& e) {
-    std::cerr << "tailbox status: " << e.what() << "\n";
-    return 1;
-  }
-  auto summary = ob->summary();
-  auto tracked = summary ? ob->tracked_files() : failed(summary.error());
-  if (!tracked) {
-    std::cerr << "tailbox status: cannot read " << cfg.outbox.path << ": "
-              << tracked.error().message() << "\n";
-    return 1;
-  }
+boost::json::object outbox_status(const std::string& outbox_path, outbox::Outbox& reader,
+                                  int64_t now_ms) {
+  auto summary = reader.summary();
+  if (!summary) throw std::runtime_error(summary.error().message());
+  auto tracked = reader.tracked_files();
+  if (!tracked) throw std::runtime_error(tracked.error().message());
   const outbox::Outbox::Summary& s = *summary;
   const std::vector<outbox::TrackedFile>& files = *tracked;
-  int64_t now = unix_ms();
-  double oldest_age = s.oldest_pending_ms ? static_cast<double>(now - s.oldest_pending_ms) / 1000.0 : 0.0;
+  double oldest_age =
+      s.oldest_pending_ms ? static_cast<double>(now_ms - s.oldest_pending_ms) / 1000.0 : 0.0;
 
   boost::json::array jfiles;
   for (const auto& f : files) {
@@ -45,26 +37,47 @@ int show_status(const config::Config& cfg, bool json) {
   }
   boost::json::array jdead;
   for (const auto& [err, n] : s.dead_by_error) jdead.push_back({{"error", err}, {"rows", n}});
+  return {{"outbox", outbox_path},
+          {"pending_rows", s.pending},
+          {"pending_bytes", s.pending_bytes},
+          {"oldest_pending_age_seconds", oldest_age},
+          {"dead_rows", s.dead},
+          {"dead_by_error", std::move(jdead)},
+          {"files", std::move(jfiles)}};
+}
 
+int show_status(const config::Config& cfg, bool json) {
+  std::unique_ptr<outbox::Outbox> ob;
+  try {
+    ob = outbox::Outbox::open({cfg.outbox.path, cfg.outbox.synchronous, true});
+  } catch (const std::exception& e) {
+    std::cerr << "tailbox status: " << e.what() << "\n";
+    return 1;
+  }
+  boost::json::object o;
+  try {
+    o = outbox_status(cfg.outbox.path, *ob, unix_ms());
+  } catch (const std::exception& e) {
+    std::cerr << "tailbox status: cannot read " << cfg.outbox.path << ": " << e.what() << "\n";
+    return 1;
+  }
   if (json) {
-    boost::json::object o{{"outbox", cfg.outbox.path},
-                          {"pending_rows", s.pending},
-                          {"pending_bytes", s.pending_bytes},
-                          {"oldest_pending_age_seconds", oldest_age},
-                          {"dead_rows", s.dead},
-                          {"dead_by_error", jdead},
-                          {"files", jfiles}};
     std::cout << boost::json::serialize(o) << "\n";
     return 0;
   }
+  auto count = [&o](const char* key) { return static_cast<long long>(o.at(key).as_int64()); };
+  const auto& files = o.at("files").as_array();
   std::printf("outbox   %s\n", cfg.outbox.path.c_str());
-  std::printf("pending  %lld rows, %lld bytes; oldest pending %.1f s ago\n",
-              static_cast<long long>(s.pending), static_cast<long long>(s.pending_bytes), oldest_age);
-  std::printf("dead     %lld rows\n", static_cast<long long>(s.dead));
-  for (const auto& [err, n] : s.dead_by_error)
-    std::printf("         %8lld  %s\n", static_cast<long long>(n), err.c_str());
-  std::printf("files    %zu followed\n", jfiles.size());
-  for (const auto& jf : jfiles) {
+  std::printf("pending  %lld rows, %lld bytes; oldest pending %.1f s ago\n", count("pending_rows"),
+              count("pending_bytes"), o.at("oldest_pending_age_seconds").as_double());
+  std::printf("dead     %lld rows\n", count("dead_rows"));
+  for (const auto& jd : o.at("dead_by_error").as_array()) {
+    const auto& d = jd.as_object();
+    std::printf("         %8lld  %s\n", static_cast<long long>(d.at("rows").as_int64()),
+                d.at("error").as_string().c_str());
+  }
+  std::printf("files    %zu followed\n", files.size());
+  for (const auto& jf : files) {
     const auto& f = jf.as_object();
     int64_t size = f.at("size").as_int64();
     std::string sz = size < 0 ? std::string("(gone)") : std::to_string(size);

@@ -73,6 +73,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<Impl> {
         Response r = handler(path);
         res.result(static_cast<http::status>(r.status));
         res.set(http::field::content_type, r.content_type);
+        res.set("X-Content-Type-Options", "nosniff");
+        for (const auto& [name, value] : r.headers) res.set(name, value);
         if (req.method() == http::verb::get) res.body() = std::move(r.body);
       }
       res.prepare_payload();

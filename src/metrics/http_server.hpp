@@ -1,6 +1,7 @@
-// HttpServer: a small HTTP/1.1 server (Boost.Beast) for /metrics, /healthz and
-// /readyz. GET only, keep-alive, a deadline on every read and write, one
-// coroutine per connection on the shared io_context.
+// HttpServer: a small HTTP/1.1 server (Boost.Beast) for /metrics, /healthz,
+// /readyz and the status page. Read-only: GET and HEAD; any other method is
+// answered 405 before the handler is called. Keep-alive, a deadline on every
+// read and write, one coroutine per connection on the shared io_context.
 //
 // Thread-safety: start() and port() before or while the io_context runs;
 // stop() from any thread. The handler is called on the connection's strand
@@ -12,6 +13,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace tailbox::metrics {
 
@@ -19,6 +22,7 @@ struct Response {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  std::vector<std::pair<std::string, std::string>> headers = {};   // extra, e.g. a CSP
 };
 
 class HttpServer {
