@@ -185,6 +185,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       readers.push_back(r);
     }
     by_path[r->file.path] = r;
+    // Followed from now on, also for the rest of this scan: a rename between
+    // the listing and open() can show the same file under a second name.
+    by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
     ++running_readers;
     ++env->stats.files_active;
     asio::co_spawn(r->strand, read_file(env, r),
@@ -311,7 +314,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
           if (auto it = skipped.find(key);
               it != skipped.end() && it->second.size == f.size && it->second.mtime_ms == f.mtime_ms)
             continue;
-          co_await discover(source, f.path, key, now, replaced);
+          co_await discover(source, f.path, now, replaced);
         }
       }
     }
@@ -462,8 +465,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   }
 
   // A file no reader follows: resume its checkpoint, skip it, or follow it as new.
+  // What is matched is the identity of the descriptor opened, never the
+  // listing's (logrotate may rename between the two).
   asio::awaitable<void> discover(const config::SourceConfig& source, const std::string& path,
-                                 Key listed, int64_t now, std::set<int64_t>& replaced) {
+                                 int64_t now, std::set<int64_t>& replaced) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
       const int err = errno;
@@ -487,7 +492,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     // What was opened decides, not what the listing said: logrotate may have
     // renamed another file to this name in between.
     const Key key{id->dev, id->inode};
-    if (key != listed && by_inode.count(key)) {
+    if (by_inode.count(key)) {
       ::close(fd);   // a followed file, renamed under this name: the next scan follows it
       retry_soon = true;
       co_return;
