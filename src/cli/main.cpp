@@ -34,7 +34,8 @@ Usage:
   tailbox audit  -c FILE [--source NAME] [--since TIME] [--json]
                                   did every line read arrive exactly once? Reads each
                                   followed file, derives its keys and asks the
-                                  destination (sqlite inbox, file sink); read-only
+                                  destination (sqlite inbox, postgres, file sink);
+                                  read-only
   tailbox --version | --help
 
 Options:

@@ -1,11 +1,14 @@
 #include "sinks/key_reader.hpp"
 
 #include <SQLiteCpp/SQLiteCpp.h>
+#include <libpq-fe.h>
 
 #include <boost/json.hpp>
 #include <fstream>
 #include <stdexcept>
 #include <unordered_map>
+
+#include "core/secret.hpp"
 
 namespace tailbox::sinks {
 namespace {
@@ -80,6 +83,74 @@ class NdjsonKeys : public KeyReader {
   int64_t unreadable_ = 0;
 };
 
+// PostgreSQL: the table's `key` column is its unique key (at most one copy).
+// One read-only transaction (READ ONLY, REPEATABLE READ) per count() call.
+class PostgresKeys : public KeyReader {
+ public:
+  PostgresKeys(const std::string& conninfo, const std::string& password, const std::string& table)
+      : table_(table) {
+    const char* keywords[] = {"client_encoding", "application_name", "dbname", "password", nullptr};
+    const char* values[] = {"UTF8", "tailbox-audit", conninfo.c_str(),
+                            password.empty() ? nullptr : password.c_str(), nullptr};
+    if (password.empty()) keywords[3] = nullptr;
+    conn_ = PQconnectdbParams(keywords, values, 1);
+    if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
+      std::string why = conn_ ? PQerrorMessage(conn_) : "out of memory";
+      while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+      throw std::runtime_error("cannot connect to PostgreSQL for the audit: " + why);
+    }
+  }
+  ~PostgresKeys() override {
+    if (conn_) PQfinish(conn_);
+  }
+  std::vector<int64_t> count(const std::vector<std::string>& keys) override {
+    // Keys as one text[] literal: {"k1","k2",...} (keys hold no '"' or '\\').
+    std::string array = "{";
+    for (const auto& k : keys) {
+      if (array.size() > 1) array += ',';
+      array += '"';
+      for (char c : k) {
+        if (c == '"' || c == '\\') array += '\\';
+        array += c;
+      }
+      array += '"';
+    }
+    array += '}';
+    const std::string sql = "SELECT key, count(*) FROM " + table_ +
+                            " WHERE key = ANY($1::text[]) GROUP BY key";
+    const char* params[] = {array.c_str()};
+    run("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    PGresult* r = PQexecParams(conn_, sql.c_str(), 1, nullptr, params, nullptr, nullptr, 0);
+    std::unordered_map<std::string, int64_t> found;
+    const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    std::string why = ok ? "" : PQresultErrorMessage(r);
+    if (ok)
+      for (int i = 0; i < PQntuples(r); ++i)
+        found[PQgetvalue(r, i, 0)] = std::stoll(PQgetvalue(r, i, 1));
+    PQclear(r);
+    run("ROLLBACK");
+    if (!ok) throw std::runtime_error("reading " + table_ + ": " + why);
+    std::vector<int64_t> out;
+    out.reserve(keys.size());
+    for (const auto& k : keys) {
+      auto it = found.find(k);
+      out.push_back(it == found.end() ? 0 : it->second);
+    }
+    return out;
+  }
+
+ private:
+  void run(const char* sql) {
+    PGresult* r = PQexec(conn_, sql);
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    std::string why = ok ? "" : PQresultErrorMessage(r);
+    PQclear(r);
+    if (!ok) throw std::runtime_error(std::string(sql) + ": " + why);
+  }
+  PGconn* conn_ = nullptr;
+  std::string table_;
+};
+
 }  // namespace
 
 std::unique_ptr<KeyReader> make_key_reader(const config::SinkConfig& sink, std::string& why_not) {
@@ -93,6 +164,13 @@ std::unique_ptr<KeyReader> make_key_reader(const config::SinkConfig& sink, std::
       return nullptr;
     }
     return std::make_unique<NdjsonKeys>(s.required_string("path"));
+  }
+  if (sink.type == "postgres") {
+    const std::string conninfo = s.required_string("conninfo");
+    const std::string file = s.string("password_file", ""), env = s.string("password_env", "");
+    const std::string password =
+        file.empty() && env.empty() ? std::string() : read_secret("password", file, env);
+    return std::make_unique<PostgresKeys>(conninfo, password, s.string("table", "tailbox_logs"));
   }
   if (sink.type == "http")
     why_not = "an HTTP receiver cannot be asked which keys it holds";

@@ -30,10 +30,12 @@ Exit 77 (skip) when PostgreSQL 15 is not installed.
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/postgres_sink_integration_test.py
 """
 
+import json
 import os
 import random
 import secrets
 import signal
+import subprocess
 import sys
 import time
 
@@ -217,6 +219,29 @@ def case_kill9(c, rng):
     h.stop_clean(c.tb)
     w.close()
     check_exact(c.pg, c.db, w.paths)
+    audit_postgres(c)
+
+
+def audit_postgres(c):
+    """`tailbox audit` against the table: clean, then a deleted row reported at its offset."""
+    def audit():
+        r = subprocess.run([h.tailbox_bin(), "audit", "-c", c.wd.config, "--json"],
+                           capture_output=True, text=True, timeout=120)
+        try:
+            return r.returncode, json.loads(r.stdout)
+        except ValueError:
+            h.fail(f"audit printed no JSON (exit {r.returncode}): {r.stdout!r} {r.stderr!r}")
+    rc, rep = audit()
+    if rc != 0 or not rep["clean"]:
+        h.fail(f"audit of an exact table should be clean: exit {rc}, {rep}")
+    path, offset = c.pg.rows("SELECT path, file_offset FROM tailbox_logs ORDER BY key LIMIT 1",
+                             c.db)[0]
+    c.pg.psql(f"DELETE FROM tailbox_logs WHERE path = '{path}' AND file_offset = {offset}", c.db)
+    rc, rep = audit()
+    f = next(f for f in rep["files"] if f["path"] == path)
+    if rc != 1 or f["missing"] != 1 or f["missing_offsets"] != [int(offset)]:
+        h.fail(f"audit should report the deleted row missing at {path}@{offset}: exit {rc}, {f}")
+    h.log(f"audit: clean, then the deleted row reported missing at {os.path.basename(path)}@{offset}")
 
 
 def case_poison(c, rng):
