@@ -288,6 +288,10 @@ LiveState live_state(const tail::TailStats& ts, const dispatch::DispatchStats& d
 
 }  // namespace
 
+// A reload under way (read by the shutdown timer's thread, which may outlive
+// run_relay's frame).
+std::atomic<bool> g_reexec{false};
+
 std::string file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream out;
@@ -321,6 +325,10 @@ namespace {
 std::string reload_refusal(const config::Config& now, const config::Config& next) {
   if (next.outbox.path != now.outbox.path)
     return "[outbox] path cannot change on reload (the relay holds its outbox): restart tailbox";
+  if (next.host_id != now.host_id)
+    return "host_id cannot change on reload: it is part of every key, and rows waiting in the "
+           "outbox would reach the destination again under new keys; change it with a restart, "
+           "knowingly";
   return "";
 }
 
@@ -441,16 +449,15 @@ int run_relay(config::Config cfg, const RunOptions& options) {
                     refusal);
       return;
     }
-    if (next.host_id != cfg.host_id)
-      spdlog::warn("{}: host_id changes from {} to {}: every key changes, the destination cannot "
-                   "deduplicate across it", why, cfg.host_id, next.host_id);
     if (stopping.exchange(true)) return;
     spdlog::info("{}: configuration {} changed and is valid: reloading (reading stops at a "
                  "committed chunk, in-flight batches finish within {} ms, then tailbox starts "
                  "again in this process from the outbox's checkpoints)",
                  why, options.config_path, cfg.delivery.shutdown_timeout.count());
     reexec = true;
+    g_reexec = true;
     stop_all([argv = options.argv] {
+      if (!g_reexec.load()) _exit(0);   // a stop signal came after the reload began
       exec_again(argv);
       spdlog::error("cannot execute tailbox again to reload: {}; exit 1", std::strerror(errno));
       spdlog::default_logger()->flush();
@@ -539,6 +546,7 @@ int run_relay(config::Config cfg, const RunOptions& options) {
     spdlog::info("signal {}: stopping; in-flight batches may finish within {} ms", signo,
                  cfg.delivery.shutdown_timeout.count());
     reexec = false;                        // a stop signal wins over a reload under way
+    g_reexec = false;
     if (stopping.exchange(true)) return;   // already stopping after a failure or a reload
     // Past the timeout, exit as a crash would: every row not confirmed is still
     // in the outbox and will be delivered (and deduplicated) after a restart.

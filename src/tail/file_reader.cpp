@@ -120,11 +120,15 @@ class FileReading {
   // Whether reading pauses for backpressure. A file that no glob names any
   // more (rotated away, deleted) is read on: its unread bytes exist only
   // behind its descriptor, and a stop or a crash would lose them.
-  bool paused() const { return !r_->gone.load() && env_->paused(); }
+  // The disk's headroom is kept for them too: acks need it.
+  bool paused() const {
+    return env_->paused() && (!r_->gone.load() || env_->outbox.backlog().disk_low);
+  }
   void start_over() {
     assembler_.reset();
     out_.clear();
     timer_cut_ = false;
+    timer_held_ = false;
     read_pos_ = committed_;
     big_read_ = false;
   }
@@ -143,6 +147,10 @@ class FileReading {
   bool big_read_ = false;   // a line longer than one chunk is being read
   // out_ holds a record whose end a timer decided (see outbox::Chunk::durable).
   bool timer_cut_ = false;
+  // The assembler holds an incomplete record with a line a timer cut (a
+  // multiline record being built): the commit that emits it must be durable
+  // too, whatever ends it later (a start line, multiline.max_bytes).
+  bool timer_held_ = false;
   milliseconds backoff_{0};
 };
 
@@ -213,7 +221,7 @@ asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
   chunk.next_offset = next;
   chunk.ingest_ms = unix_ms();
   chunk.lines = std::move(out_);
-  chunk.durable = timer_cut_;
+  chunk.durable = timer_cut_ || timer_held_;
   chunk.grown_fingerprint =
       grown_identity(r_->fd, r_->file.identity, cfg_.tail.fingerprint_bytes, file_size);
   Status st = co_await env_->outbox.append(chunk);
@@ -245,6 +253,7 @@ asio::awaitable<bool> FileReading::commit(int64_t next, int64_t file_size) {
   }
   out_.clear();
   timer_cut_ = false;
+  if (next >= read_pos_) timer_held_ = false;   // nothing incomplete is held any more
   assembler_.release();
   co_return true;
 }
@@ -316,21 +325,30 @@ asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
 
 asio::awaitable<void> FileReading::run_text() {
   const auto rotate_wait = cfg_.tail.rotate_wait;
-  while (!env_->stopping.load()) {
+  for (;;) {
+    // A stop (or a reload) ends reading at a committed chunk, except for a
+    // file no glob names any more: its unread bytes exist only behind this
+    // descriptor, so it is read to its end first (within shutdown_timeout).
+    const bool draining = env_->stopping.load();
+    if (draining && !r_->gone.load()) break;
     r_->woken = false;
     if (paused()) {
+      if (draining) break;
       co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
       continue;
     }
     struct stat st {};
-    if (!co_await look(st)) continue;
+    if (!co_await look(st)) {
+      if (draining) break;
+      continue;
+    }
     const int64_t size = st.st_size;
     const int64_t now = unix_ms();
     if (size < read_pos_) {
       co_await restart_truncated(size);
       continue;
     }
-    const bool quiet_for_rotation = r_->gone.load() && quiet_for(rotate_wait, now);
+    const bool quiet_for_rotation = r_->gone.load() && (draining || quiet_for(rotate_wait, now));
 
     bool at_end = size <= read_pos_;   // nothing left but, maybe, a partial line
     bool progressed = false;
@@ -360,6 +378,9 @@ asio::awaitable<void> FileReading::run_text() {
       const size_t before = out_.size();
       size_t used = assembler_.consume(buf_, read_pos_, flush, out_);
       if (flush && out_.size() > before) timer_cut_ = true;
+      if (flush && assembler_.checkpoint(read_pos_ + static_cast<int64_t>(used)) <
+                       read_pos_ + static_cast<int64_t>(used))
+        timer_held_ = true;
       if (used == 0 && !at_eof && !big_read_) {
         big_read_ = true;   // a line longer than a chunk: read up to max_line_bytes
         continue;
@@ -385,7 +406,10 @@ asio::awaitable<void> FileReading::run_text() {
 
     const int64_t next = assembler_.checkpoint(read_pos_);
     if (!out_.empty() || next != committed_) {
-      if (!co_await commit(next, size)) start_over();
+      if (!co_await commit(next, size)) {
+        start_over();
+        if (draining) break;   // the outbox fails: what is left is read after a restart, if it can be
+      }
       continue;   // more may be there already
     }
     if (progressed) continue;
@@ -396,6 +420,7 @@ asio::awaitable<void> FileReading::run_text() {
       // Rotated away or deleted, read to its end and quiet: let it go.
       if (co_await release("to the end")) break;
     }
+    if (draining) break;
     co_await idle(idle_time(size > read_pos_, now));
   }
 }

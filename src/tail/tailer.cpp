@@ -376,7 +376,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         spdlog::info("every file the globs name could be opened again");
       out_of_fds_told = out_of_fds;
     }
-    co_await settle_known(seen, replaced);
+    // A listing that failed somewhere is no evidence that a file is gone.
+    co_await settle_known(seen, replaced, !listing_incomplete);
     first_scan = false;
   }
 
@@ -404,13 +405,15 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
 
   // After each scan: releases the checkpointed files that are gone for sure;
   // the others wait for a later scan (their positions are kept).
-  asio::awaitable<void> settle_known(const std::set<Key>& seen, const std::set<int64_t>& replaced) {
+  asio::awaitable<void> settle_known(const std::set<Key>& seen, const std::set<int64_t>& replaced,
+                                     bool may_release) {
     std::vector<TrackedFile> gone;
     for (auto it = known.begin(); it != known.end();) {
       const TrackedFile& f = it->second;
       std::string why;
       if (!replaced.count(f.id)) {
         if (seen.count(it->first)) why = "a glob lists it but it could not be opened";
+        else if (!may_release) why = "a directory the globs read could not be listed";
         else why = still_there(f);
       }
       if (why.empty()) {
@@ -449,7 +452,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       ++env->stats.rotations;
       spdlog::info("{} is now {} (rotation)", old_path, path);
       int64_t fid = r->file.id;
-      co_await env->outbox.run([fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
+      if (Status st = co_await env->outbox.run(
+              [fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
+          !st)
+        spdlog::warn("cannot record the new path {} of file {}: {}", path, fid, st.message());
       {
         std::lock_guard lock(r->mu);
         r->file.path = path;
@@ -531,7 +537,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         spdlog::info("{} was rotated to {} while tailbox was stopped; finishing it",
                      r->file.path, path);
         int64_t fid = r->file.id;
-        co_await env->outbox.run([fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
+        if (Status st = co_await env->outbox.run(
+              [fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
+          !st)
+        spdlog::warn("cannot record the new path {} of file {}: {}", path, fid, st.message());
         r->file.path = path;
       }
       add_reader(r);

@@ -539,4 +539,48 @@ TEST_SUITE("tail.tailer") {
     CHECK(rows[1].payload == "abc");
     CHECK(rows[2].payload == "def");
   }
+
+  TEST_CASE("a multiline record holding a line cut by partial_line_timeout is committed durably") {
+    // The cut line waits in the record being built; a later start line ends
+    // the record. Re-read after a power cut, the same offset would start a
+    // longer record: its commit must be durable whatever ended it.
+    Relay relay(kFastPoll, "partial_line_timeout = \"100ms\"\nmultiline.start_pattern = \"^\\\\[\"");
+    std::atomic<int> durable{0};
+    relay.start();
+    relay.ob->unsafe_sync().set_fault_hook([&](std::string_view stage) {
+      if (stage == "append-commit-durable") ++durable;
+    });
+    append(relay.log("m.log"), "[1] abc");   // no newline: cut by the timer, held
+    std::this_thread::sleep_for(400ms);
+    CHECK(relay.rows() == 0);
+    append(relay.log("m.log"), "[2] def\n");  // a start line ends record [1]
+    REQUIRE(eventually([&] { return relay.rows() == 1; }));
+    relay.stop();
+    relay.ob->unsafe_sync().set_fault_hook(nullptr);
+    CHECK(durable.load() >= 1);
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 1);
+    CHECK(rows[0].payload == "[1] abc");
+  }
+
+  TEST_CASE("a stop reads a file no glob names any more to its end first") {
+    // Its unread bytes exist only behind the descriptor: after the stop no
+    // glob would find them again.
+    Relay relay("inotify = true\npoll_interval = \"1h\"\nread_interval = \"1h\"\n"
+                "recheck_interval = \"1h\"\nrotate_wait = \"30s\"\n");
+    std::string first, later;
+    for (int i = 0; i < 100; ++i) first += "first " + std::to_string(i) + "\n";
+    for (int i = 0; i < 50; ++i) later += "later " + std::to_string(i) + "\n";
+    append(relay.log("r.log"), first);
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 100; }));
+    std::filesystem::rename(relay.log("r.log"), relay.log("r.old"));   // out of the glob
+    std::this_thread::sleep_for(300ms);   // the rename's event: a scan marks it gone
+    append(relay.log("r.old"), later);    // nothing wakes its reader (rotate_wait is 30 s)
+    relay.stop();
+    int64_t later_rows = 0;
+    for (const auto& r : relay.all_rows())
+      if (r.payload.starts_with("later")) ++later_rows;
+    CHECK(later_rows == 50);
+  }
 }
