@@ -1,6 +1,7 @@
 #include "tail/file_reader.hpp"
 
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -109,6 +110,12 @@ class FileReading {
   // The file shrank below what was read, or its first bytes changed.
   asio::awaitable<void> restart_truncated(int64_t size);
   asio::awaitable<bool> release(const char* what);
+  // Whether the file may be closed now ([tail] close_inactive): read to its
+  // end, nothing pending, named by a glob, quiet long enough.
+  bool closable(int64_t size, int64_t now) const;
+  // Closes the file and waits until it changes; reopens it. False when the
+  // reader is done (the file went while closed: released) or stops.
+  asio::awaitable<bool> close_until_changed();
   // Whether the first bytes recorded in the identity are still the file's.
   bool prefix_changed() const;
   // Whether reading pauses for backpressure. A file that no glob names any
@@ -171,6 +178,7 @@ milliseconds FileReading::idle_time(bool partial_waits, int64_t now) const {
   if (partial_waits && src_.partial_line_timeout.count() > 0) until(src_.partial_line_timeout);
   if (assembler_.has_pending() && src_.multiline.timeout.count() > 0) until(src_.multiline.timeout);
   if (gone || r_->gzip) until(cfg_.tail.rotate_wait);
+  if (!gone && !r_->gzip && cfg_.tail.close_inactive.count() > 0) until(cfg_.tail.close_inactive);
   return d;
 }
 
@@ -255,6 +263,66 @@ asio::awaitable<bool> FileReading::release(const char* what) {
   spdlog::info("released {} after reading it {} ({} bytes)", r_->file.path, what, committed_);
   r_->done = true;
   co_return true;
+}
+
+bool FileReading::closable(int64_t size, int64_t now) const {
+  const auto after = cfg_.tail.close_inactive;
+  return after.count() > 0 && !r_->gzip && !r_->gone.load() && !r_->via_link.load() &&
+         read_pos_ >= size && committed_ == read_pos_ && out_.empty() &&
+         !assembler_.has_pending() && !big_read_ && quiet_for(after, now);
+}
+
+asio::awaitable<bool> FileReading::close_until_changed() {
+  std::string path;
+  {
+    std::lock_guard lock(r_->mu);
+    path = r_->file.path;
+  }
+  spdlog::debug("{}: quiet for close_inactive, closed at offset {}", path, committed_);
+  ::close(r_->fd);
+  r_->fd = -1;
+  r_->closed = true;
+  --env_->stats.files_open;
+  const FileIdentity& id = r_->file.identity;
+  while (!env_->stopping.load()) {
+    r_->woken = false;
+    if (r_->gone.load()) {
+      // No glob names it any more and nothing holds it open: deleted, or
+      // renamed out of the globs. What was written to it after it was closed
+      // cannot be read.
+      spdlog::warn("{} went (deleted, or renamed out of the globs) while closed for "
+                   "close_inactive; anything written to it after offset {} is not read",
+                   path, committed_);
+      if (co_await release("up to when it was closed")) co_return false;
+      co_await sleep(cfg_.tail.poll_interval);
+      continue;
+    }
+    {
+      std::lock_guard lock(r_->mu);
+      path = r_->file.path;   // the scan renames it (found by dev and inode)
+    }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == id.dev &&
+        static_cast<uint64_t>(st.st_ino) == id.inode &&
+        (st.st_size != last_size_ || mtime_ms(st) != last_mtime_)) {
+      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      struct stat fst {};
+      if (fd >= 0 && fstat(fd, &fst) == 0 && static_cast<uint64_t>(fst.st_dev) == id.dev &&
+          static_cast<uint64_t>(fst.st_ino) == id.inode) {
+        r_->fd = fd;
+        r_->closed = false;
+        ++env_->stats.files_open;
+        ++env_->stats.files_reopened;
+        spdlog::debug("{}: changed, reopened at offset {}", path, committed_);
+        co_return true;
+      }
+      if (fd >= 0) ::close(fd);   // renamed in between: the next scan finds it
+    }
+    // Unchanged, or its name names another file now: the scan either finds it
+    // under its new name (and wakes us) or sets gone.
+    co_await idle(kWokenOnly);
+  }
+  co_return false;
 }
 
 asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
@@ -391,6 +459,15 @@ asio::awaitable<void> FileReading::run_text() {
       // Rotated away or deleted, read to its end and quiet: let it go.
       if (co_await release("to the end")) break;
     }
+    if (closable(size, now)) {
+      if (!co_await close_until_changed()) break;
+      // Same dev and inode; the same file only if its first bytes are the same
+      // too (copytruncate, or the inode reused after a deletion: a new file).
+      struct stat again {};
+      if (co_await look(again) && (again.st_size < read_pos_ || prefix_changed()))
+        co_await restart_truncated(again.st_size);
+      continue;
+    }
     co_await idle(idle_time(size > read_pos_, now));
   }
 }
@@ -484,8 +561,11 @@ asio::awaitable<void> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<
   FileReading reading(env, r);
   if (r->gzip) co_await reading.run_gzip();
   else co_await reading.run_text();
-  ::close(r->fd);
-  r->fd = -1;
+  if (r->fd >= 0) {
+    ::close(r->fd);
+    r->fd = -1;
+    --env->stats.files_open;
+  }
 }
 
 }  // namespace tailbox::tail

@@ -9,6 +9,11 @@
 // recheck_interval) sees a size or mtime the reader has not seen. Elsewhere
 // (poll mode, a rotated-away file) it looks by itself every read_interval.
 //
+// A text file quiet for [tail] close_inactive, read to its end with nothing
+// pending, is closed: the reader keeps its state (identity, offset, path) and
+// waits to be woken (an event on its path, or the scan seeing its size or
+// mtime change, or its name gone), then reopens it by path, identity checked.
+//
 // Thread-safety: the reader coroutine owns `file`, `fd` and `timer`; the
 // tailer reads `file.path`/`file.identity` under `mu`, sets `gone`, and calls
 // wake() from any thread.
@@ -71,6 +76,7 @@ struct Reader : std::enable_shared_from_this<Reader> {
   std::mutex mu;
   std::atomic<int64_t> size_seen{-1}, mtime_seen{-1}, offset_now{0};
   std::atomic<bool> gone{false};    // no glob path names this file any more
+  std::atomic<bool> closed{false};  // fd closed for close_inactive: reopened when it changes
   std::atomic<bool> done{false};    // read to the end and released
   std::atomic<bool> woken{false};   // an event came since the reader last looked
   std::atomic<bool> via_link{false};  // named through a symbolic link: writes show up in

@@ -133,6 +133,15 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   asio::steady_timer scan_timer{strand};
   bool scan_requested = false;
   int64_t new_this_scan = 0;
+  // New files found by this scan, opened, waiting to be added to the outbox
+  // in one transaction (one sync for many files, not one each).
+  struct NewFile {
+    std::shared_ptr<Reader> reader;   // owns the descriptor
+    outbox::Outbox::NewFile row;
+  };
+  std::vector<NewFile> new_files;
+  std::set<Key> new_keys;
+  static constexpr size_t kNewBatch = 1000;
   static constexpr int64_t kAnnounced = 20;
   std::set<std::string> globs_seen;          // "source\nglob" expanded once: an empty one was warned
 
@@ -187,6 +196,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     by_path[r->file.path] = r;
     ++running_readers;
     ++env->stats.files_active;
+    ++env->stats.files_open;
     asio::co_spawn(r->strand, read_file(env, r),
                    [self = shared_from_this(), r](std::exception_ptr e) {
                      if (e) {
@@ -301,7 +311,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
           if (!seen.insert(key).second) continue;
           if (auto it = by_inode.find(key); it != by_inode.end()) {
             // A followed file: its reader keeps it open, so no other file can
-            // have this inode now; truncation is the reader's to see.
+            // have this inode now; truncation is the reader's to see. A reader
+            // closed for close_inactive checks the first bytes when it reopens
+            // (the inode may have been freed and reused by another file).
             co_await follow(it->second, f);
             continue;
           }
@@ -309,9 +321,11 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
               it != skipped.end() && it->second.size == f.size && it->second.mtime_ms == f.mtime_ms)
             continue;
           co_await discover(source, f.path, key, now, replaced);
+          if (new_files.size() >= kNewBatch) co_await add_new_files();
         }
       }
     }
+    co_await add_new_files();
     for (auto& [key, r] : by_inode) {
       bool gone = !seen.count(key);
       if (gone) {
@@ -566,21 +580,43 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         start = tail_start(fd, id->size);
     }
 
-    auto r = make_reader(source, fd);   // owns fd from here
-    Status st;
-    const std::string name = source.name;
-    const FileIdentity identity = *id;
-    auto added = co_await env->outbox.run(
-        [&](outbox::Outbox& o) { return o.add_file(name, path, identity, start, st); });
-    if (!added) {
-      spdlog::error("cannot track {}: {}", path, st.message());
-      co_return;   // r's destructor closes fd; the next scan tries again
+    if (!new_keys.insert(key).second) {
+      ::close(fd);   // renamed since another name of this scan found it: one reader
+      retry_soon = true;
+      co_return;
     }
-    r->file = *added;
-    // Thousands of files at start-up: name the first few, count the rest.
-    if (++new_this_scan <= kAnnounced)
-      spdlog::info("following {} (source {}, from byte {})", path, source.name, start);
-    add_reader(r);
+    new_files.push_back(
+        NewFile{make_reader(source, fd), outbox::Outbox::NewFile{source.name, path, *id, start}});
+  }
+
+  // Adds the new files found so far to the outbox, then starts their readers:
+  // a file's row is durable before any of its lines can be stored.
+  asio::awaitable<void> add_new_files() {
+    if (new_files.empty()) co_return;
+    std::vector<outbox::Outbox::NewFile> rows;
+    rows.reserve(new_files.size());
+    for (const NewFile& n : new_files) rows.push_back(n.row);
+    Status st;
+    auto added = co_await env->outbox.run(
+        [&](outbox::Outbox& o) { return o.add_files(rows, st); });
+    std::vector<NewFile> batch = std::move(new_files);
+    new_files.clear();
+    new_keys.clear();
+    if (!added) {
+      spdlog::error("cannot track {} new files ({} and others): {}; tried again", batch.size(),
+                    batch.front().row.path, st.message());
+      retry_soon = true;
+      co_return;   // the readers' destructors close the descriptors
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto& r = batch[i].reader;
+      r->file = (*added)[i];
+      // Thousands of files at start-up: name the first few, count the rest.
+      if (++new_this_scan <= kAnnounced)
+        spdlog::info("following {} (source {}, from byte {})", r->file.path, r->file.source,
+                     r->file.read_offset);
+      add_reader(r);
+    }
   }
 
   asio::awaitable<void> run() {
