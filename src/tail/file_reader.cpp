@@ -45,7 +45,14 @@ Reader::~Reader() {
 
 void Reader::wake() {
   if (woken.exchange(true)) return;   // already woken: the reader will look anyway
-  asio::post(strand, [self = shared_from_this()] { self->timer.cancel(); });
+  asio::post(strand, [self = shared_from_this()] {
+    // Parking and this run on the strand: a reader parks only if not woken.
+    if (!self->parked.exchange(false)) {
+      self->timer.cancel();
+      return;
+    }
+    if (auto env = self->env.lock(); env && env->spawn) env->spawn(self);
+  });
 }
 
 std::string dir_of(const std::string& path) {
@@ -92,9 +99,12 @@ class FileReading {
         assembler_(src_, r_->start),
         read_pos_(r_->file.read_offset),
         committed_(read_pos_),
-        last_change_ms_(unix_ms()) {}
+        last_size_(r_->size_seen.load()),
+        last_mtime_(r_->mtime_seen.load()),
+        last_change_ms_(r_->last_change_ms.load() > 0 ? r_->last_change_ms.load() : unix_ms()) {}
 
-  asio::awaitable<void> run_text();
+  // Both return true when the reader parks (see parkable()), false when done.
+  asio::awaitable<bool> run_text();
   asio::awaitable<void> run_gzip();
 
  private:
@@ -113,9 +123,20 @@ class FileReading {
   // Whether the file may be closed now ([tail] close_inactive): read to its
   // end, nothing pending, named by a glob, quiet long enough.
   bool closable(int64_t size, int64_t now) const;
-  // Closes the file and waits until it changes; reopens it. False when the
-  // reader is done (the file went while closed: released) or stops.
-  asio::awaitable<bool> close_until_changed();
+  // Nothing pending, read to its end: the reader's whole state is in *r_.
+  bool settled(int64_t size) const {
+    return !r_->gzip && !r_->gone.load() && read_pos_ >= size && committed_ == read_pos_ &&
+           out_.empty() && !assembler_.has_pending() && !big_read_;
+  }
+  // Whether the reader may end its coroutine until wake() starts another:
+  // settled, and something other than its own timer will wake it (an event,
+  // the scan). A parked file costs its Reader and, unless closed, a descriptor.
+  bool parkable(int64_t size) const;
+  void close_file();
+  enum class Reopen { reopened, unchanged, released };
+  // A closed file: reopened if it changed (same dev and inode); released if no
+  // glob names it any more.
+  asio::awaitable<Reopen> reopen();
   // Whether the first bytes recorded in the identity are still the file's.
   bool prefix_changed() const;
   // Whether reading pauses for backpressure. A file that no glob names any
@@ -140,7 +161,7 @@ class FileReading {
   std::string buf_;
   int64_t read_pos_;
   int64_t committed_;
-  int64_t last_size_ = -1, last_mtime_ = -1, last_change_ms_;
+  int64_t last_size_, last_mtime_, last_change_ms_;   // kept in *r_ while parked
   bool big_read_ = false;   // a line longer than one chunk is being read
   // out_ holds a record whose end a timer decided (see outbox::Chunk::durable).
   bool timer_cut_ = false;
@@ -195,6 +216,7 @@ asio::awaitable<bool> FileReading::look(struct stat& st) {
     last_size_ = size;
     last_mtime_ = mtime;
     last_change_ms_ = unix_ms();
+    r_->last_change_ms = last_change_ms_;
   }
   co_return true;
 }
@@ -267,62 +289,64 @@ asio::awaitable<bool> FileReading::release(const char* what) {
 
 bool FileReading::closable(int64_t size, int64_t now) const {
   const auto after = cfg_.tail.close_inactive;
-  return after.count() > 0 && !r_->gzip && !r_->gone.load() && !r_->via_link.load() &&
-         read_pos_ >= size && committed_ == read_pos_ && out_.empty() &&
-         !assembler_.has_pending() && !big_read_ && quiet_for(after, now);
+  return after.count() > 0 && !r_->via_link.load() && settled(size) && quiet_for(after, now);
 }
 
-asio::awaitable<bool> FileReading::close_until_changed() {
-  std::string path;
+bool FileReading::parkable(int64_t size) const {
+  if (!settled(size) || r_->woken.load()) return false;
+  if (r_->closed.load()) return true;   // the scan compares its size and mtime
+  std::string dir;
   {
     std::lock_guard lock(r_->mu);
-    path = r_->file.path;
+    dir = r_->dir;
   }
-  spdlog::debug("{}: quiet for close_inactive, closed at offset {}", path, committed_);
+  return !r_->via_link.load() && env_->watcher->covers(dir);
+}
+
+void FileReading::close_file() {
+  spdlog::debug("{}: quiet for close_inactive, closed at offset {}", r_->file.path, committed_);
   ::close(r_->fd);
   r_->fd = -1;
   r_->closed = true;
   --env_->stats.files_open;
-  const FileIdentity& id = r_->file.identity;
-  while (!env_->stopping.load()) {
-    r_->woken = false;
-    if (r_->gone.load()) {
-      // No glob names it any more and nothing holds it open: deleted, or
-      // renamed out of the globs. What was written to it after it was closed
-      // cannot be read.
-      spdlog::warn("{} went (deleted, or renamed out of the globs) while closed for "
-                   "close_inactive; anything written to it after offset {} is not read",
-                   path, committed_);
-      if (co_await release("up to when it was closed")) co_return false;
-      co_await sleep(cfg_.tail.poll_interval);
-      continue;
-    }
-    {
-      std::lock_guard lock(r_->mu);
-      path = r_->file.path;   // the scan renames it (found by dev and inode)
-    }
-    struct stat st {};
-    if (::stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == id.dev &&
-        static_cast<uint64_t>(st.st_ino) == id.inode &&
-        (st.st_size != last_size_ || mtime_ms(st) != last_mtime_)) {
-      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-      struct stat fst {};
-      if (fd >= 0 && fstat(fd, &fst) == 0 && static_cast<uint64_t>(fst.st_dev) == id.dev &&
-          static_cast<uint64_t>(fst.st_ino) == id.inode) {
-        r_->fd = fd;
-        r_->closed = false;
-        ++env_->stats.files_open;
-        ++env_->stats.files_reopened;
-        spdlog::debug("{}: changed, reopened at offset {}", path, committed_);
-        co_return true;
-      }
-      if (fd >= 0) ::close(fd);   // renamed in between: the next scan finds it
-    }
-    // Unchanged, or its name names another file now: the scan either finds it
-    // under its new name (and wakes us) or sets gone.
-    co_await idle(kWokenOnly);
+}
+
+asio::awaitable<FileReading::Reopen> FileReading::reopen() {
+  std::string path;
+  {
+    std::lock_guard lock(r_->mu);
+    path = r_->file.path;   // the scan renames it (found by dev and inode)
   }
-  co_return false;
+  if (r_->gone.load()) {
+    // No glob names it any more and nothing holds it open: deleted, or
+    // renamed out of the globs. What was written to it after it was closed
+    // cannot be read.
+    spdlog::warn("{} went (deleted, or renamed out of the globs) while closed for "
+                 "close_inactive; anything written to it after offset {} is not read",
+                 path, committed_);
+    if (co_await release("up to when it was closed")) co_return Reopen::released;
+    co_await sleep(cfg_.tail.poll_interval);
+    co_return Reopen::unchanged;
+  }
+  const FileIdentity& id = r_->file.identity;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != id.dev ||
+      static_cast<uint64_t>(st.st_ino) != id.inode ||
+      (st.st_size == last_size_ && mtime_ms(st) == last_mtime_))
+    co_return Reopen::unchanged;   // or renamed: the scan finds it by dev and inode, or sets gone
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat fst {};
+  if (fd < 0 || fstat(fd, &fst) != 0 || static_cast<uint64_t>(fst.st_dev) != id.dev ||
+      static_cast<uint64_t>(fst.st_ino) != id.inode) {
+    if (fd >= 0) ::close(fd);   // renamed in between: the next scan finds it
+    co_return Reopen::unchanged;
+  }
+  r_->fd = fd;
+  r_->closed = false;
+  ++env_->stats.files_open;
+  ++env_->stats.files_reopened;
+  spdlog::debug("{}: changed, reopened at offset {}", path, committed_);
+  co_return Reopen::reopened;
 }
 
 asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
@@ -377,10 +401,25 @@ asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
   last_size_ = -1;
 }
 
-asio::awaitable<void> FileReading::run_text() {
+asio::awaitable<bool> FileReading::run_text() {
   const auto rotate_wait = cfg_.tail.rotate_wait;
   while (!env_->stopping.load()) {
     r_->woken = false;
+    if (r_->closed.load()) {
+      Reopen what = co_await reopen();
+      if (what == Reopen::released) break;
+      if (what == Reopen::unchanged) {
+        if (parkable(read_pos_)) co_return true;
+        co_await idle(kWokenOnly);
+        continue;
+      }
+      // Same dev and inode; the same file only if its first bytes are the
+      // same too (copytruncate, or the inode freed and reused: a new file).
+      struct stat again {};
+      if (co_await look(again) && (again.st_size < read_pos_ || prefix_changed()))
+        co_await restart_truncated(again.st_size);
+      continue;
+    }
     if (paused()) {
       co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
       continue;
@@ -460,16 +499,13 @@ asio::awaitable<void> FileReading::run_text() {
       if (co_await release("to the end")) break;
     }
     if (closable(size, now)) {
-      if (!co_await close_until_changed()) break;
-      // Same dev and inode; the same file only if its first bytes are the same
-      // too (copytruncate, or the inode reused after a deletion: a new file).
-      struct stat again {};
-      if (co_await look(again) && (again.st_size < read_pos_ || prefix_changed()))
-        co_await restart_truncated(again.st_size);
+      close_file();
       continue;
     }
+    if (parkable(size)) co_return true;
     co_await idle(idle_time(size > read_pos_, now));
   }
+  co_return false;
 }
 
 // A .gz file: decompressed once from the start (or from its checkpoint after a
@@ -557,15 +593,31 @@ asio::awaitable<void> FileReading::run_gzip() {
 
 }  // namespace
 
-asio::awaitable<void> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r) {
+asio::awaitable<bool> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r) {
   FileReading reading(env, r);
   if (r->gzip) co_await reading.run_gzip();
-  else co_await reading.run_text();
+  else if (co_await reading.run_text()) {
+    r->parked = true;   // wake() starts another coroutine
+    co_return true;
+  }
   if (r->fd >= 0) {
     ::close(r->fd);
     r->fd = -1;
     --env->stats.files_open;
   }
+  co_return false;
+}
+
+void close_if_parked(const std::shared_ptr<ReaderEnv>& env, const std::shared_ptr<Reader>& r) {
+  asio::post(r->strand, [env, r] {
+    if (!r->parked.load() || r->closed.load() || r->fd < 0) return;   // woken meanwhile
+    spdlog::debug("{}: quiet for close_inactive, closed at offset {}", r->file.path,
+                  r->offset_now.load());
+    ::close(r->fd);
+    r->fd = -1;
+    r->closed = true;
+    --env->stats.files_open;
+  });
 }
 
 }  // namespace tailbox::tail

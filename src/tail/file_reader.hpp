@@ -24,6 +24,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,6 +41,8 @@ class AsyncOutbox;
 
 namespace tailbox::tail {
 
+struct Reader;
+
 // What the tailer and every reader share. Outlives the readers (shared_ptr).
 struct ReaderEnv {
   ReaderEnv(const config::Config& c, outbox::AsyncOutbox& o) : cfg(c), outbox(o) {}
@@ -48,6 +51,9 @@ struct ReaderEnv {
   TailStats stats;
   std::shared_ptr<Watcher> watcher;   // set before the first reader starts
   std::atomic<bool> stopping{false};
+  // Starts a reader's coroutine again after it parked (see read_file). Set
+  // by the tailer before the first reader starts.
+  std::function<void(std::shared_ptr<Reader>)> spawn;
 
   // Backpressure with hysteresis: pause at the outbox's limits, resume below 90%.
   bool paused();
@@ -77,6 +83,9 @@ struct Reader : std::enable_shared_from_this<Reader> {
   std::atomic<int64_t> size_seen{-1}, mtime_seen{-1}, offset_now{0};
   std::atomic<bool> gone{false};    // no glob path names this file any more
   std::atomic<bool> closed{false};  // fd closed for close_inactive: reopened when it changes
+  std::atomic<bool> parked{false};  // no coroutine: wake() starts one (on `strand` only)
+  std::atomic<int64_t> last_change_ms{0};   // when its size or mtime last changed
+  std::weak_ptr<ReaderEnv> env;
   std::atomic<bool> done{false};    // read to the end and released
   std::atomic<bool> woken{false};   // an event came since the reader last looked
   std::atomic<bool> via_link{false};  // named through a symbolic link: writes show up in
@@ -88,7 +97,14 @@ struct Reader : std::enable_shared_from_this<Reader> {
 // "dir" of "dir/name"; "." for a bare name; "/" for "/name".
 std::string dir_of(const std::string& path);
 
-// Reads `r` until it is released or env->stopping. Run on r->strand.
-boost::asio::awaitable<void> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r);
+// Reads `r` until it is released or env->stopping (false), or until it parks
+// (true): read to its end, nothing pending, and an event or the scan will wake
+// it. A parked reader has no coroutine, no timer wait, no buffers: its state
+// is *r; wake() starts read_file again through env->spawn. Run on r->strand.
+boost::asio::awaitable<bool> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r);
+
+// Closes a parked reader's file if it is still parked (close_inactive). From
+// any thread.
+void close_if_parked(const std::shared_ptr<ReaderEnv>& env, const std::shared_ptr<Reader>& r);
 
 }  // namespace tailbox::tail

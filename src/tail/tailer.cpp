@@ -12,6 +12,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -131,6 +132,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   bool first_scan = true;
   std::map<Key, Skipped> skipped;
   asio::steady_timer scan_timer{strand};
+  asio::steady_timer close_timer{strand};
   bool scan_requested = false;
   int64_t new_this_scan = 0;
   // New files found by this scan, opened, waiting to be added to the outbox
@@ -197,8 +199,18 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     ++running_readers;
     ++env->stats.files_active;
     ++env->stats.files_open;
+    r->env = env;
+    spawn(r);
+  }
+
+  // Starts r's coroutine: when it is added, and again each time it is woken
+  // after it parked. Counted once, from add_reader until it is done.
+  void spawn(const std::shared_ptr<Reader>& r) {
+    ++env->stats.readers_running;
     asio::co_spawn(r->strand, read_file(env, r),
-                   [self = shared_from_this(), r](std::exception_ptr e) {
+                   [self = shared_from_this(), r](std::exception_ptr e, bool parked) {
+                     --self->env->stats.readers_running;
+                     if (!e && parked) return;   // followed still: wake() starts it again
                      if (e) {
                        // The file is no longer read: /readyz must say so.
                        ++self->env->stats.readers_failed;
@@ -213,6 +225,22 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                      --self->env->stats.files_active;
                      --self->running_readers;
                    });
+  }
+
+  // Closes the files of parked readers quiet for close_inactive. Readers that
+  // do not park (polling) close their files themselves.
+  asio::awaitable<void> close_inactive() {
+    const milliseconds after = cfg.tail.close_inactive;
+    if (after.count() <= 0) co_return;
+    const milliseconds every = std::clamp(after / 4, milliseconds(10), milliseconds(30'000));
+    while (!env->stopping.load()) {
+      co_await wait(close_timer, every);
+      const int64_t now = unix_ms();
+      std::lock_guard lock(readers_mu);
+      for (const auto& r : readers)
+        if (r->parked.load() && !r->closed.load() && now - r->last_change_ms.load() >= after.count())
+          close_if_parked(env, r);
+    }
   }
 
   void wake_all() {
@@ -621,6 +649,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
 
   asio::awaitable<void> run() {
     auto self = shared_from_this();
+    env->spawn = [weak = weak_from_this()](std::shared_ptr<Reader> r) {
+      if (auto impl = weak.lock()) impl->spawn(r);
+    };
+    asio::co_spawn(strand, close_inactive(), [self](std::exception_ptr) {});
     watcher->start([self](std::span<const Watcher::Event> events) { self->on_events(events); });
     while (!env->stopping.load()) {
       scan_requested = false;
@@ -649,6 +681,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     env->stopping = true;
     asio::post(strand, [self = shared_from_this()] {
       self->scan_timer.cancel();
+      self->close_timer.cancel();
       self->watcher->stop();
       self->wake_all();
     });

@@ -571,6 +571,35 @@ TEST_SUITE("tail.close_inactive") {
     CHECK(followed(relay) == 20);   // still followed: state kept
   }
 
+  TEST_CASE("an idle file in a watched directory keeps no coroutine; a write starts one") {
+    Relay relay(std::string(kEventsOnly) + "close_inactive = \"0\"\n");
+    for (int i = 0; i < 20; ++i) append(relay.log("f" + std::to_string(i) + ".log"), "x\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 20; }));
+    REQUIRE(eventually([&] { return relay.tailer->stats().readers_running.load() == 0; }));
+    CHECK(followed(relay) == 20);
+    CHECK(open_files(relay) == 20);
+    append(relay.log("f7.log"), "y\n");
+    CHECK(eventually([&] { return relay.rows() == 21; }, 2000ms));
+    CHECK(eventually([&] { return relay.tailer->stats().readers_running.load() == 0; }));
+  }
+
+  TEST_CASE("polled files are closed after close_inactive too, and reopened when they grow") {
+    Relay relay(std::string(kFastPoll) + "close_inactive = \"200ms\"\n");
+    append(relay.log("p.log"), "one\n");
+    relay.start();
+    REQUIRE(eventually([&] { return relay.rows() == 1; }));
+    REQUIRE(eventually([&] { return open_files(relay) == 0; }));
+    append(relay.log("p.log"), "two\n");
+    REQUIRE(eventually([&] { return relay.rows() == 2; }));
+    REQUIRE(eventually([&] { return open_files(relay) == 0; }));
+    relay.stop();
+    auto rows = relay.all_rows();
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[1].offset == 4);
+    CHECK(rows[1].file == rows[0].file);
+  }
+
   TEST_CASE("files stay open with close_inactive = 0") {
     Relay relay(std::string(kEventsOnly) + "close_inactive = \"0\"\n");
     append(relay.log("a.log"), "x\n");
