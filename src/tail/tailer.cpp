@@ -133,6 +133,14 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   std::map<Key, Skipped> skipped;
   asio::steady_timer scan_timer{strand};
   asio::steady_timer close_timer{strand};
+  // Starting thousands of readers at once would hold all their first reads and
+  // outbox appends in memory together (the RSS peak at start-up): a reader
+  // starts once fewer than kStartingMax run, waiting at most kStartBudget per
+  // scan in all (busy files never park).
+  static constexpr int64_t kStartingMax = 256;
+  static constexpr milliseconds kStartBudget{2000};
+  milliseconds start_budget = kStartBudget;
+  asio::steady_timer start_timer{strand};
   bool scan_requested = false;
   int64_t new_this_scan = 0;
   // New files found by this scan, opened, waiting to be added to the outbox
@@ -227,6 +235,14 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                    });
   }
 
+  asio::awaitable<void> throttle_start() {
+    while (env->stats.readers_running.load() >= kStartingMax && start_budget.count() > 0 &&
+           !env->stopping.load()) {
+      co_await wait(start_timer, milliseconds(2));
+      start_budget -= milliseconds(2);
+    }
+  }
+
   // Closes the files of parked readers quiet for close_inactive. Readers that
   // do not park (polling) close their files themselves.
   asio::awaitable<void> close_inactive() {
@@ -316,12 +332,17 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
     }
     new_this_scan = 0;
+    start_budget = kStartBudget;
     std::set<Key> seen;      // (dev, inode) of every file a glob listed
     std::set<int64_t> replaced;   // known files whose inode now holds another file
     std::set<std::string> seen_paths, dirs;
     bool every_glob_has_a_dir = true;
     const int64_t now = unix_ms();
 
+    // Every glob expanded first, and its directories watched before any file
+    // found is followed: a reader can then park at once (see read_file), and
+    // no event is missed between the listing and the watch.
+    std::vector<std::pair<const config::SourceConfig*, std::vector<FoundFile>>> listings;
     for (const auto& source : cfg.sources) {
       for (const auto& pattern : source.paths) {
         std::vector<std::string> pattern_dirs;
@@ -333,6 +354,13 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                        "are followed", source.name, pattern);
         if (pattern_dirs.empty()) every_glob_has_a_dir = false;
         dirs.insert(pattern_dirs.begin(), pattern_dirs.end());
+        listings.emplace_back(&source, std::move(found));
+      }
+    }
+    watcher->watch(dirs);
+    for (const auto& [source_ptr, found] : listings) {
+      const config::SourceConfig& source = *source_ptr;
+      {
         for (const FoundFile& f : found) {
           if (!wanted(source, f.path) || !seen_paths.insert(f.path).second) continue;
           Key key{f.dev, f.inode};
@@ -390,7 +418,6 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
     if (new_this_scan > kAnnounced)
       spdlog::info("... and {} more new files followed", new_this_scan - kAnnounced);
-    watcher->watch(dirs);
     bool evented = watcher->kind() == "inotify" && every_glob_has_a_dir;
     for (const auto& d : dirs) evented = evented && watcher->covers(d);
     if (env->stats.evented.exchange(evented) != evented || first_scan)
@@ -568,6 +595,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         co_await env->outbox.run([fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
         r->file.path = path;
       }
+      co_await throttle_start();
       add_reader(r);
       co_return;
     }
@@ -643,6 +671,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       if (++new_this_scan <= kAnnounced)
         spdlog::info("following {} (source {}, from byte {})", r->file.path, r->file.source,
                      r->file.read_offset);
+      co_await throttle_start();
       add_reader(r);
     }
   }
