@@ -48,7 +48,7 @@ void Reader::wake() {
   asio::post(strand, [self = shared_from_this()] {
     // Parking and this run on the strand: a reader parks only if not woken.
     if (!self->parked.exchange(false)) {
-      self->timer.cancel();
+      if (self->timer) self->timer->cancel();
       return;
     }
     if (auto env = self->env.lock(); env && env->spawn) env->spawn(self);
@@ -101,7 +101,13 @@ class FileReading {
         committed_(read_pos_),
         last_size_(r_->size_seen.load()),
         last_mtime_(r_->mtime_seen.load()),
-        last_change_ms_(r_->last_change_ms.load() > 0 ? r_->last_change_ms.load() : unix_ms()) {}
+        last_change_ms_(r_->last_change_ms.load() > 0 ? r_->last_change_ms.load() : unix_ms()),
+        timer_(r_->strand) {
+    r_->timer = &timer_;
+  }
+  ~FileReading() { r_->timer = nullptr; }
+  FileReading(const FileReading&) = delete;
+  FileReading& operator=(const FileReading&) = delete;
 
   // Both return true when the reader parks (see parkable()), false when done.
   asio::awaitable<bool> run_text();
@@ -166,12 +172,13 @@ class FileReading {
   // out_ holds a record whose end a timer decided (see outbox::Chunk::durable).
   bool timer_cut_ = false;
   milliseconds backoff_{0};
+  ReaderTimer timer_;
 };
 
 asio::awaitable<void> FileReading::sleep(milliseconds d) {
-  r_->timer.expires_after(d);
+  timer_.expires_after(d);
   boost::system::error_code ec;
-  co_await r_->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
 asio::awaitable<void> FileReading::idle(milliseconds d) {
@@ -183,7 +190,7 @@ milliseconds FileReading::idle_time(bool partial_waits, int64_t now) const {
   std::string dir;
   {
     std::lock_guard lock(r_->mu);
-    dir = r_->dir;
+    dir = dir_of(r_->file.path);
   }
   // In a watched directory an event (or the tailer's scan, which compares every
   // file's size and mtime with what its reader saw, every recheck_interval)
@@ -298,7 +305,7 @@ bool FileReading::parkable(int64_t size) const {
   std::string dir;
   {
     std::lock_guard lock(r_->mu);
-    dir = r_->dir;
+    dir = dir_of(r_->file.path);
   }
   return !r_->via_link.load() && env_->watcher->covers(dir);
 }

@@ -42,6 +42,11 @@ class AsyncOutbox;
 namespace tailbox::tail {
 
 struct Reader;
+// Typed on the strand: a timer on an any_io_executor keeps a heap copy of it.
+using ReaderTimer =
+    boost::asio::basic_waitable_timer<std::chrono::steady_clock,
+                                      boost::asio::wait_traits<std::chrono::steady_clock>,
+                                      boost::asio::strand<boost::asio::any_io_executor>>;
 
 // What the tailer and every reader share. Outlives the readers (shared_ptr).
 struct ReaderEnv {
@@ -66,14 +71,13 @@ struct ReaderEnv {
 
 struct Reader : std::enable_shared_from_this<Reader> {
   explicit Reader(boost::asio::any_io_executor executor)
-      : strand(boost::asio::make_strand(executor)), timer(strand) {}
+      : strand(boost::asio::make_strand(executor)) {}
   ~Reader();
 
   // Wakes the reader if it waits; from any thread. Cheap when called often.
   void wake();
 
   outbox::TrackedFile file;
-  std::string dir;                                // file.path's directory (under mu)
   const config::SourceConfig* source = nullptr;
   std::shared_ptr<const StartPattern> start;      // the source's multiline pattern, or null
   SourceStats* source_stats = nullptr;
@@ -91,7 +95,9 @@ struct Reader : std::enable_shared_from_this<Reader> {
   std::atomic<bool> via_link{false};  // named through a symbolic link: writes show up in
                                       // the target's directory, unwatched: polled
   boost::asio::strand<boost::asio::any_io_executor> strand;
-  boost::asio::steady_timer timer;  // the reader's waits; on `strand` only
+  // The running coroutine's timer (its waits), null while parked; on `strand`
+  // only. Owned by the coroutine: a parked reader holds none.
+  ReaderTimer* timer = nullptr;
 };
 
 // "dir" of "dir/name"; "." for a bare name; "/" for "/name".

@@ -137,7 +137,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // outbox appends in memory together (the RSS peak at start-up): a reader
   // starts once fewer than kStartingMax run, waiting at most kStartBudget per
   // scan in all (busy files never park).
-  static constexpr int64_t kStartingMax = 256;
+  static constexpr int64_t kStartingMax = 64;
   static constexpr milliseconds kStartBudget{2000};
   milliseconds start_budget = kStartBudget;
   asio::steady_timer start_timer{strand};
@@ -196,7 +196,6 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
 
   void add_reader(std::shared_ptr<Reader> r) {
     r->offset_now = r->file.read_offset;
-    r->dir = dir_of(r->file.path);
     r->gzip = is_gz(r->file.path);
     r->via_link = is_link(r->file.path);
     {
@@ -214,6 +213,19 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // Starts r's coroutine: when it is added, and again each time it is woken
   // after it parked. Counted once, from add_reader until it is done.
   void spawn(const std::shared_ptr<Reader>& r) {
+    if (env->stopping.load()) {
+      // No coroutine runs for r (a parked reader woken, or one just added):
+      // nothing to finish but its descriptor. Thousands of parked readers
+      // stop without a coroutine each.
+      if (r->fd >= 0) {
+        ::close(r->fd);
+        r->fd = -1;
+        --env->stats.files_open;
+      }
+      --env->stats.files_active;
+      --running_readers;
+      return;
+    }
     ++env->stats.readers_running;
     asio::co_spawn(r->strand, read_file(env, r),
                    [self = shared_from_this(), r](std::exception_ptr e, bool parked) {
@@ -516,7 +528,6 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       {
         std::lock_guard lock(r->mu);
         r->file.path = path;
-        r->dir = dir_of(path);
       }
       r->via_link = is_link(path);
       r->wake();
