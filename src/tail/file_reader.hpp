@@ -1,5 +1,5 @@
-// The reader of one followed file, internal to the Tailer: a coroutine on the
-// file's own strand that reads complete records into the outbox, each chunk
+// The reader of one followed file, internal to the Tailer: a coroutine on its
+// strand (from a pool readers share) that reads complete records into the outbox, each chunk
 // committed together with the file's new checkpoint. It is the only code that
 // moves the file's offset, so a restart resumes exactly where the last
 // committed chunk ended.
@@ -70,8 +70,8 @@ struct ReaderEnv {
 };
 
 struct Reader : std::enable_shared_from_this<Reader> {
-  explicit Reader(boost::asio::any_io_executor executor)
-      : strand(boost::asio::make_strand(executor)) {}
+  // `strand` may be shared with other readers.
+  explicit Reader(boost::asio::strand<boost::asio::any_io_executor> s) : strand(std::move(s)) {}
   ~Reader();
 
   // Wakes the reader if it waits; from any thread. Cheap when called often.

@@ -18,6 +18,8 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string_view>
+#include <unordered_set>
 
 #include "core/clock.hpp"
 #include "outbox/async_outbox.hpp"
@@ -133,6 +135,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   std::map<Key, Skipped> skipped;
   asio::steady_timer scan_timer{strand};
   asio::steady_timer close_timer{strand};
+  static constexpr size_t kStrands = 64;
+  std::vector<asio::strand<asio::any_io_executor>> strands;
+  size_t next_strand = 0;
   // Starting thousands of readers at once would hold all their first reads and
   // outbox appends in memory together (the RSS peak at start-up): a reader
   // starts once fewer than kStartingMax run, waiting at most kStartBudget per
@@ -186,7 +191,12 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // ---- readers ----
 
   std::shared_ptr<Reader> make_reader(const config::SourceConfig& source, int fd) {
-    auto r = std::make_shared<Reader>(executor);
+    // Readers share a pool of strands: one strand each would cost ~100 bytes
+    // per followed file, and a strand only has to keep one reader's coroutine
+    // and wake-ups apart, which a shared one does too.
+    if (strands.empty())
+      for (size_t i = 0; i < kStrands; ++i) strands.push_back(asio::make_strand(executor));
+    auto r = std::make_shared<Reader>(strands[next_strand++ % kStrands]);
     r->source = &source;
     r->fd = fd;
     r->source_stats = env->stats.sources.at(source.name).get();
@@ -347,7 +357,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     start_budget = kStartBudget;
     std::set<Key> seen;      // (dev, inode) of every file a glob listed
     std::set<int64_t> replaced;   // known files whose inode now holds another file
-    std::set<std::string> seen_paths, dirs;
+    std::set<std::string> dirs;
+    std::unordered_set<std::string_view> seen_paths;   // into `listings`, which outlives it
     bool every_glob_has_a_dir = true;
     const int64_t now = unix_ms();
 

@@ -2,7 +2,9 @@
 // identity (not by path) across renames, and reads complete lines into the
 // outbox, each chunk committed together with the file's new read offset.
 //
-// One strand per file reads it; discovery runs on the tailer's own strand.
+// One coroutine per file reads it, on a strand from a pool the readers share;
+// a reader with nothing to do parks (no coroutine at all, see read_file).
+// Discovery runs on the tailer's own strand.
 // A file's reader is the only code that moves its offset, so a restart resumes
 // exactly where the last committed chunk ended.
 //
