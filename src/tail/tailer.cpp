@@ -14,6 +14,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -136,6 +137,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   asio::steady_timer scan_timer{strand};
   asio::steady_timer close_timer{strand};
   static constexpr size_t kStrands = 64;
+  static constexpr int64_t kFdReserve = 24;
+  int64_t fd_budget = INT64_MAX;   // followed files open at most (the open files limit less kFdReserve)
   std::vector<asio::strand<asio::any_io_executor>> strands;
   size_t next_strand = 0;
   // Starting thousands of readers at once would hold all their first reads and
@@ -552,9 +555,13 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // A file no reader follows: resume its checkpoint, skip it, or follow it as new.
   asio::awaitable<void> discover(const config::SourceConfig& source, const std::string& path,
                                  Key listed, int64_t now, std::set<int64_t>& replaced) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Descriptors are left for the rest of the relay (the outbox, the sink):
+    // followed files never take the last kFdReserve of the limit.
+    const bool over_budget =
+        env->stats.files_open.load() + static_cast<int64_t>(new_files.size()) >= fd_budget;
+    int fd = over_budget ? -1 : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-      const int err = errno;
+      const int err = over_budget ? EMFILE : errno;
       retry_soon = true;
       if (err == ENOENT) co_return;   // renamed or deleted since the listing: the next scan sees
       if (err == EMFILE || err == ENFILE) {
@@ -743,6 +750,9 @@ Tailer::Tailer(asio::any_io_executor executor, const config::Config& config,
                outbox::AsyncOutbox& outbox)
     : impl_(std::make_shared<Impl>(executor, config, outbox)) {
   raise_open_files_limit();
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    impl_->fd_budget = std::max<int64_t>(static_cast<int64_t>(rl.rlim_cur) - Impl::kFdReserve, 8);
   for (auto& f : outbox.unsafe_sync().tracked_files()) {
     impl_->fresh_outbox = false;
     Key key{f.identity.dev, f.identity.inode};
