@@ -63,6 +63,9 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                  [&ts] { return double(ts.truncations.load()); });
   reg.gauge_fn("tailbox_files_followed", "Files being followed.", {},
                [&ts] { return double(ts.files_active.load()); });
+  reg.gauge_fn("tailbox_files_open",
+               "Followed files holding a descriptor (the others are closed by close_inactive).", {},
+               [&ts] { return double(ts.files_open.load()); });
   reg.gauge_fn("tailbox_readers_failed", "File readers that stopped on an error (/readyz fails).", {},
                [&ts] { return double(ts.readers_failed.load()); });
   reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full or its disk low.", {},

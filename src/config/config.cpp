@@ -239,6 +239,7 @@ Config load_string(const std::string& text, const std::string& origin) {
     cfg.tail.inotify = t.boolean("inotify", cfg.tail.inotify);
     cfg.tail.recheck_interval = t.duration("recheck_interval", cfg.tail.recheck_interval);
     if (cfg.tail.recheck_interval.count() < 10) t.fail("recheck_interval", "must be at least 10ms");
+    cfg.tail.close_inactive = t.duration("close_inactive", cfg.tail.close_inactive);
     t.finish();
   }
   {

@@ -62,6 +62,9 @@ struct TailConfig {
   milliseconds recheck_interval{10'000};   // with inotify: quiet files and the globs are
                                            // checked this often anyway (events can be missed);
                                            // never more often than poll_interval
+  milliseconds close_inactive{300'000};    // a file quiet this long is closed (its state kept)
+                                           // and reopened, identity checked, when it grows;
+                                           // 0: files stay open while a glob names them
 };
 
 struct OutboxConfig {

@@ -597,45 +597,57 @@ Result<std::vector<TrackedFile>> Outbox::tracked_files() {
 
 Result<TrackedFile> Outbox::add_file(const std::string& source, const std::string& path,
                                      const FileIdentity& identity, int64_t read_offset) {
-  return guarded_result([&] {
+  const NewFile one[] = {NewFile{source, path, identity, read_offset}};
+  auto added = add_files(one);
+  if (!added) return failed(std::move(added.error()));
+  return std::move(added->front());
+}
+
+Result<std::vector<TrackedFile>> Outbox::add_files(std::span<const NewFile> files) {
+  std::vector<TrackedFile> added;
+  Status status = guarded([&] {
+    added.clear();
     SQLite::Database& db = *impl_->db;
-    // A uid already taken (same inode and first bytes seen before: truncation,
-    // inode reuse) gets the next generation suffix.
-    std::string uid;
-    for (int generation = 0;; ++generation) {
-      uid = file_uid(identity, generation, impl_->salt);
-      SQLite::Statement q(db, sql::kUidTaken);
-      q.bind(1, uid);
-      if (!q.executeStep()) break;
-    }
-    int64_t now = unix_ms();
-    // A file's uid is part of every key: its row must survive a power cut
-    // before any of its lines can be delivered, whatever [outbox] synchronous says.
+    // As in add_file: every row durable before any of these files' lines can
+    // be leased, here with one sync for the whole batch.
     SyncScope full(db, impl_->options.synchronous);
-    SQLite::Statement ins(db, sql::kInsertFile);
-    ins.bind(1, source);
-    ins.bind(2, path);
-    ins.bind(3, static_cast<int64_t>(identity.dev));
-    ins.bind(4, static_cast<int64_t>(identity.inode));
-    ins.bind(5, to_hex(identity.fingerprint));
-    ins.bind(6, identity.fingerprint_len);
-    ins.bind(7, uid);
-    ins.bind(8, read_offset);
-    ins.bind(9, now);
-    ins.exec();
-    TrackedFile f;
-    f.id = db.getLastInsertRowid();
-    f.source = source;
-    f.path = path;
-    f.identity = identity;
-    f.uid = uid;
-    f.read_offset = read_offset;
-    {
-      std::lock_guard lock(impl_->files_mu);
-      impl_->files[f.id] = std::make_shared<FileInfo>(FileInfo{source, path, uid});
+    SQLite::Transaction tx(db);
+    const int64_t now = unix_ms();
+    for (const NewFile& nf : files) {
+      std::string uid;
+      for (int generation = 0;; ++generation) {
+        uid = file_uid(nf.identity, generation, impl_->salt);
+        SQLite::Statement q(db, sql::kUidTaken);   // sees this transaction's rows too
+        q.bind(1, uid);
+        if (!q.executeStep()) break;
+      }
+      SQLite::Statement ins(db, sql::kInsertFile);
+      ins.bind(1, nf.source);
+      ins.bind(2, nf.path);
+      ins.bind(3, static_cast<int64_t>(nf.identity.dev));
+      ins.bind(4, static_cast<int64_t>(nf.identity.inode));
+      ins.bind(5, to_hex(nf.identity.fingerprint));
+      ins.bind(6, nf.identity.fingerprint_len);
+      ins.bind(7, uid);
+      ins.bind(8, nf.read_offset);
+      ins.bind(9, now);
+      ins.exec();
+      TrackedFile f;
+      f.id = db.getLastInsertRowid();
+      f.source = nf.source;
+      f.path = nf.path;
+      f.identity = nf.identity;
+      f.uid = uid;
+      f.read_offset = nf.read_offset;
+      added.push_back(std::move(f));
     }
-    return f;
+    tx.commit();
+    std::lock_guard lock(impl_->files_mu);
+    for (const TrackedFile& f : added)
+      impl_->files[f.id] = std::make_shared<FileInfo>(FileInfo{f.source, f.path, f.uid});
   });
+  if (!status) return failed(std::move(status));
+  return added;
 }
 
 Status Outbox::update_path(int64_t file_id, const std::string& path) {

@@ -121,6 +121,16 @@ class Outbox {
   // Adds a file and returns it with its id and a uid no earlier file had.
   Result<TrackedFile> add_file(const std::string& source, const std::string& path,
                                const FileIdentity& identity, int64_t read_offset);
+  // A file to add with add_files().
+  struct NewFile {
+    std::string source, path;
+    FileIdentity identity;
+    int64_t read_offset = 0;
+  };
+  // Adds many files in one transaction, durable (synchronous = FULL) before it
+  // returns, as add_file does for one: all of them or none. The result is in
+  // the order of `files`.
+  Result<std::vector<TrackedFile>> add_files(std::span<const NewFile> files);
   Status update_path(int64_t file_id, const std::string& path);
   // The file is now found by another [[source]] (renamed, or its globs moved):
   // its uid and offset stay, its rows carry the new source name from now on.

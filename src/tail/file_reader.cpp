@@ -1,6 +1,7 @@
 #include "tail/file_reader.hpp"
 
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,7 +51,14 @@ Reader::~Reader() {
 
 void Reader::wake() {
   if (woken.exchange(true)) return;   // already woken: the reader will look anyway
-  asio::post(strand, [self = shared_from_this()] { self->timer.cancel(); });
+  asio::post(strand, [self = shared_from_this()] {
+    // Parking and this run on the strand: a reader parks only if not woken.
+    if (!self->parked.exchange(false)) {
+      if (self->timer) self->timer->cancel();
+      return;
+    }
+    if (auto env = self->env.lock(); env && env->spawn) env->spawn(self);
+  });
 }
 
 std::string dir_of(const std::string& path) {
@@ -97,9 +105,18 @@ class FileReading {
         assembler_(src_, r_->start),
         read_pos_(r_->file.read_offset),
         committed_(read_pos_),
-        last_change_ms_(unix_ms()) {}
+        last_size_(r_->size_seen.load()),
+        last_mtime_(r_->mtime_seen.load()),
+        last_change_ms_(r_->last_change_ms.load() > 0 ? r_->last_change_ms.load() : unix_ms()),
+        timer_(r_->strand) {
+    r_->timer = &timer_;
+  }
+  ~FileReading() { r_->timer = nullptr; }
+  FileReading(const FileReading&) = delete;
+  FileReading& operator=(const FileReading&) = delete;
 
-  asio::awaitable<void> run_text();
+  // Both return true when the reader parks (see parkable()), false when done.
+  asio::awaitable<bool> run_text();
   asio::awaitable<void> run_gzip();
 
  private:
@@ -115,6 +132,23 @@ class FileReading {
   // The file shrank below what was read, or its first bytes changed.
   asio::awaitable<void> restart_truncated(int64_t size);
   asio::awaitable<bool> release(const char* what);
+  // Whether the file may be closed now ([tail] close_inactive): read to its
+  // end, nothing pending, named by a glob, quiet long enough.
+  bool closable(int64_t size, int64_t now) const;
+  // Nothing pending, read to its end: the reader's whole state is in *r_.
+  bool settled(int64_t size) const {
+    return !r_->gzip && !r_->gone.load() && read_pos_ >= size && committed_ == read_pos_ &&
+           out_.empty() && !assembler_.has_pending() && !big_read_;
+  }
+  // Whether the reader may end its coroutine until wake() starts another:
+  // settled, and something other than its own timer will wake it (an event,
+  // the scan). A parked file costs its Reader and, unless closed, a descriptor.
+  bool parkable(int64_t size) const;
+  void close_file();
+  enum class Reopen { reopened, unchanged, released };
+  // A closed file: reopened if it changed (same dev and inode); released if no
+  // glob names it any more.
+  asio::awaitable<Reopen> reopen();
   // Whether the first bytes recorded in the identity are still the file's.
   bool prefix_changed() const;
   // Whether reading pauses for backpressure. A file that no glob names any
@@ -143,7 +177,7 @@ class FileReading {
   std::string buf_;
   int64_t read_pos_;
   int64_t committed_;
-  int64_t last_size_ = -1, last_mtime_ = -1, last_change_ms_;
+  int64_t last_size_, last_mtime_, last_change_ms_;   // kept in *r_ while parked
   bool big_read_ = false;   // a line longer than one chunk is being read
   // out_ holds a record whose end a timer decided (see outbox::Chunk::durable).
   bool timer_cut_ = false;
@@ -152,12 +186,13 @@ class FileReading {
   // too, whatever ends it later (a start line, multiline.max_bytes).
   bool timer_held_ = false;
   milliseconds backoff_{0};
+  ReaderTimer timer_;
 };
 
 asio::awaitable<void> FileReading::sleep(milliseconds d) {
-  r_->timer.expires_after(d);
+  timer_.expires_after(d);
   boost::system::error_code ec;
-  co_await r_->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
 asio::awaitable<void> FileReading::idle(milliseconds d) {
@@ -169,7 +204,7 @@ milliseconds FileReading::idle_time(bool partial_waits, int64_t now) const {
   std::string dir;
   {
     std::lock_guard lock(r_->mu);
-    dir = r_->dir;
+    dir = dir_of(r_->file.path);
   }
   // In a watched directory an event (or the tailer's scan, which compares every
   // file's size and mtime with what its reader saw, every recheck_interval)
@@ -185,6 +220,7 @@ milliseconds FileReading::idle_time(bool partial_waits, int64_t now) const {
   if (partial_waits && src_.partial_line_timeout.count() > 0) until(src_.partial_line_timeout);
   if (assembler_.has_pending() && src_.multiline.timeout.count() > 0) until(src_.multiline.timeout);
   if (gone || r_->gzip) until(cfg_.tail.rotate_wait);
+  if (!gone && !r_->gzip && cfg_.tail.close_inactive.count() > 0) until(cfg_.tail.close_inactive);
   return d;
 }
 
@@ -201,6 +237,7 @@ asio::awaitable<bool> FileReading::look(struct stat& st) {
     last_size_ = size;
     last_mtime_ = mtime;
     last_change_ms_ = unix_ms();
+    r_->last_change_ms = last_change_ms_;
   }
   co_return true;
 }
@@ -272,6 +309,68 @@ asio::awaitable<bool> FileReading::release(const char* what) {
   co_return true;
 }
 
+bool FileReading::closable(int64_t size, int64_t now) const {
+  const auto after = cfg_.tail.close_inactive;
+  return after.count() > 0 && !r_->via_link.load() && settled(size) && quiet_for(after, now);
+}
+
+bool FileReading::parkable(int64_t size) const {
+  if (!settled(size) || r_->woken.load()) return false;
+  if (r_->closed.load()) return true;   // the scan compares its size and mtime
+  std::string dir;
+  {
+    std::lock_guard lock(r_->mu);
+    dir = dir_of(r_->file.path);
+  }
+  return !r_->via_link.load() && env_->watcher->covers(dir);
+}
+
+void FileReading::close_file() {
+  spdlog::debug("{}: quiet for close_inactive, closed at offset {}", r_->file.path, committed_);
+  ::close(r_->fd);
+  r_->fd = -1;
+  r_->closed = true;
+  --env_->stats.files_open;
+}
+
+asio::awaitable<FileReading::Reopen> FileReading::reopen() {
+  std::string path;
+  {
+    std::lock_guard lock(r_->mu);
+    path = r_->file.path;   // the scan renames it (found by dev and inode)
+  }
+  if (r_->gone.load()) {
+    // No glob names it any more and nothing holds it open: deleted, or
+    // renamed out of the globs. What was written to it after it was closed
+    // cannot be read.
+    spdlog::warn("{} went (deleted, or renamed out of the globs) while closed for "
+                 "close_inactive; anything written to it after offset {} is not read",
+                 path, committed_);
+    if (co_await release("up to when it was closed")) co_return Reopen::released;
+    co_await sleep(cfg_.tail.poll_interval);
+    co_return Reopen::unchanged;
+  }
+  const FileIdentity& id = r_->file.identity;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != id.dev ||
+      static_cast<uint64_t>(st.st_ino) != id.inode ||
+      (st.st_size == last_size_ && mtime_ms(st) == last_mtime_))
+    co_return Reopen::unchanged;   // or renamed: the scan finds it by dev and inode, or sets gone
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat fst {};
+  if (fd < 0 || fstat(fd, &fst) != 0 || static_cast<uint64_t>(fst.st_dev) != id.dev ||
+      static_cast<uint64_t>(fst.st_ino) != id.inode) {
+    if (fd >= 0) ::close(fd);   // renamed in between: the next scan finds it
+    co_return Reopen::unchanged;
+  }
+  r_->fd = fd;
+  r_->closed = false;
+  ++env_->stats.files_open;
+  ++env_->stats.files_reopened;
+  spdlog::debug("{}: changed, reopened at offset {}", path, committed_);
+  co_return Reopen::reopened;
+}
+
 asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
   auto identity = identify(r_->fd, cfg_.tail.fingerprint_bytes);
   if (!identity) {
@@ -323,7 +422,7 @@ asio::awaitable<void> FileReading::restart_truncated(int64_t size) {
   last_size_ = -1;
 }
 
-asio::awaitable<void> FileReading::run_text() {
+asio::awaitable<bool> FileReading::run_text() {
   const auto rotate_wait = cfg_.tail.rotate_wait;
   for (;;) {
     // A stop (or a reload) ends reading at a committed chunk, except for a
@@ -332,6 +431,21 @@ asio::awaitable<void> FileReading::run_text() {
     const bool draining = env_->stopping.load();
     if (draining && !r_->gone.load()) break;
     r_->woken = false;
+    if (r_->closed.load()) {
+      Reopen what = co_await reopen();
+      if (what == Reopen::released) break;
+      if (what == Reopen::unchanged) {
+        if (parkable(read_pos_)) co_return true;
+        co_await idle(kWokenOnly);
+        continue;
+      }
+      // Same dev and inode; the same file only if its first bytes are the
+      // same too (copytruncate, or the inode freed and reused: a new file).
+      struct stat again {};
+      if (co_await look(again) && (again.st_size < read_pos_ || prefix_changed()))
+        co_await restart_truncated(again.st_size);
+      continue;
+    }
     if (paused()) {
       if (draining) break;
       co_await sleep(std::max(cfg_.tail.read_interval, cfg_.tail.poll_interval));
@@ -421,8 +535,14 @@ asio::awaitable<void> FileReading::run_text() {
       if (co_await release("to the end")) break;
     }
     if (draining) break;
+    if (closable(size, now)) {
+      close_file();
+      continue;
+    }
+    if (parkable(size)) co_return true;
     co_await idle(idle_time(size > read_pos_, now));
   }
+  co_return false;
 }
 
 // A .gz file: decompressed once from the start (or from its checkpoint after a
@@ -510,12 +630,31 @@ asio::awaitable<void> FileReading::run_gzip() {
 
 }  // namespace
 
-asio::awaitable<void> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r) {
+asio::awaitable<bool> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r) {
   FileReading reading(env, r);
   if (r->gzip) co_await reading.run_gzip();
-  else co_await reading.run_text();
-  ::close(r->fd);
-  r->fd = -1;
+  else if (co_await reading.run_text()) {
+    r->parked = true;   // wake() starts another coroutine
+    co_return true;
+  }
+  if (r->fd >= 0) {
+    ::close(r->fd);
+    r->fd = -1;
+    --env->stats.files_open;
+  }
+  co_return false;
+}
+
+void close_if_parked(const std::shared_ptr<ReaderEnv>& env, const std::shared_ptr<Reader>& r) {
+  asio::post(r->strand, [env, r] {
+    if (!r->parked.load() || r->closed.load() || r->fd < 0) return;   // woken meanwhile
+    spdlog::debug("{}: quiet for close_inactive, closed at offset {}", r->file.path,
+                  r->offset_now.load());
+    ::close(r->fd);
+    r->fd = -1;
+    r->closed = true;
+    --env->stats.files_open;
+  });
 }
 
 }  // namespace tailbox::tail

@@ -12,11 +12,15 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
+#include <string_view>
+#include <unordered_set>
 
 #include "core/clock.hpp"
 #include "outbox/async_outbox.hpp"
@@ -131,8 +135,31 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   bool first_scan = true;
   std::map<Key, Skipped> skipped;
   asio::steady_timer scan_timer{strand};
+  asio::steady_timer close_timer{strand};
+  static constexpr size_t kStrands = 64;
+  static constexpr int64_t kFdReserve = 24;
+  int64_t fd_budget = INT64_MAX;   // followed files open at most (the open files limit less kFdReserve)
+  std::vector<asio::strand<asio::any_io_executor>> strands;
+  size_t next_strand = 0;
+  // Starting thousands of readers at once would hold all their first reads and
+  // outbox appends in memory together (the RSS peak at start-up): a reader
+  // starts once fewer than kStartingMax run, waiting at most kStartBudget per
+  // scan in all (busy files never park).
+  static constexpr int64_t kStartingMax = 64;
+  static constexpr milliseconds kStartBudget{2000};
+  milliseconds start_budget = kStartBudget;
+  asio::steady_timer start_timer{strand};
   bool scan_requested = false;
   int64_t new_this_scan = 0;
+  // New files found by this scan, opened, waiting to be added to the outbox
+  // in one transaction (one sync for many files, not one each).
+  struct NewFile {
+    std::shared_ptr<Reader> reader;   // owns the descriptor
+    outbox::Outbox::NewFile row;
+  };
+  std::vector<NewFile> new_files;
+  std::set<Key> new_keys;
+  static constexpr size_t kNewBatch = 1000;
   static constexpr int64_t kAnnounced = 20;
   std::set<std::string> globs_seen;          // "source\nglob" expanded once: an empty one was warned
 
@@ -167,7 +194,12 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // ---- readers ----
 
   std::shared_ptr<Reader> make_reader(const config::SourceConfig& source, int fd) {
-    auto r = std::make_shared<Reader>(executor);
+    // Readers share a pool of strands: one strand each would cost ~100 bytes
+    // per followed file, and a strand only has to keep one reader's coroutine
+    // and wake-ups apart, which a shared one does too.
+    if (strands.empty())
+      for (size_t i = 0; i < kStrands; ++i) strands.push_back(asio::make_strand(executor));
+    auto r = std::make_shared<Reader>(strands[next_strand++ % kStrands]);
     r->source = &source;
     r->fd = fd;
     r->source_stats = env->stats.sources.at(source.name).get();
@@ -177,7 +209,6 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
 
   void add_reader(std::shared_ptr<Reader> r) {
     r->offset_now = r->file.read_offset;
-    r->dir = dir_of(r->file.path);
     r->gzip = is_gz(r->file.path);
     r->via_link = is_link(r->file.path);
     {
@@ -190,8 +221,32 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
     ++running_readers;
     ++env->stats.files_active;
+    ++env->stats.files_open;
+    r->env = env;
+    spawn(r);
+  }
+
+  // Starts r's coroutine: when it is added, and again each time it is woken
+  // after it parked. Counted once, from add_reader until it is done.
+  void spawn(const std::shared_ptr<Reader>& r) {
+    if (env->stopping.load()) {
+      // No coroutine runs for r (a parked reader woken, or one just added):
+      // nothing to finish but its descriptor. Thousands of parked readers
+      // stop without a coroutine each.
+      if (r->fd >= 0) {
+        ::close(r->fd);
+        r->fd = -1;
+        --env->stats.files_open;
+      }
+      --env->stats.files_active;
+      --running_readers;
+      return;
+    }
+    ++env->stats.readers_running;
     asio::co_spawn(r->strand, read_file(env, r),
-                   [self = shared_from_this(), r](std::exception_ptr e) {
+                   [self = shared_from_this(), r](std::exception_ptr e, bool parked) {
+                     --self->env->stats.readers_running;
+                     if (!e && parked) return;   // followed still: wake() starts it again
                      if (e) {
                        // The file is no longer read: /readyz must say so.
                        ++self->env->stats.readers_failed;
@@ -209,6 +264,30 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                      --self->env->stats.files_active;
                      --self->running_readers;
                    });
+  }
+
+  asio::awaitable<void> throttle_start() {
+    while (env->stats.readers_running.load() >= kStartingMax && start_budget.count() > 0 &&
+           !env->stopping.load()) {
+      co_await wait(start_timer, milliseconds(2));
+      start_budget -= milliseconds(2);
+    }
+  }
+
+  // Closes the files of parked readers quiet for close_inactive. Readers that
+  // do not park (polling) close their files themselves.
+  asio::awaitable<void> close_inactive() {
+    const milliseconds after = cfg.tail.close_inactive;
+    if (after.count() <= 0) co_return;
+    const milliseconds every = std::clamp(after / 4, milliseconds(10), milliseconds(30'000));
+    while (!env->stopping.load()) {
+      co_await wait(close_timer, every);
+      const int64_t now = unix_ms();
+      std::lock_guard lock(readers_mu);
+      for (const auto& r : readers)
+        if (r->parked.load() && !r->closed.load() && now - r->last_change_ms.load() >= after.count())
+          close_if_parked(env, r);
+    }
   }
 
   void wake_all() {
@@ -284,12 +363,18 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
     }
     new_this_scan = 0;
+    start_budget = kStartBudget;
     std::set<Key> seen;      // (dev, inode) of every file a glob listed
     std::set<int64_t> replaced;   // known files whose inode now holds another file
-    std::set<std::string> seen_paths, dirs;
+    std::set<std::string> dirs;
+    std::unordered_set<std::string_view> seen_paths;   // into `listings`, which outlives it
     bool every_glob_has_a_dir = true;
     const int64_t now = unix_ms();
 
+    // Every glob expanded first, and its directories watched before any file
+    // found is followed: a reader can then park at once (see read_file), and
+    // no event is missed between the listing and the watch.
+    std::vector<std::pair<const config::SourceConfig*, std::vector<FoundFile>>> listings;
     for (const auto& source : cfg.sources) {
       for (const auto& pattern : source.paths) {
         std::vector<std::string> pattern_dirs;
@@ -301,13 +386,22 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                        "are followed", source.name, pattern);
         if (pattern_dirs.empty()) every_glob_has_a_dir = false;
         dirs.insert(pattern_dirs.begin(), pattern_dirs.end());
+        listings.emplace_back(&source, std::move(found));
+      }
+    }
+    watcher->watch(dirs);
+    for (const auto& [source_ptr, found] : listings) {
+      const config::SourceConfig& source = *source_ptr;
+      {
         for (const FoundFile& f : found) {
           if (!wanted(source, f.path) || !seen_paths.insert(f.path).second) continue;
           Key key{f.dev, f.inode};
           if (!seen.insert(key).second) continue;
           if (auto it = by_inode.find(key); it != by_inode.end()) {
             // A followed file: its reader keeps it open, so no other file can
-            // have this inode now; truncation is the reader's to see.
+            // have this inode now; truncation is the reader's to see. A reader
+            // closed for close_inactive checks the first bytes when it reopens
+            // (the inode may have been freed and reused by another file).
             co_await follow(it->second, f);
             continue;
           }
@@ -315,9 +409,11 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
               it != skipped.end() && it->second.size == f.size && it->second.mtime_ms == f.mtime_ms)
             continue;
           co_await discover(source, f.path, now, replaced);
+          if (new_files.size() >= kNewBatch) co_await add_new_files();
         }
       }
     }
+    co_await add_new_files();
     for (auto& [key, r] : by_inode) {
       bool gone = !seen.count(key);
       if (gone) {
@@ -354,7 +450,6 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
     if (new_this_scan > kAnnounced)
       spdlog::info("... and {} more new files followed", new_this_scan - kAnnounced);
-    watcher->watch(dirs);
     bool evented = watcher->kind() == "inotify" && every_glob_has_a_dir;
     for (const auto& d : dirs) evented = evented && watcher->covers(d);
     if (env->stats.evented.exchange(evented) != evented || first_scan)
@@ -459,7 +554,6 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       {
         std::lock_guard lock(r->mu);
         r->file.path = path;
-        r->dir = dir_of(path);
       }
       r->via_link = is_link(path);
       r->wake();
@@ -475,9 +569,13 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // listing's (logrotate may rename between the two).
   asio::awaitable<void> discover(const config::SourceConfig& source, const std::string& path,
                                  int64_t now, std::set<int64_t>& replaced) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Descriptors are left for the rest of the relay (the outbox, the sink):
+    // followed files never take the last kFdReserve of the limit.
+    const bool over_budget =
+        env->stats.files_open.load() + static_cast<int64_t>(new_files.size()) >= fd_budget;
+    int fd = over_budget ? -1 : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-      const int err = errno;
+      const int err = over_budget ? EMFILE : errno;
       retry_soon = true;
       if (err == ENOENT) co_return;   // renamed or deleted since the listing: the next scan sees
       if (err == EMFILE || err == ENFILE) {
@@ -543,6 +641,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         spdlog::warn("cannot record the new path {} of file {}: {}", path, fid, st.message());
         r->file.path = path;
       }
+      co_await throttle_start();
       add_reader(r);
       co_return;
     }
@@ -583,20 +682,43 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         start = tail_start(fd, id->size);
     }
 
-    auto r = make_reader(source, fd);   // owns fd from here
-    const std::string name = source.name;
-    const FileIdentity identity = *id;
-    auto added = co_await env->outbox.run(
-        [&](outbox::Outbox& o) { return o.add_file(name, path, identity, start); });
-    if (!added) {
-      spdlog::error("cannot track {}: {}", path, added.error().message());
-      co_return;   // r's destructor closes fd; the next scan tries again
+    if (!new_keys.insert(key).second) {
+      ::close(fd);   // renamed since another name of this scan found it: one reader
+      retry_soon = true;
+      co_return;
     }
-    r->file = *added;
-    // Thousands of files at start-up: name the first few, count the rest.
-    if (++new_this_scan <= kAnnounced)
-      spdlog::info("following {} (source {}, from byte {})", path, source.name, start);
-    add_reader(r);
+    new_files.push_back(
+        NewFile{make_reader(source, fd), outbox::Outbox::NewFile{source.name, path, *id, start}});
+  }
+
+  // Adds the new files found so far to the outbox, then starts their readers:
+  // a file's row is durable before any of its lines can be stored.
+  asio::awaitable<void> add_new_files() {
+    if (new_files.empty()) co_return;
+    std::vector<outbox::Outbox::NewFile> rows;
+    rows.reserve(new_files.size());
+    for (const NewFile& n : new_files) rows.push_back(n.row);
+    auto added = co_await env->outbox.run(
+        [&](outbox::Outbox& o) { return o.add_files(rows); });
+    std::vector<NewFile> batch = std::move(new_files);
+    new_files.clear();
+    new_keys.clear();
+    if (!added) {
+      spdlog::error("cannot track {} new files ({} and others): {}; tried again", batch.size(),
+                    batch.front().row.path, added.error().message());
+      retry_soon = true;
+      co_return;   // the readers' destructors close the descriptors
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto& r = batch[i].reader;
+      r->file = (*added)[i];
+      // Thousands of files at start-up: name the first few, count the rest.
+      if (++new_this_scan <= kAnnounced)
+        spdlog::info("following {} (source {}, from byte {})", r->file.path, r->file.source,
+                     r->file.read_offset);
+      co_await throttle_start();
+      add_reader(r);
+    }
   }
 
   // The checkpoints of files tracked before this start. Throws when the
@@ -627,6 +749,10 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   asio::awaitable<void> run() {
     auto self = shared_from_this();
     co_await load_checkpoints();
+    env->spawn = [weak = weak_from_this()](std::shared_ptr<Reader> r) {
+      if (auto impl = weak.lock()) impl->spawn(r);
+    };
+    asio::co_spawn(strand, close_inactive(), [self](std::exception_ptr) {});
     watcher->start([self](std::span<const Watcher::Event> events) { self->on_events(events); });
     while (!env->stopping.load()) {
       scan_requested = false;
@@ -655,6 +781,7 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     env->stopping = true;
     asio::post(strand, [self = shared_from_this()] {
       self->scan_timer.cancel();
+      self->close_timer.cancel();
       self->watcher->stop();
       self->wake_all();
     });
@@ -665,6 +792,9 @@ Tailer::Tailer(asio::any_io_executor executor, const config::Config& config,
                outbox::AsyncOutbox& outbox)
     : impl_(std::make_shared<Impl>(executor, config, outbox)) {
   raise_open_files_limit();
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    impl_->fd_budget = std::max<int64_t>(static_cast<int64_t>(rl.rlim_cur) - Impl::kFdReserve, 8);
 }
 
 Tailer::~Tailer() = default;

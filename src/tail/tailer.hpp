@@ -2,7 +2,9 @@
 // identity (not by path) across renames, and reads complete lines into the
 // outbox, each chunk committed together with the file's new read offset.
 //
-// One strand per file reads it; discovery runs on the tailer's own strand.
+// One coroutine per file reads it, on a strand from a pool the readers share;
+// a reader with nothing to do parks (no coroutine at all, see read_file).
+// Discovery runs on the tailer's own strand.
 // A file's reader is the only code that moves its offset, so a restart resumes
 // exactly where the last committed chunk ended.
 //
@@ -46,6 +48,9 @@ struct TailStats {
   std::atomic<int64_t> lines_read{0};
   std::atomic<int64_t> bytes_read{0};
   std::atomic<int64_t> files_active{0};
+  std::atomic<int64_t> files_open{0};    // followed files holding a descriptor ([tail] close_inactive)
+  std::atomic<int64_t> files_reopened{0};   // closed files reopened because they changed
+  std::atomic<int64_t> readers_running{0};  // reader coroutines: followed files not parked
   std::atomic<int64_t> rotations{0};
   std::atomic<int64_t> truncations{0};   // copytruncate, "> file": see README
   std::atomic<int64_t> files_ignored{0};  // skipped by ignore_older right now

@@ -43,6 +43,14 @@ At the end tailbox drains and stops; the inbox must hold every "must" line
 exactly once, every "maybe" line at most once, each with its exact bytes and
 its offset in its file generation, and nothing else.
 
+With TAILBOX_CLOSE_INACTIVE (e.g. "300ms", the chaos_tail_model_close_inactive
+variant) [tail] close_inactive is that short, so files are closed and reopened
+throughout. A file tailbox has closed holds nothing open: deleted while
+running, what it got after its close is lost (README, "close_inactive"). The
+model checks that after the deletion: if tailbox no longer holds the file open,
+the lines past the file's committed offset in the outbox become "maybe"; all
+others stay "must".
+
 Seeds: TAILBOX_SEED runs one seed; otherwise TAILBOX_MODEL_SEEDS (default 5)
 seeds from a random base, each printed. Even seeds run with inotify, odd seeds
 with [tail] inotify = false (polling).
@@ -64,6 +72,7 @@ import harness as h  # noqa: E402
 HOST = "model1"
 ACTIONS = 80
 MAX_ROTATED = 3
+CLOSE_INACTIVE = os.environ.get("TAILBOX_CLOSE_INACTIVE", "").strip()
 FINGERPRINT_BYTES = 1024   # [tail] fingerprint_bytes (default)
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima "
          "mike november oscar papa quebec romeo sierra tango").split()
@@ -258,6 +267,11 @@ class Model:
         while time.monotonic() < deadline:
             if self.holds_open(gen):
                 return
+            if CLOSE_INACTIVE:
+                # Closed by close_inactive: its row says where it stands.
+                row = self.tracked_row(gen)
+                if row is not None and row[1] == "active":
+                    return
             self.tb.assert_alive(f"waiting for tailbox to follow {gen}")
             time.sleep(0.03)
         h.fail(f"tailbox did not start following {gen} within {timeout} s")
@@ -295,7 +309,21 @@ class Model:
             # The open descriptor keeps its content once tailbox follows it.
             self.wait_tracked(gen)
             os.unlink(gen.path)
-            gen.open_fd_holds = True
+            if CLOSE_INACTIVE and not self.holds_open(gen):
+                # Closed by close_inactive (or read to its end and released):
+                # nothing keeps it. Only what is past its committed offset
+                # may be lost: what was written after its close.
+                row = self.tracked_row(gen)
+                done = 0 if row is None else row[0]
+                lost = [lid for lid in gen.lines if self.lines[lid].end > done]
+                for lid in lost:
+                    line = self.lines[lid]
+                    if line.must:
+                        line.must, line.why = False, "deleted while closed"
+                self.counts["maybe:deleted while closed"] += len(lost)
+                gen.ended = True
+            else:
+                gen.open_fd_holds = True
         else:
             self.lose_unread(gen, "deleted while stopped")
             os.unlink(gen.path)
@@ -467,11 +495,15 @@ def run_seed(seed):
     wd = h.Workdir("tailbox-model-")
     tb = h.Tailbox(wd)
     passed = False
-    h.log(f"--- seed {seed} ({'inotify' if inotify else 'polling'}), dir {wd.root}")
+    h.log(f"--- seed {seed} ({'inotify' if inotify else 'polling'}"
+          f"{', close_inactive ' + CLOSE_INACTIVE if CLOSE_INACTIVE else ''}), dir {wd.root}")
+    tail = {"rotate_wait": "1s", "inotify": inotify}
+    if CLOSE_INACTIVE:
+        tail["close_inactive"] = CLOSE_INACTIVE
     try:
         h.write_config(wd, host_id=HOST,
                        source={"paths": [wd.log_path("app.log*")], "exclude": ["*.copy"]},
-                       tail={"rotate_wait": "1s", "inotify": inotify},
+                       tail=tail,
                        delivery={"workers": 2, "linger": "10ms"})
         model = Model(wd, tb, rng, seed)
         model.append(model.current, 20)

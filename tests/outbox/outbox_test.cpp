@@ -363,6 +363,33 @@ TEST_SUITE("outbox") {
     CHECK(b->uid == a->uid + "-1");
   }
 
+  TEST_CASE("add_files adds many files in one transaction, in order, with the uids add_file gives") {
+    Fixture f;
+    FileIdentity id;
+    id.dev = 3;
+    id.inode = 4;
+    id.fingerprint = 5;
+    auto first = f.ob->add_file("app", "/a", id, 0);
+    REQUIRE(first);
+    std::vector<Outbox::NewFile> rows;
+    rows.push_back({"app", "/a", id, 7});   // the same identity again: next generation
+    rows.push_back({"app", "/a", id, 0});   // and once more, within the batch
+    FileIdentity other = id;
+    other.inode = 9;
+    rows.push_back({"web", "/b", other, 3});
+    auto added = f.ob->add_files(rows);
+    REQUIRE(added);
+    REQUIRE(added->size() == 3);
+    CHECK((*added)[0].uid == first->uid + "-1");
+    CHECK((*added)[1].uid == first->uid + "-2");
+    CHECK((*added)[0].read_offset == 7);
+    CHECK((*added)[2].source == "web");
+    CHECK((*added)[2].path == "/b");
+    auto tracked = testing::ok(f.ob->tracked_files());
+    CHECK(tracked.size() == 4);
+    CHECK(tracked.back().id == (*added)[2].id);
+  }
+
   TEST_CASE("a new outbox never mints a uid an earlier outbox of the host may have used") {
     // The old outbox is lost (damaged and moved away, or deleted) and a file
     // with the same dev, inode and first bytes appears: with the same uid the
