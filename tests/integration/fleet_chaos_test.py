@@ -3,7 +3,9 @@
 log directory (steady writes, rename rotation) and one relay per destination (own config and
 outbox), for 30 s into ONE PostgreSQL table and ONE R3 stream on a 3-node JetStream cluster,
 while relays are killed with kill -9 and started again, PostgreSQL is stopped and started,
-and the NATS node leading the stream is stopped and started. Every host's lines must be at
+and the NATS node leading the stream is killed with kill -9 and started again. The stream's
+duplicate window is 1 s, so a relay restarted after kill -9 must read the stream back (its
+own subject, in a stream every host writes to) rather than rely on the window. Every host's lines must be at
 each destination exactly once (read back, grouped by host, compared line by line with the
 host's files by harness.check_exact). Seeded (TAILBOX_SEED); the seed is printed.
 
@@ -34,7 +36,8 @@ def test():
     fleet = load_fleet()
     args = fleet.parse_args(["--relays", "4", "--seconds", "30", "--rate", "150",
                              "--dest", "both", "--kills", "6", "--outage", "6",
-                             "--rotate-every", "8", "--drain-timeout", "90"])
+                             "--rotate-every", "8", "--drain-timeout", "90",
+                             "--duplicate-window", "1", "--node-kill9"])
     fleet.run(args)
 
 
