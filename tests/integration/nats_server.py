@@ -320,7 +320,7 @@ class NatsClient:
         return self.api(f"STREAM.INFO.{stream}")
 
     def read_stream(self, stream, window=512):
-        """Every message of `stream` as dicts {seq, subject, headers, data} (seq order)."""
+        """Every message of `stream` as dicts {seq, subject, headers, data, time} (seq order)."""
         state = self.stream_info(stream)["state"]
         first, last = state.get("first_seq", 0), state.get("last_seq", 0)
         out = []
@@ -345,7 +345,8 @@ class NatsClient:
                 m = r["message"]
                 out.append({"seq": m["seq"], "subject": m["subject"],
                             "headers": parse_headers(base64.b64decode(m.get("hdrs", ""))),
-                            "data": base64.b64decode(m.get("data", ""))})
+                            "data": base64.b64decode(m.get("data", "")),
+                            "time": m.get("time")})   # RFC 3339, when the stream stored it
             seq = chunk[-1] + 1
         return out
 
