@@ -20,6 +20,7 @@
 #include "core/blocking.hpp"
 #include "core/log_limit.hpp"
 #include "core/secret.hpp"
+#include "sinks/kafka/handles.hpp"
 #include "sinks/kafka/ledger.hpp"
 #include "sinks/kafka/options.hpp"
 #include "sinks/kafka/progress.hpp"
@@ -72,7 +73,7 @@ struct KafkaSink::Impl {
   std::string host_id, name;
 
   asio::thread_pool pool{1};   // the blocking librdkafka calls run here
-  rd_kafka_t* producer = nullptr;
+  kafka::Client producer;
   bool reset_producer = false; // a fatal error: build a new producer before the next batch
   int32_t progress_partitions = 0;
   std::string session;         // tells this run's transactions apart in headers
@@ -88,8 +89,8 @@ struct KafkaSink::Impl {
   ~Impl() {
     pool.join();
     if (producer) {
-      rd_kafka_flush(producer, 2000);
-      rd_kafka_destroy(producer);   // outstanding reports arrive here, into `reports`
+      rd_kafka_flush(producer.get(), 2000);
+      producer.reset();   // outstanding reports arrive here, into `reports` (still alive)
     }
   }
 
@@ -99,14 +100,13 @@ struct KafkaSink::Impl {
   }
 
   // librdkafka's settings, secrets included (read now, never logged).
-  rd_kafka_conf_t* base_conf(bool for_producer) {
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  kafka::Conf base_conf(bool for_producer) {
+    kafka::Conf owned(rd_kafka_conf_new());
+    rd_kafka_conf_t* conf = owned.get();
     char err[512];
     auto set = [&](const std::string& k, const std::string& v) {
-      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
+      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
         throw std::runtime_error("librdkafka property " + k + ": " + err);
-      }
     };
     set("bootstrap.servers", o.brokers);
     set("client.id", "tailbox");
@@ -143,25 +143,26 @@ struct KafkaSink::Impl {
       }
       rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     }
-    return conf;
+    return owned;
   }
 
-  rd_kafka_t* make(rd_kafka_type_t type, rd_kafka_conf_t* conf) {
+  // A client; it owns `conf` from now on (freed here when creation fails).
+  kafka::Client make(rd_kafka_type_t type, kafka::Conf conf) {
     char err[512];
-    rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
-    if (!rk) {
-      rd_kafka_conf_destroy(conf);
-      throw std::runtime_error(std::string("cannot create a Kafka client: ") + err);
-    }
+    kafka::Client rk(rd_kafka_new(type, conf.get(), err, sizeof err));
+    if (!rk) throw std::runtime_error(std::string("cannot create a Kafka client: ") + err);
+    (void)conf.release();  // rd_kafka_new took it
     return rk;
   }
 
   // Partition count of `t`, or throws naming what is wrong.
   int32_t partitions_of(const std::string& t) {
-    rd_kafka_topic_t* rkt = rd_kafka_topic_new(producer, t.c_str(), nullptr);
-    const rd_kafka_metadata_t* md = nullptr;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(producer, 0, rkt, &md, static_cast<int>(o.timeout.count()));
-    rd_kafka_topic_destroy(rkt);
+    kafka::Topic rkt(rd_kafka_topic_new(producer.get(), t.c_str(), nullptr));
+    const rd_kafka_metadata_t* raw = nullptr;
+    rd_kafka_resp_err_t e =
+        rd_kafka_metadata(producer.get(), 0, rkt.get(), &raw, static_cast<int>(o.timeout.count()));
+    kafka::Metadata md(raw);
+    rkt.reset();
     if (e) throw std::runtime_error("cannot read metadata of topic " + t + ": " + rd_kafka_err2str(e));
     int32_t n = 0;
     rd_kafka_resp_err_t te = RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -169,7 +170,7 @@ struct KafkaSink::Impl {
       te = md->topics[0].err;
       n = md->topics[0].partition_cnt;
     }
-    rd_kafka_metadata_destroy(md);
+    md.reset();
     if (te || n <= 0)
       throw std::runtime_error("topic " + t + " is not available (" +
                                (te ? rd_kafka_err2str(te) : std::string("no partitions")) +
@@ -179,9 +180,8 @@ struct KafkaSink::Impl {
 
   void destroy_producer() {
     if (!producer) return;
-    rd_kafka_flush(producer, 1000);
-    rd_kafka_destroy(producer);
-    producer = nullptr;
+    rd_kafka_flush(producer.get(), 1000);
+    producer.reset();
   }
 
   // Builds the producer; in transactional mode also fences the previous one
@@ -193,7 +193,7 @@ struct KafkaSink::Impl {
     partitions_of(o.topic);
     if (!o.transactional) return;
     progress_partitions = partitions_of(o.progress_topic);
-    if (rd_kafka_error_t* e = rd_kafka_init_transactions(producer, static_cast<int>(o.timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_init_transactions(producer.get(), static_cast<int>(o.timeout.count()))) {
       std::string why = rd_kafka_error_string(e);
       rd_kafka_error_destroy(e);
       destroy_producer();
@@ -215,35 +215,35 @@ struct KafkaSink::Impl {
     int32_t p = kafka_progress_partition(o.transactional_id, progress_partitions);
     int64_t lo = 0, hi = 0;
     {
-      rd_kafka_conf_t* conf = base_conf(false);
+      kafka::Conf conf = base_conf(false);
       char err[512];
-      rd_kafka_conf_set(conf, "isolation.level", "read_uncommitted", err, sizeof err);
-      rd_kafka_t* w = make(RD_KAFKA_CONSUMER, conf);
-      rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(w, o.progress_topic.c_str(), p, &lo, &hi,
-                                                               static_cast<int>(o.timeout.count()));
-      rd_kafka_destroy(w);
+      rd_kafka_conf_set(conf.get(), "isolation.level", "read_uncommitted", err, sizeof err);
+      kafka::Client w = make(RD_KAFKA_CONSUMER, std::move(conf));
+      rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(w.get(), o.progress_topic.c_str(), p, &lo,
+                                                               &hi, static_cast<int>(o.timeout.count()));
+      w.reset();
       if (e)
         throw std::runtime_error("cannot read the progress topic " + o.progress_topic + ": " +
                                  rd_kafka_err2str(e));
     }
     if (hi <= lo) return "";
-    rd_kafka_conf_t* conf = base_conf(false);
+    kafka::Conf conf = base_conf(false);
     char err[512];
     for (auto [k, v] : {std::pair{"group.id", "tailbox-progress-reader"},
                         std::pair{"enable.auto.commit", "false"},
                         std::pair{"enable.partition.eof", "true"},
                         std::pair{"isolation.level", "read_committed"},
                         std::pair{"auto.offset.reset", "earliest"}})
-      rd_kafka_conf_set(conf, k, v, err, sizeof err);
-    rd_kafka_t* c = make(RD_KAFKA_CONSUMER, conf);
+      rd_kafka_conf_set(conf.get(), k, v, err, sizeof err);
+    kafka::Client c = make(RD_KAFKA_CONSUMER, std::move(conf));
     std::string latest, failure;
     int64_t end = hi, window = 512;
     while (failure.empty() && latest.empty() && end > lo) {
       int64_t start = std::max(lo, end - window);
-      rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(1);
-      rd_kafka_topic_partition_list_add(list, o.progress_topic.c_str(), p)->offset = start;
-      rd_kafka_assign(c, list);
-      rd_kafka_topic_partition_list_destroy(list);
+      kafka::PartitionList list(rd_kafka_topic_partition_list_new(1));
+      rd_kafka_topic_partition_list_add(list.get(), o.progress_topic.c_str(), p)->offset = start;
+      rd_kafka_assign(c.get(), list.get());
+      list.reset();
       auto deadline = std::chrono::steady_clock::now() + o.timeout;   // per window
       for (bool done = false; !done;) {
         if (std::chrono::steady_clock::now() > deadline) {
@@ -252,7 +252,8 @@ struct KafkaSink::Impl {
                     " (another producer's open transaction there may hold read_committed back)";
           break;
         }
-        rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 200);
+        kafka::Message owned(rd_kafka_consumer_poll(c.get(), 200));
+        rd_kafka_message_t* m = owned.get();
         if (!m) continue;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
           done = m->offset >= end;
@@ -266,13 +267,12 @@ struct KafkaSink::Impl {
             latest.assign(static_cast<const char*>(m->payload), m->len);
           done = m->offset + 1 >= end;
         }
-        rd_kafka_message_destroy(m);
       }
       end = start;
       window *= 4;
     }
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
+    rd_kafka_consumer_close(c.get());
+    c.reset();
     if (!failure.empty()) throw std::runtime_error(failure);
     return latest;
   }
@@ -393,7 +393,7 @@ struct KafkaSink::Impl {
     for (;;) {
       ++report.outstanding;
       rd_kafka_resp_err_t e = rd_kafka_producev(
-          producer, RD_KAFKA_V_TOPIC(o.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          producer.get(), RD_KAFKA_V_TOPIC(o.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
           RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_VALUE(value.data(), value.size()),
           RD_KAFKA_V_HEADER("tailbox-key", r.key.data(), static_cast<ssize_t>(r.key.size())),
           RD_KAFKA_V_HEADER("tailbox-host", r.host.data(), static_cast<ssize_t>(r.host.size())),
@@ -405,7 +405,7 @@ struct KafkaSink::Impl {
       if (!e) return e;
       --report.outstanding;
       if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || std::chrono::steady_clock::now() > deadline) return e;
-      rd_kafka_poll(producer, 50);
+      rd_kafka_poll(producer.get(), 50);
     }
   }
 
@@ -415,7 +415,7 @@ struct KafkaSink::Impl {
   }
 
   Delivery abort(const std::string& why, bool reject = false) {
-    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(producer, static_cast<int>(o.timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(producer.get(), static_cast<int>(o.timeout.count()))) {
       spdlog::warn("{}: cannot abort the transaction ({}); a new producer will be made", name,
                    rd_kafka_error_string(e));
       reset_producer = true;
@@ -458,7 +458,7 @@ struct KafkaSink::Impl {
     size_t skipped = 0;
     std::vector<const Record*> send = take_skipped(batch, seq, skipped);
     if (send.empty()) return Delivery::delivered(state);
-    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(producer)) {
+    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(producer.get())) {
       std::string why = error_text(e);
       if (rd_kafka_error_is_fatal(e)) reset_producer = true;
       rd_kafka_error_destroy(e);
@@ -489,7 +489,7 @@ struct KafkaSink::Impl {
     }
     // Every record is acknowledged by the brokers before the progress record
     // is queued, so a progress record never names a record that is not there.
-    rd_kafka_flush(producer, static_cast<int>(o.timeout.count()));
+    rd_kafka_flush(producer.get(), static_cast<int>(o.timeout.count()));
     if (report.outstanding > 0) return abort("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(send.size()) +
@@ -503,7 +503,7 @@ struct KafkaSink::Impl {
     }
     ++report.outstanding;
     rd_kafka_resp_err_t pe = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(o.progress_topic.c_str()),
+        producer.get(), RD_KAFKA_V_TOPIC(o.progress_topic.c_str()),
         RD_KAFKA_V_PARTITION(kafka_progress_partition(o.transactional_id, progress_partitions)),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_KEY(o.transactional_id.data(), o.transactional_id.size()),
@@ -517,7 +517,7 @@ struct KafkaSink::Impl {
       return abort("cannot queue the progress record (" + std::to_string(progress.size()) +
                    " bytes): " + rd_kafka_err2str(pe), split);
     }
-    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(producer, static_cast<int>(o.timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(producer.get(), static_cast<int>(o.timeout.count()))) {
       std::string why = "cannot commit the transaction: " + error_text(e);
       bool needs_abort = rd_kafka_error_txn_requires_abort(e);
       rd_kafka_error_destroy(e);
@@ -549,13 +549,13 @@ struct KafkaSink::Impl {
       if (!e) continue;
       // What was queued is still delivered (at-least-once); the batch is
       // split (too large: the big record ends dead) or retried.
-      rd_kafka_flush(producer, static_cast<int>(o.timeout.count()));
+      rd_kafka_flush(producer.get(), static_cast<int>(o.timeout.count()));
       if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
         return Delivery::reject("a record of " + std::to_string(value.size()) +
                                 " bytes is larger than the producer's message.max.bytes");
       return Delivery::retry(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
     }
-    rd_kafka_flush(producer, static_cast<int>(o.timeout.count()));
+    rd_kafka_flush(producer.get(), static_cast<int>(o.timeout.count()));
     if (report.outstanding > 0) return Delivery::retry("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(batch.size()) +
