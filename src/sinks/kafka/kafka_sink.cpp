@@ -18,9 +18,8 @@
 #include <vector>
 
 #include "core/blocking.hpp"
-#include "core/log_limit.hpp"
 #include "core/secret.hpp"
-#include "sinks/kafka/handles.hpp"
+#include "sinks/kafka/clients.hpp"
 #include "sinks/kafka/ledger.hpp"
 #include "sinks/kafka/options.hpp"
 #include "sinks/kafka/progress.hpp"
@@ -73,11 +72,8 @@ struct KafkaSink::Impl {
   std::string host_id, name;
 
   asio::thread_pool pool{1};   // the blocking librdkafka calls run here
-  kafka::Client producer;
-  bool reset_producer = false; // a fatal error: build a new producer before the next batch
-  int32_t progress_partitions = 0;
+  std::unique_ptr<kafka::Clients> clients;   // the producer, the progress readers
   std::string session;         // tells this run's transactions apart in headers
-  LogLimiter log_limit{std::chrono::seconds(10)};
 
   // Transactions not yet known acked, and the keys to acknowledge without
   // sending; shared with committed() (another strand) under mu.
@@ -88,193 +84,13 @@ struct KafkaSink::Impl {
 
   ~Impl() {
     pool.join();
-    if (producer) {
-      rd_kafka_flush(producer.get(), 2000);
-      producer.reset();   // outstanding reports arrive here, into `reports` (still alive)
-    }
+    // Outstanding reports arrive here, into `reports` (still alive).
+    if (clients) clients->destroy_producer(milliseconds(2000));
   }
 
   BatchReport& new_report() {
     reports.remove_if([](const std::unique_ptr<BatchReport>& r) { return r->outstanding <= 0; });
     return *reports.emplace_back(std::make_unique<BatchReport>());
-  }
-
-  // librdkafka's settings, secrets included (read now, never logged).
-  kafka::Conf base_conf(bool for_producer) {
-    kafka::Conf owned(rd_kafka_conf_new());
-    rd_kafka_conf_t* conf = owned.get();
-    char err[512];
-    auto set = [&](const std::string& k, const std::string& v) {
-      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
-        throw std::runtime_error("librdkafka property " + k + ": " + err);
-    };
-    set("bootstrap.servers", o.brokers);
-    set("client.id", "tailbox");
-    for (auto& [k, v] : o.properties) set(k, v);
-    for (auto& s : o.secrets) set(s.property, read_secret(s.what, s.file, s.env));
-    rd_kafka_conf_set_opaque(conf, this);
-    rd_kafka_conf_set_log_cb(conf, [](const rd_kafka_t*, int level, const char* fac, const char* buf) {
-      if (level <= 3) spdlog::error("kafka: {}: {}", fac, buf);
-      else if (level == 4) spdlog::warn("kafka: {}: {}", fac, buf);
-      else spdlog::debug("kafka: {}: {}", fac, buf);
-    });
-    rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int e, const char* reason, void* opaque) {
-      auto* self = static_cast<Impl*>(opaque);
-      if (e == RD_KAFKA_RESP_ERR__FATAL) {
-        char why[512];
-        rd_kafka_fatal_error(rk, why, sizeof why);
-        spdlog::error("{}: fatal producer error: {}; a new producer will be made", self->name, why);
-        self->reset_producer = true;
-        return;
-      }
-      if (auto held = self->log_limit.allow("error_cb"))
-        spdlog::warn("{}: {}{}", self->name, reason,
-                     *held ? " (" + std::to_string(*held) + " more not logged)" : "");
-    });
-    if (for_producer) {
-      set("enable.idempotence", "true");
-      set("acks", "all");
-      set("linger.ms", "5");
-      set("compression.type", o.compression);
-      set("message.timeout.ms", std::to_string(o.timeout.count()));
-      if (o.transactional) {
-        set("transactional.id", o.transactional_id);
-        set("transaction.timeout.ms", std::to_string(std::max<int64_t>(60'000, o.timeout.count() + 10'000)));
-      }
-      rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    }
-    return owned;
-  }
-
-  // A client; it owns `conf` from now on (freed here when creation fails).
-  kafka::Client make(rd_kafka_type_t type, kafka::Conf conf) {
-    char err[512];
-    kafka::Client rk(rd_kafka_new(type, conf.get(), err, sizeof err));
-    if (!rk) throw std::runtime_error(std::string("cannot create a Kafka client: ") + err);
-    (void)conf.release();  // rd_kafka_new took it
-    return rk;
-  }
-
-  // Partition count of `t`, or throws naming what is wrong.
-  int32_t partitions_of(const std::string& t) {
-    kafka::Topic rkt(rd_kafka_topic_new(producer.get(), t.c_str(), nullptr));
-    const rd_kafka_metadata_t* raw = nullptr;
-    rd_kafka_resp_err_t e =
-        rd_kafka_metadata(producer.get(), 0, rkt.get(), &raw, static_cast<int>(o.timeout.count()));
-    kafka::Metadata md(raw);
-    rkt.reset();
-    if (e) throw std::runtime_error("cannot read metadata of topic " + t + ": " + rd_kafka_err2str(e));
-    int32_t n = 0;
-    rd_kafka_resp_err_t te = RD_KAFKA_RESP_ERR_NO_ERROR;
-    if (md->topic_cnt == 1) {
-      te = md->topics[0].err;
-      n = md->topics[0].partition_cnt;
-    }
-    md.reset();
-    if (te || n <= 0)
-      throw std::runtime_error("topic " + t + " is not available (" +
-                               (te ? rd_kafka_err2str(te) : std::string("no partitions")) +
-                               "); create it first (see README, Kafka sink)");
-    return n;
-  }
-
-  void destroy_producer() {
-    if (!producer) return;
-    rd_kafka_flush(producer.get(), 1000);
-    producer.reset();
-  }
-
-  // Builds the producer; in transactional mode also fences the previous one
-  // (a crashed relay's open transaction is aborted by the coordinator).
-  void start_producer() {
-    destroy_producer();
-    reset_producer = false;
-    producer = make(RD_KAFKA_PRODUCER, base_conf(true));
-    partitions_of(o.topic);
-    if (!o.transactional) return;
-    progress_partitions = partitions_of(o.progress_topic);
-    if (rd_kafka_error_t* e = rd_kafka_init_transactions(producer.get(), static_cast<int>(o.timeout.count()))) {
-      std::string why = rd_kafka_error_string(e);
-      rd_kafka_error_destroy(e);
-      destroy_producer();
-      throw std::runtime_error("cannot start Kafka transactions (transactional.id " +
-                               o.transactional_id + "): " + why);
-    }
-  }
-
-  // The latest committed progress record of this relay, or "" (read_committed).
-  // Reads backwards from the partition's high watermark (asked after
-  // init_transactions, on a read_uncommitted handle: a read_committed one
-  // would answer the last stable offset) in growing windows: the progress
-  // partition is shared with other relays and its active segment is not
-  // compacted. The first window must be read up to that watermark: a
-  // read_committed consumer stops at the last stable offset, so another
-  // relay's open transaction makes this wait (and open() fail and retry)
-  // rather than return an older record. Throws when it cannot finish.
-  std::string read_progress() {
-    int32_t p = kafka_progress_partition(o.transactional_id, progress_partitions);
-    int64_t lo = 0, hi = 0;
-    {
-      kafka::Conf conf = base_conf(false);
-      char err[512];
-      rd_kafka_conf_set(conf.get(), "isolation.level", "read_uncommitted", err, sizeof err);
-      kafka::Client w = make(RD_KAFKA_CONSUMER, std::move(conf));
-      rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(w.get(), o.progress_topic.c_str(), p, &lo,
-                                                               &hi, static_cast<int>(o.timeout.count()));
-      w.reset();
-      if (e)
-        throw std::runtime_error("cannot read the progress topic " + o.progress_topic + ": " +
-                                 rd_kafka_err2str(e));
-    }
-    if (hi <= lo) return "";
-    kafka::Conf conf = base_conf(false);
-    char err[512];
-    for (auto [k, v] : {std::pair{"group.id", "tailbox-progress-reader"},
-                        std::pair{"enable.auto.commit", "false"},
-                        std::pair{"enable.partition.eof", "true"},
-                        std::pair{"isolation.level", "read_committed"},
-                        std::pair{"auto.offset.reset", "earliest"}})
-      rd_kafka_conf_set(conf.get(), k, v, err, sizeof err);
-    kafka::Client c = make(RD_KAFKA_CONSUMER, std::move(conf));
-    std::string latest, failure;
-    int64_t end = hi, window = 512;
-    while (failure.empty() && latest.empty() && end > lo) {
-      int64_t start = std::max(lo, end - window);
-      kafka::PartitionList list(rd_kafka_topic_partition_list_new(1));
-      rd_kafka_topic_partition_list_add(list.get(), o.progress_topic.c_str(), p)->offset = start;
-      rd_kafka_assign(c.get(), list.get());
-      list.reset();
-      auto deadline = std::chrono::steady_clock::now() + o.timeout;   // per window
-      for (bool done = false; !done;) {
-        if (std::chrono::steady_clock::now() > deadline) {
-          failure = "timed out reading the progress topic " + o.progress_topic + " [" +
-                    std::to_string(p) + "] up to offset " + std::to_string(end) +
-                    " (another producer's open transaction there may hold read_committed back)";
-          break;
-        }
-        kafka::Message owned(rd_kafka_consumer_poll(c.get(), 200));
-        rd_kafka_message_t* m = owned.get();
-        if (!m) continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-          done = m->offset >= end;
-        } else if (m->err) {
-          if (auto held = log_limit.allow("progress_read"))
-            spdlog::warn("{}: reading progress: {}", name, rd_kafka_message_errstr(m));
-        } else if (m->offset >= end) {
-          done = true;
-        } else {
-          if (m->key && std::string_view(static_cast<const char*>(m->key), m->key_len) == o.transactional_id)
-            latest.assign(static_cast<const char*>(m->payload), m->len);
-          done = m->offset + 1 >= end;
-        }
-      }
-      end = start;
-      window *= 4;
-    }
-    rd_kafka_consumer_close(c.get());
-    c.reset();
-    if (!failure.empty()) throw std::runtime_error(failure);
-    return latest;
   }
 
   // Keeps, of the listed transactions, the rows still in the outbox (pending
@@ -329,7 +145,7 @@ struct KafkaSink::Impl {
   // coordinator finish or abort it): did transaction `unknown_seq` commit? The
   // latest committed progress record is its own exactly when it did.
   void settle_unknown() {
-    std::string record = read_progress();   // throws: stays unknown, retried
+    std::string record = clients->read_progress();   // throws: stays unknown, retried
     uint64_t unknown_seq = 0;
     {
       std::lock_guard lock(mu);
@@ -393,7 +209,7 @@ struct KafkaSink::Impl {
     for (;;) {
       ++report.outstanding;
       rd_kafka_resp_err_t e = rd_kafka_producev(
-          producer.get(), RD_KAFKA_V_TOPIC(o.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          clients->producer(), RD_KAFKA_V_TOPIC(o.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
           RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_VALUE(value.data(), value.size()),
           RD_KAFKA_V_HEADER("tailbox-key", r.key.data(), static_cast<ssize_t>(r.key.size())),
           RD_KAFKA_V_HEADER("tailbox-host", r.host.data(), static_cast<ssize_t>(r.host.size())),
@@ -405,7 +221,7 @@ struct KafkaSink::Impl {
       if (!e) return e;
       --report.outstanding;
       if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || std::chrono::steady_clock::now() > deadline) return e;
-      rd_kafka_poll(producer.get(), 50);
+      rd_kafka_poll(clients->producer(), 50);
     }
   }
 
@@ -415,10 +231,10 @@ struct KafkaSink::Impl {
   }
 
   Delivery abort(const std::string& why, bool reject = false) {
-    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(producer.get(), static_cast<int>(o.timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(clients->producer(), static_cast<int>(o.timeout.count()))) {
       spdlog::warn("{}: cannot abort the transaction ({}); a new producer will be made", name,
                    rd_kafka_error_string(e));
-      reset_producer = true;
+      clients->request_reset();
       rd_kafka_error_destroy(e);
     }
     return reject ? Delivery::reject(why) : Delivery::retry(why);
@@ -433,7 +249,7 @@ struct KafkaSink::Impl {
   // the answer to that outcome. Returns an error text, or "" when ready.
   std::string ready() {
     try {
-      if (reset_producer || !producer) start_producer();
+      if (clients->needs_reset()) clients->start_producer();
       uint64_t unknown = 0;
       {
         std::lock_guard lock(mu);
@@ -441,7 +257,7 @@ struct KafkaSink::Impl {
       }
       if (unknown) settle_unknown();
     } catch (const std::exception& e) {
-      reset_producer = true;
+      clients->request_reset();
       return e.what();
     }
     return "";
@@ -458,9 +274,9 @@ struct KafkaSink::Impl {
     size_t skipped = 0;
     std::vector<const Record*> send = take_skipped(batch, seq, skipped);
     if (send.empty()) return Delivery::delivered(state);
-    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(producer.get())) {
+    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(clients->producer())) {
       std::string why = error_text(e);
-      if (rd_kafka_error_is_fatal(e)) reset_producer = true;
+      if (rd_kafka_error_is_fatal(e)) clients->request_reset();
       rd_kafka_error_destroy(e);
       return Delivery::retry("cannot begin a transaction: " + why);
     }
@@ -489,7 +305,7 @@ struct KafkaSink::Impl {
     }
     // Every record is acknowledged by the brokers before the progress record
     // is queued, so a progress record never names a record that is not there.
-    rd_kafka_flush(producer.get(), static_cast<int>(o.timeout.count()));
+    rd_kafka_flush(clients->producer(), static_cast<int>(o.timeout.count()));
     if (report.outstanding > 0) return abort("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(send.size()) +
@@ -503,8 +319,8 @@ struct KafkaSink::Impl {
     }
     ++report.outstanding;
     rd_kafka_resp_err_t pe = rd_kafka_producev(
-        producer.get(), RD_KAFKA_V_TOPIC(o.progress_topic.c_str()),
-        RD_KAFKA_V_PARTITION(kafka_progress_partition(o.transactional_id, progress_partitions)),
+        clients->producer(), RD_KAFKA_V_TOPIC(o.progress_topic.c_str()),
+        RD_KAFKA_V_PARTITION(kafka_progress_partition(o.transactional_id, clients->progress_partitions())),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_KEY(o.transactional_id.data(), o.transactional_id.size()),
         RD_KAFKA_V_VALUE(progress.data(), progress.size()), RD_KAFKA_V_OPAQUE(&report), RD_KAFKA_V_END);
@@ -517,7 +333,7 @@ struct KafkaSink::Impl {
       return abort("cannot queue the progress record (" + std::to_string(progress.size()) +
                    " bytes): " + rd_kafka_err2str(pe), split);
     }
-    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(producer.get(), static_cast<int>(o.timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(clients->producer(), static_cast<int>(o.timeout.count()))) {
       std::string why = "cannot commit the transaction: " + error_text(e);
       bool needs_abort = rd_kafka_error_txn_requires_abort(e);
       rd_kafka_error_destroy(e);
@@ -530,7 +346,7 @@ struct KafkaSink::Impl {
       // Timed out or fatal: the outcome is unknown. A new producer makes the
       // coordinator finish or abort it; the next delivery reads the progress
       // record back to learn which, before it sends anything.
-      reset_producer = true;
+      clients->request_reset();
       std::lock_guard lock(mu);
       ledger.commit_unknown(seq);
       return Delivery::retry(why);
@@ -549,13 +365,13 @@ struct KafkaSink::Impl {
       if (!e) continue;
       // What was queued is still delivered (at-least-once); the batch is
       // split (too large: the big record ends dead) or retried.
-      rd_kafka_flush(producer.get(), static_cast<int>(o.timeout.count()));
+      rd_kafka_flush(clients->producer(), static_cast<int>(o.timeout.count()));
       if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
         return Delivery::reject("a record of " + std::to_string(value.size()) +
                                 " bytes is larger than the producer's message.max.bytes");
       return Delivery::retry(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
     }
-    rd_kafka_flush(producer.get(), static_cast<int>(o.timeout.count()));
+    rd_kafka_flush(clients->producer(), static_cast<int>(o.timeout.count()));
     if (report.outstanding > 0) return Delivery::retry("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(batch.size()) +
@@ -576,6 +392,7 @@ KafkaSink::KafkaSink(config::Settings& s, const std::string& host_id, asio::any_
   m.ledger = kafka::Ledger(host_id);
   std::string first = m.o.brokers.substr(0, m.o.brokers.find(','));
   m.name = "kafka:" + first + "/" + m.o.topic;
+  m.clients = std::make_unique<kafka::Clients>(m.o, m.name, on_delivery);
 }
 
 KafkaSink::~KafkaSink() = default;
@@ -595,7 +412,7 @@ std::optional<std::string> KafkaSink::open(const std::optional<std::string>& com
   Impl& m = *impl_;
   std::random_device rd;
   m.session = fmt::format("{:08x}", rd());
-  m.start_producer();
+  m.clients->start_producer();
   if (m.o.transactional) {
     uint64_t committed = 0;
     if (committed_state) {
@@ -606,7 +423,7 @@ std::optional<std::string> KafkaSink::open(const std::optional<std::string>& com
                      *committed_state);
       }
     }
-    m.inherit(m.read_progress(), committed);
+    m.inherit(m.clients->read_progress(), committed);
   }
   spdlog::info("{}: connected ({}), {}", m.name, m.o.brokers,
                m.o.transactional ? "transactional.id " + m.o.transactional_id : std::string("idempotent"));
