@@ -40,12 +40,8 @@ Options parse_options(config::Settings& s, const std::string& host_id) {
   }
   for (auto [what, property] : {std::pair{"sasl_password", "sasl.password"},
                                 std::pair{"ssl_key_password", "ssl.key.password"}}) {
-    auto file = s.optional_string(std::string(what) + "_file");
-    auto env = s.optional_string(std::string(what) + "_env");
-    if (file && env) s.fail(std::string(what) + "_env", std::string("set ") + what + "_file or " + what + "_env, not both");
-    if ((file && file->empty()) || (env && env->empty()))
-      s.fail(std::string(what) + (file ? "_file" : "_env"), "must not be empty");
-    if (file || env) o.secrets.push_back({property, what, file.value_or(""), env.value_or("")});
+    auto source = s.secret(what);
+    if (source.given()) o.secrets.push_back({property, what, source.file, source.env});
   }
   // Check the properties now, so a typo is a configuration error at start-up.
   {

@@ -141,18 +141,13 @@ Options parse_options(config::Settings& s) {
   if (o.timeout.count() <= 0) s.fail("timeout", "must be more than 0");
   o.ndjson = s.choice("format", "ndjson", {"ndjson", "raw"}) == "ndjson";
 
-  auto one_of = [&](const char* file_key, const char* env_key, std::string& file, std::string& env) {
-    auto f = s.optional_string(file_key);
-    auto e = s.optional_string(env_key);
-    if (f && e) s.fail(env_key, std::string("set ") + file_key + " or " + env_key + ", not both");
-    if (f && f->empty()) s.fail(file_key, "must not be empty");
-    if (e && e->empty()) s.fail(env_key, "must not be empty");
-    file = f.value_or("");
-    env = e.value_or("");
-  };
   o.user = s.string("user", "");
-  one_of("password_file", "password_env", o.password_file, o.password_env);
-  one_of("token_file", "token_env", o.token_file, o.token_env);
+  auto password_source = s.secret("password");
+  o.password_file = password_source.file;
+  o.password_env = password_source.env;
+  auto token_source = s.secret("token");
+  o.token_file = token_source.file;
+  o.token_env = token_source.env;
   o.credentials_file = s.string("credentials_file", "");
   bool password = !o.password_file.empty() || !o.password_env.empty();
   bool token = !o.token_file.empty() || !o.token_env.empty();

@@ -88,13 +88,9 @@ Options parse_options(config::Settings& s) {
     s.fail("conninfo", "not a valid libpq connection string (" + why + ")");
   }
   PQconninfoFree(parsed);
-  auto file = s.optional_string("password_file");
-  auto env = s.optional_string("password_env");
-  if (file && env) s.fail("password_env", "set password_file or password_env, not both");
-  if (file && file->empty()) s.fail("password_file", "must not be empty");
-  if (env && env->empty()) s.fail("password_env", "must not be empty");
-  o.password_file = file.value_or("");
-  o.password_env = env.value_or("");
+  auto password = s.secret("password");
+  o.password_file = password.file;
+  o.password_env = password.env;
   o.table = s.string("table", "tailbox_logs");
   if (!valid_table_name(o.table))
     s.fail("table", "must be a plain SQL name or schema.name (letters, digits, _; not starting "
