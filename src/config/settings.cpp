@@ -32,6 +32,16 @@ std::string Settings::string(const std::string& key, const std::string& fallback
   return optional_string(key).value_or(fallback);
 }
 
+Settings::SecretSource Settings::secret(const std::string& name) {
+  const std::string file_key = name + "_file", env_key = name + "_env";
+  auto file = optional_string(file_key);
+  auto env = optional_string(env_key);
+  if (file && env) fail(env_key, "set " + file_key + " or " + env_key + ", not both");
+  if (file && file->empty()) fail(file_key, "must not be empty");
+  if (env && env->empty()) fail(env_key, "must not be empty");
+  return {file.value_or(""), env.value_or("")};
+}
+
 std::string Settings::required_string(const std::string& key) {
   auto v = optional_string(key);
   if (!v) fail(key, "is required");

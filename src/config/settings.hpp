@@ -48,6 +48,15 @@ class Settings {
   std::string choice(const std::string& key, const std::string& fallback,
                      const std::vector<std::string>& allowed);
 
+  // Where a secret is read from (core/secret.hpp read_secret), never the
+  // secret itself: the keys `<name>_file` and `<name>_env`, at most one of
+  // them, neither empty. Both fields are empty when neither key is set.
+  struct SecretSource {
+    std::string file, env;
+    bool given() const { return !file.empty() || !env.empty(); }
+  };
+  SecretSource secret(const std::string& name);
+
   // Throws ConfigError naming the first key that no call above asked for.
   void finish() const;
 

@@ -4,7 +4,6 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
@@ -25,7 +24,8 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "sinks/ndjson.hpp"
+#include "sinks/http/options.hpp"
+#include "sinks/http/request.hpp"
 
 namespace tailbox::sinks {
 
@@ -38,298 +38,6 @@ using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-namespace http {
-
-namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-bool token_char(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-bool is_ip_literal(const std::string& host) {
-  boost::system::error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
-
-// Headers the sink writes itself (or that would break the framing).
-bool reserved_header(std::string_view name) {
-  for (std::string_view r : {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                             "te", "upgrade", "content-encoding", "idempotency-key"})
-    if (iequals(name, r)) return true;
-  return false;
-}
-
-}  // namespace
-
-std::string Url::display() const {
-  std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  return (tls ? "https://" : "http://") + h + ":" + std::to_string(port) +
-         target.substr(0, target.find('?'));
-}
-
-std::optional<Url> parse_url(std::string_view text, std::string& why) {
-  Url url;
-  size_t scheme_end = text.find("://");
-  std::string_view scheme = scheme_end == std::string_view::npos ? "" : text.substr(0, scheme_end);
-  if (iequals(scheme, "http")) url.tls = false;
-  else if (iequals(scheme, "https")) url.tls = true;
-  else {
-    why = "must start with http:// or https://";
-    return std::nullopt;
-  }
-  std::string_view rest = text.substr(scheme_end + 3);
-  if (rest.find('#') != std::string_view::npos) {
-    why = "must not have a fragment (#...)";
-    return std::nullopt;
-  }
-  size_t auth_end = rest.find_first_of("/?");
-  std::string_view authority = rest.substr(0, auth_end);
-  std::string_view target = auth_end == std::string_view::npos ? "" : rest.substr(auth_end);
-  if (authority.find('@') != std::string_view::npos) {
-    why = "must not hold a user or password (use auth_header_file or auth_header_env)";
-    return std::nullopt;
-  }
-  std::string_view port_text;
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      why = "has an unclosed [ in its host";
-      return std::nullopt;
-    }
-    url.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty() && after.front() != ':') {
-      why = "has something after the ] of its host";
-      return std::nullopt;
-    }
-    if (!after.empty()) port_text = after.substr(1);
-    boost::system::error_code ec;
-    asio::ip::make_address_v6(url.host, ec);
-    if (ec) {
-      why = "has a bracketed host that is not an IPv6 address";
-      return std::nullopt;
-    }
-  } else {
-    size_t colon = authority.find(':');
-    url.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
-    for (char c : url.host)
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') {
-        why = "has a host with characters other than letters, digits, '.', '-' and '_'";
-        return std::nullopt;
-      }
-  }
-  if (url.host.empty()) {
-    why = "has no host";
-    return std::nullopt;
-  }
-  url.port = url.tls ? 443 : 80;
-  if (authority.find(':') != std::string_view::npos && authority.back() != ']') {
-    bool digits = !port_text.empty() && port_text.size() <= 5 &&
-                  std::all_of(port_text.begin(), port_text.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
-    long port = digits ? std::stol(std::string(port_text)) : 0;
-    if (port < 1 || port > 65535) {
-      why = "has a port that is not a number from 1 to 65535";
-      return std::nullopt;
-    }
-    url.port = static_cast<uint16_t>(port);
-  }
-  for (char c : target)
-    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
-      why = "has a space, a control character or a non-ASCII byte in its path (percent-encode it)";
-      return std::nullopt;
-    }
-  if (target.empty()) url.target = "/";
-  else if (target.front() == '?') url.target = "/" + std::string(target);
-  else url.target = std::string(target);
-  return url;
-}
-
-std::optional<std::pair<std::string, std::string>> parse_header_line(std::string_view line) {
-  size_t colon = line.find(':');
-  if (colon == std::string_view::npos || colon == 0) return std::nullopt;
-  std::string_view name = line.substr(0, colon);
-  if (!std::all_of(name.begin(), name.end(), token_char)) return std::nullopt;
-  std::string_view value = trim(line.substr(colon + 1));
-  if (value.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos) return std::nullopt;
-  return std::pair{std::string(name), std::string(value)};
-}
-
-bool configuration_problem(int status) {
-  if (status >= 300 && status < 400) return true;   // redirects are not followed
-  switch (status) {
-    case 401: case 403:     // credentials
-    case 404: case 405:     // url
-    case 407:               // a proxy wants credentials
-    case 415:               // format / compression not accepted
-    case 421:               // misdirected: TLS server name
-    case 426:               // wants another protocol (TLS)
-    case 431:               // headers too large
-      return true;
-    default:
-      return false;
-  }
-}
-
-Delivery::Outcome classify(int status) {
-  if (status >= 200 && status < 300) return Delivery::Outcome::delivered;
-  if (status == 408 || status == 425 || status == 429 || status >= 500) return Delivery::Outcome::retry;
-  if (configuration_problem(status)) return Delivery::Outcome::retry;
-  if (status >= 400 && status < 500) return Delivery::Outcome::reject;
-  return Delivery::Outcome::retry;   // 1xx and anything unknown
-}
-
-std::optional<milliseconds> parse_retry_after(std::string_view value,
-                                              std::chrono::system_clock::time_point now) {
-  value = trim(value);
-  if (value.empty()) return std::nullopt;
-  auto clamp = [](int64_t ms) { return std::clamp(milliseconds(ms), milliseconds(0), kMaxRetryAfter); };
-  if (std::all_of(value.begin(), value.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
-    if (value.size() > 9) return kMaxRetryAfter;
-    return clamp(std::stoll(std::string(value)) * 1000);
-  }
-  // HTTP-date: IMF-fixdate, or the obsolete RFC 850 and asctime forms.
-  std::string text(value);
-  for (const char* format : {"%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"}) {
-    std::tm tm{};
-    const char* end = strptime(text.c_str(), format, &tm);
-    if (end == nullptr || *end != '\0') continue;
-    auto at = std::chrono::system_clock::from_time_t(timegm(&tm));
-    return clamp(std::chrono::duration_cast<milliseconds>(at - now).count());
-  }
-  return std::nullopt;
-}
-
-void append_body(std::string& out, std::span<const Record> batch, Format format,
-                 std::string_view id_field) {
-  if (format == Format::ndjson) {
-    for (const Record& r : batch) append_ndjson(out, r, id_field);
-    return;
-  }
-  out += '[';
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (i > 0) out += ',';
-    append_ndjson(out, batch[i], id_field);
-    out.pop_back();   // the object's "\n"
-  }
-  out += "]\n";
-}
-
-std::string idempotency_key(std::span<const Record> batch) {
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
-    throw std::runtime_error("OpenSSL: cannot start SHA-256");
-  for (const Record& r : batch) {
-    EVP_DigestUpdate(ctx.get(), r.key.data(), r.key.size());
-    EVP_DigestUpdate(ctx.get(), "\n", 1);
-  }
-  EVP_DigestFinal_ex(ctx.get(), digest, &size);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < 16 && i < size; ++i) {
-    out += hex[digest[i] >> 4];
-    out += hex[digest[i] & 15];
-  }
-  return out;
-}
-
-std::string gzip(std::string_view data) {
-  z_stream zs{};
-  if (deflateInit2(&zs, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-    throw std::runtime_error("zlib: deflateInit2 failed");
-  std::string out;
-  out.resize(deflateBound(&zs, static_cast<uLong>(data.size())) + 64);
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  size_t in_left = data.size();
-  int rc = Z_OK;
-  while (rc != Z_STREAM_END) {
-    if (zs.avail_in == 0 && in_left > 0) {
-      zs.avail_in = static_cast<uInt>(std::min<size_t>(in_left, 1u << 30));
-      in_left -= zs.avail_in;
-    }
-    if (zs.total_out == out.size()) out.resize(out.size() * 2);
-    zs.next_out = reinterpret_cast<Bytef*>(out.data() + zs.total_out);
-    zs.avail_out = static_cast<uInt>(std::min<size_t>(out.size() - zs.total_out, 1u << 30));
-    rc = deflate(&zs, in_left == 0 ? Z_FINISH : Z_NO_FLUSH);
-    if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
-      deflateEnd(&zs);
-      throw std::runtime_error("zlib: deflate failed");
-    }
-  }
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
-
-Options parse_options(config::Settings& s) {
-  Options o;
-  std::string why;
-  auto url = parse_url(s.required_string("url"), why);
-  if (!url) s.fail("url", why);
-  o.url = *url;
-  o.format = s.choice("format", "ndjson", {"ndjson", "json_array"}) == "ndjson" ? Format::ndjson
-                                                                               : Format::json_array;
-  o.id_field = s.string("id_field", o.id_field);
-  if (o.id_field.empty()) s.fail("id_field", "must not be empty");
-  auto lines = s.string_list("headers", false);
-  for (size_t i = 0; i < lines.size(); ++i) {
-    // The line is not echoed: it may hold a secret.
-    std::string entry = "entry " + std::to_string(i + 1);
-    auto header = parse_header_line(lines[i]);
-    if (!header) s.fail("headers", entry + " is not a header line \"Name: value\"");
-    if (reserved_header(header->first))
-      s.fail("headers", entry + ": \"" + header->first + "\" is set by the sink");
-    o.headers.push_back(std::move(*header));
-  }
-  o.auth_header_file = s.string("auth_header_file", "");
-  o.auth_header_env = s.string("auth_header_env", "");
-  if (!o.auth_header_file.empty() && !o.auth_header_env.empty())
-    s.fail("auth_header_env", "give auth_header_file or auth_header_env, not both");
-  if (!o.auth_header_env.empty()) {
-    bool ok = !std::isdigit(static_cast<unsigned char>(o.auth_header_env[0]));
-    for (char c : o.auth_header_env) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
-    if (!ok) s.fail("auth_header_env", "must be an environment variable name (letters, digits, _)");
-  }
-  o.timeout = s.duration("timeout", o.timeout);
-  if (o.timeout <= milliseconds(0)) s.fail("timeout", "must be more than 0");
-  o.connections = static_cast<int>(s.integer("connections", o.connections, 1, 64));
-  o.gzip = s.choice("compression", "none", {"none", "gzip"}) == "gzip";
-
-  o.tls_ca_file = s.string("tls_ca_file", "");
-  o.tls_cert_file = s.string("tls_cert_file", "");
-  o.tls_key_file = s.string("tls_key_file", "");
-  o.tls_server_name = s.string("tls_server_name", "");
-  o.tls_verify = s.boolean("tls_verify", true);
-  struct Given { const char* key; bool given; };
-  for (Given g : {Given{"tls_ca_file", !o.tls_ca_file.empty()}, Given{"tls_cert_file", !o.tls_cert_file.empty()},
-                  Given{"tls_key_file", !o.tls_key_file.empty()}, Given{"tls_server_name", !o.tls_server_name.empty()},
-                  Given{"tls_verify", !o.tls_verify}})
-    if (g.given && !o.url.tls) s.fail(g.key, "needs an https:// url");
-  if (o.tls_cert_file.empty() != o.tls_key_file.empty())
-    s.fail(o.tls_cert_file.empty() ? "tls_key_file" : "tls_cert_file",
-           "tls_cert_file and tls_key_file go together");
-  for (char c : o.tls_server_name)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != ':')
-      s.fail("tls_server_name", "must be a host name or an IP address");
-  return o;
-}
-
-}  // namespace http
 
 namespace {
 
@@ -403,21 +111,6 @@ struct Attempt {
   Delivery delivery;
   bool stale = false;   // the connection was dead before any answer: try a new one
 };
-
-// Reads "Name: value" (one line, one optional trailing newline) from a file
-// or a variable. Messages never include the value.
-std::pair<std::string, std::string> auth_header(const std::string& text, const std::string& where) {
-  std::string_view line(text);
-  if (line.ends_with("\n")) line.remove_suffix(1);
-  if (line.ends_with("\r")) line.remove_suffix(1);
-  auto header = line.find_first_of("\r\n") == std::string_view::npos ? http::parse_header_line(line)
-                                                                     : std::nullopt;
-  if (!header || header->second.empty())
-    throw std::runtime_error(where + " must hold one header line such as \"Authorization: Bearer ...\"");
-  if (http::reserved_header(header->first))
-    throw std::runtime_error(where + ": \"" + header->first + "\" is set by the sink");
-  return *header;
-}
 
 }  // namespace
 
@@ -610,17 +303,8 @@ std::string HttpSink::guarantee() const {
 
 std::optional<std::string> HttpSink::open(const std::optional<std::string>&) {
   const http::Options& o = impl_->opt;
-  if (!o.auth_header_file.empty()) {
-    std::ifstream in(o.auth_header_file, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot read auth_header_file " + o.auth_header_file);
-    std::stringstream text;
-    text << in.rdbuf();
-    impl_->auth = auth_header(text.str(), "auth_header_file " + o.auth_header_file);
-  } else if (!o.auth_header_env.empty()) {
-    const char* value = std::getenv(o.auth_header_env.c_str());
-    if (value == nullptr) throw std::runtime_error("the environment variable " + o.auth_header_env + " (auth_header_env) is not set");
-    impl_->auth = auth_header(value, "the environment variable " + o.auth_header_env + " (auth_header_env)");
-  }
+  if (!o.auth_header_file.empty() || !o.auth_header_env.empty())
+    impl_->auth = http::read_auth_header(o.auth_header_file, o.auth_header_env);
 
   if (o.url.tls) {
     ssl::context ctx(ssl::context::tls_client);

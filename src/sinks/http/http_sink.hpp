@@ -37,76 +37,12 @@
 #include <vector>
 
 #include "config/settings.hpp"
+#include "sinks/http/options.hpp"
+#include "sinks/http/request.hpp"
 #include "sinks/sink.hpp"
 
 namespace tailbox::sinks {
 
-namespace http {
-
-enum class Format { ndjson, json_array };
-
-// A parsed http:// or https:// URL. No user info, no fragment.
-struct Url {
-  bool tls = false;
-  std::string host;            // without brackets for IPv6
-  uint16_t port = 0;           // 80 / 443 when not written
-  std::string target = "/";    // path and query, as sent in the request line
-  // "http://host:port/path" without the query (which may hold a token): for logs.
-  std::string display() const;
-};
-
-// The sink's configuration, with the default next to each field.
-struct Options {
-  Url url;                                                   // `url`, required
-  Format format = Format::ndjson;                            // "ndjson" | "json_array"
-  std::string id_field = "_id";                              // the key's field in each object
-  std::vector<std::pair<std::string, std::string>> headers;  // extra "Name: value" headers
-  std::string auth_header_file;                              // one header line, read at open()
-  std::string auth_header_env;                               // or: the variable that holds it
-  std::chrono::milliseconds timeout{30'000};                 // per request, connect to last byte
-  int connections = 2;                                       // requests in flight at most
-  bool gzip = false;                                         // `compression` = "none" | "gzip"
-  std::string tls_ca_file;        // PEM CA bundle; default: the system's trust store
-  std::string tls_cert_file;      // client certificate chain (PEM), for mutual TLS
-  std::string tls_key_file;       // its private key (PEM)
-  std::string tls_server_name;    // SNI and the name verified; default: the URL's host
-  bool tls_verify = true;         // false: no certificate or host name check (logged)
-};
-
-// Reads every key of the [sink] table that the http sink knows, without I/O.
-// Throws config::ConfigError naming the key. The caller runs finish().
-Options parse_options(config::Settings& settings);
-
-// Parses an http:// or https:// URL; on failure returns nullopt and says why.
-std::optional<Url> parse_url(std::string_view text, std::string& why);
-
-// Splits "Name: value" into a header; nullopt unless the name is an HTTP token
-// and the value holds no CR, LF or NUL. Surrounding blanks of the value go.
-std::optional<std::pair<std::string, std::string>> parse_header_line(std::string_view line);
-
-// What an HTTP status means for the batch (see the file comment).
-Delivery::Outcome classify(int status);
-// True for statuses that say the sink's configuration is wrong (they retry).
-bool configuration_problem(int status);
-
-// A Retry-After value (delay-seconds or an HTTP-date) as a delay from `now`,
-// clamped to [0, kMaxRetryAfter]; nullopt when malformed.
-inline constexpr std::chrono::milliseconds kMaxRetryAfter{300'000};
-std::optional<std::chrono::milliseconds> parse_retry_after(
-    std::string_view value, std::chrono::system_clock::time_point now);
-
-// Appends the batch's body: NDJSON (each object ends with "\n") or a JSON array.
-void append_body(std::string& out, std::span<const Record> batch, Format format,
-                 std::string_view id_field);
-
-// 32 hex digits of SHA-256 over the batch's keys in order: the same rows give
-// the same key on every retry and after a restart.
-std::string idempotency_key(std::span<const Record> batch);
-
-// gzip (RFC 1952) of `data`, at zlib's fastest level.
-std::string gzip(std::string_view data);
-
-}  // namespace http
 
 class HttpSink : public Sink {
  public:

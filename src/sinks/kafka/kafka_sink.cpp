@@ -18,8 +18,11 @@
 #include <vector>
 
 #include "core/blocking.hpp"
-#include "core/log_limit.hpp"
 #include "core/secret.hpp"
+#include "sinks/kafka/clients.hpp"
+#include "sinks/kafka/ledger.hpp"
+#include "sinks/kafka/options.hpp"
+#include "sinks/kafka/progress.hpp"
 #include "sinks/ndjson.hpp"
 
 namespace asio = boost::asio;
@@ -27,6 +30,8 @@ namespace json = boost::json;
 using std::chrono::milliseconds;
 
 namespace tailbox::sinks {
+
+using kafka::Txn;
 
 int32_t kafka_progress_partition(std::string_view key, int32_t partitions) {
   uLong crc = crc32(0L, reinterpret_cast<const Bytef*>(key.data()), static_cast<uInt>(key.size()));
@@ -60,304 +65,32 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void*) {
 }
 
 
-// A file's offsets, ascending, as "first,delta,delta,..." (compact in JSON).
-std::string encode_offsets(const std::set<int64_t>& offsets) {
-  std::string out;
-  int64_t prev = 0;
-  for (int64_t o : offsets) {
-    if (!out.empty()) out += ',';
-    out += std::to_string(o - prev);
-    prev = o;
-  }
-  return out;
-}
-
-std::set<int64_t> decode_offsets(std::string_view text) {
-  std::set<int64_t> out;
-  int64_t prev = 0;
-  while (!text.empty()) {
-    auto comma = text.find(',');
-    std::string_view part = text.substr(0, comma);
-    int64_t v = std::stoll(std::string(part));
-    prev += v;
-    out.insert(prev);
-    if (comma == std::string_view::npos) break;
-    text.remove_prefix(comma + 1);
-  }
-  return out;
-}
-
-// A Kafka transaction whose rows may still be in the outbox. Own: sent by
-// this run, forgotten once its ack committed. Carried: committed to Kafka
-// before the last stop (read back from the progress record); its rows are
-// acknowledged without sending, and each offset is forgotten once the ack of
-// the delivery that skipped it committed.
-struct Txn {
-  uint64_t seq = 0;
-  std::map<std::string, std::set<int64_t>> offsets;   // file uid -> offsets
-  bool carried = false;
-};
-
 }  // namespace
 
 struct KafkaSink::Impl {
-  // Settings.
-  std::string brokers, topic, progress_topic, transactional_id, host_id, name;
-  bool transactional = true;
-  bool ndjson = true;
-  std::string compression = "none";
-  std::string key_mode = "idempotency_key", key_field;
-  milliseconds timeout{30'000};
-  std::vector<std::pair<std::string, std::string>> properties;   // passed to librdkafka
-  struct Secret {
-    std::string property, what, file, env;
-  };
-  std::vector<Secret> secrets;
+  kafka::Options o;
+  std::string host_id, name;
 
   asio::thread_pool pool{1};   // the blocking librdkafka calls run here
-  rd_kafka_t* producer = nullptr;
-  bool reset_producer = false; // a fatal error: build a new producer before the next batch
-  int32_t progress_partitions = 0;
+  std::unique_ptr<kafka::Clients> clients;   // the producer, the progress readers
   std::string session;         // tells this run's transactions apart in headers
-  uint64_t next_seq = 1;
-  LogLimiter log_limit{std::chrono::seconds(10)};
 
   // Transactions not yet known acked, and the keys to acknowledge without
-  // sending; shared with committed() (another strand).
+  // sending; shared with committed() (another strand) under mu.
   std::mutex mu;
-  std::list<Txn> unacked;
-  struct Skip {
-    std::list<Txn>::iterator txn;
-    uint64_t skipped_in = 0;   // the delivery that acknowledged it (0: not yet)
-  };
-  std::unordered_map<std::string, Skip> skip;
-  std::map<uint64_t, std::vector<std::string>> skipped_by;   // delivery -> keys it skipped
+  kafka::Ledger ledger{""};  // host_id set by the constructor
   KeysInOutbox lookup;     // set by the relay before open()
-  // A transaction whose commit outcome is unknown (a commit that timed out or
-  // failed fatally): the next delivery reads progress back to learn it.
-  uint64_t unknown_seq = 0;
   std::list<std::unique_ptr<BatchReport>> reports;   // see BatchReport
 
   ~Impl() {
     pool.join();
-    if (producer) {
-      rd_kafka_flush(producer, 2000);
-      rd_kafka_destroy(producer);   // outstanding reports arrive here, into `reports`
-    }
+    // Outstanding reports arrive here, into `reports` (still alive).
+    if (clients) clients->destroy_producer(milliseconds(2000));
   }
 
   BatchReport& new_report() {
     reports.remove_if([](const std::unique_ptr<BatchReport>& r) { return r->outstanding <= 0; });
     return *reports.emplace_back(std::make_unique<BatchReport>());
-  }
-
-  // librdkafka's settings, secrets included (read now, never logged).
-  rd_kafka_conf_t* base_conf(bool for_producer) {
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    char err[512];
-    auto set = [&](const std::string& k, const std::string& v) {
-      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        throw std::runtime_error("librdkafka property " + k + ": " + err);
-      }
-    };
-    set("bootstrap.servers", brokers);
-    set("client.id", "tailbox");
-    for (auto& [k, v] : properties) set(k, v);
-    for (auto& s : secrets) set(s.property, read_secret(s.what, s.file, s.env));
-    rd_kafka_conf_set_opaque(conf, this);
-    rd_kafka_conf_set_log_cb(conf, [](const rd_kafka_t*, int level, const char* fac, const char* buf) {
-      if (level <= 3) spdlog::error("kafka: {}: {}", fac, buf);
-      else if (level == 4) spdlog::warn("kafka: {}: {}", fac, buf);
-      else spdlog::debug("kafka: {}: {}", fac, buf);
-    });
-    rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int e, const char* reason, void* opaque) {
-      auto* self = static_cast<Impl*>(opaque);
-      if (e == RD_KAFKA_RESP_ERR__FATAL) {
-        char why[512];
-        rd_kafka_fatal_error(rk, why, sizeof why);
-        spdlog::error("{}: fatal producer error: {}; a new producer will be made", self->name, why);
-        self->reset_producer = true;
-        return;
-      }
-      if (auto held = self->log_limit.allow("error_cb"))
-        spdlog::warn("{}: {}{}", self->name, reason,
-                     *held ? " (" + std::to_string(*held) + " more not logged)" : "");
-    });
-    if (for_producer) {
-      set("enable.idempotence", "true");
-      set("acks", "all");
-      set("linger.ms", "5");
-      set("compression.type", compression);
-      set("message.timeout.ms", std::to_string(timeout.count()));
-      if (transactional) {
-        set("transactional.id", transactional_id);
-        set("transaction.timeout.ms", std::to_string(std::max<int64_t>(60'000, timeout.count() + 10'000)));
-      }
-      rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    }
-    return conf;
-  }
-
-  rd_kafka_t* make(rd_kafka_type_t type, rd_kafka_conf_t* conf) {
-    char err[512];
-    rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
-    if (!rk) {
-      rd_kafka_conf_destroy(conf);
-      throw std::runtime_error(std::string("cannot create a Kafka client: ") + err);
-    }
-    return rk;
-  }
-
-  // Partition count of `t`, or throws naming what is wrong.
-  int32_t partitions_of(const std::string& t) {
-    rd_kafka_topic_t* rkt = rd_kafka_topic_new(producer, t.c_str(), nullptr);
-    const rd_kafka_metadata_t* md = nullptr;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(producer, 0, rkt, &md, static_cast<int>(timeout.count()));
-    rd_kafka_topic_destroy(rkt);
-    if (e) throw std::runtime_error("cannot read metadata of topic " + t + ": " + rd_kafka_err2str(e));
-    int32_t n = 0;
-    rd_kafka_resp_err_t te = RD_KAFKA_RESP_ERR_NO_ERROR;
-    if (md->topic_cnt == 1) {
-      te = md->topics[0].err;
-      n = md->topics[0].partition_cnt;
-    }
-    rd_kafka_metadata_destroy(md);
-    if (te || n <= 0)
-      throw std::runtime_error("topic " + t + " is not available (" +
-                               (te ? rd_kafka_err2str(te) : std::string("no partitions")) +
-                               "); create it first (see README, Kafka sink)");
-    return n;
-  }
-
-  void destroy_producer() {
-    if (!producer) return;
-    rd_kafka_flush(producer, 1000);
-    rd_kafka_destroy(producer);
-    producer = nullptr;
-  }
-
-  // Builds the producer; in transactional mode also fences the previous one
-  // (a crashed relay's open transaction is aborted by the coordinator).
-  void start_producer() {
-    destroy_producer();
-    reset_producer = false;
-    producer = make(RD_KAFKA_PRODUCER, base_conf(true));
-    partitions_of(topic);
-    if (!transactional) return;
-    progress_partitions = partitions_of(progress_topic);
-    if (rd_kafka_error_t* e = rd_kafka_init_transactions(producer, static_cast<int>(timeout.count()))) {
-      std::string why = rd_kafka_error_string(e);
-      rd_kafka_error_destroy(e);
-      destroy_producer();
-      throw std::runtime_error("cannot start Kafka transactions (transactional.id " +
-                               transactional_id + "): " + why);
-    }
-  }
-
-  // The latest committed progress record of this relay, or "" (read_committed).
-  // Reads backwards from the partition's high watermark (asked after
-  // init_transactions, on a read_uncommitted handle: a read_committed one
-  // would answer the last stable offset) in growing windows: the progress
-  // partition is shared with other relays and its active segment is not
-  // compacted. The first window must be read up to that watermark: a
-  // read_committed consumer stops at the last stable offset, so another
-  // relay's open transaction makes this wait (and open() fail and retry)
-  // rather than return an older record. Throws when it cannot finish.
-  std::string read_progress() {
-    int32_t p = kafka_progress_partition(transactional_id, progress_partitions);
-    int64_t lo = 0, hi = 0;
-    {
-      rd_kafka_conf_t* conf = base_conf(false);
-      char err[512];
-      rd_kafka_conf_set(conf, "isolation.level", "read_uncommitted", err, sizeof err);
-      rd_kafka_t* w = make(RD_KAFKA_CONSUMER, conf);
-      rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(w, progress_topic.c_str(), p, &lo, &hi,
-                                                               static_cast<int>(timeout.count()));
-      rd_kafka_destroy(w);
-      if (e)
-        throw std::runtime_error("cannot read the progress topic " + progress_topic + ": " +
-                                 rd_kafka_err2str(e));
-    }
-    if (hi <= lo) return "";
-    rd_kafka_conf_t* conf = base_conf(false);
-    char err[512];
-    for (auto [k, v] : {std::pair{"group.id", "tailbox-progress-reader"},
-                        std::pair{"enable.auto.commit", "false"},
-                        std::pair{"enable.partition.eof", "true"},
-                        std::pair{"isolation.level", "read_committed"},
-                        std::pair{"auto.offset.reset", "earliest"}})
-      rd_kafka_conf_set(conf, k, v, err, sizeof err);
-    rd_kafka_t* c = make(RD_KAFKA_CONSUMER, conf);
-    std::string latest, failure;
-    int64_t end = hi, window = 512;
-    while (failure.empty() && latest.empty() && end > lo) {
-      int64_t start = std::max(lo, end - window);
-      rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(1);
-      rd_kafka_topic_partition_list_add(list, progress_topic.c_str(), p)->offset = start;
-      rd_kafka_assign(c, list);
-      rd_kafka_topic_partition_list_destroy(list);
-      auto deadline = std::chrono::steady_clock::now() + timeout;   // per window
-      for (bool done = false; !done;) {
-        if (std::chrono::steady_clock::now() > deadline) {
-          failure = "timed out reading the progress topic " + progress_topic + " [" +
-                    std::to_string(p) + "] up to offset " + std::to_string(end) +
-                    " (another producer's open transaction there may hold read_committed back)";
-          break;
-        }
-        rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 200);
-        if (!m) continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-          done = m->offset >= end;
-        } else if (m->err) {
-          if (auto held = log_limit.allow("progress_read"))
-            spdlog::warn("{}: reading progress: {}", name, rd_kafka_message_errstr(m));
-        } else if (m->offset >= end) {
-          done = true;
-        } else {
-          if (m->key && std::string_view(static_cast<const char*>(m->key), m->key_len) == transactional_id)
-            latest.assign(static_cast<const char*>(m->payload), m->len);
-          done = m->offset + 1 >= end;
-        }
-        rd_kafka_message_destroy(m);
-      }
-      end = start;
-      window *= 4;
-    }
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
-    if (!failure.empty()) throw std::runtime_error(failure);
-    return latest;
-  }
-
-  struct Progress {
-    uint64_t seq = 0;
-    std::string txn;            // "<session>.<seq>"
-    std::vector<Txn> listed;    // every transaction the record lists
-  };
-
-  // Parses a progress record (offsets as delta strings, or as plain arrays in
-  // records written by earlier versions). Throws on anything else.
-  static Progress parse_progress(const std::string& record) {
-    Progress out;
-    json::object o = json::parse(record).as_object();
-    out.seq = static_cast<uint64_t>(o.at("seq").to_number<int64_t>());
-    out.txn = std::string(o.at("txn").as_string());
-    for (auto& tv : o.at("unacked").as_array()) {
-      auto& t = tv.as_object();
-      Txn txn;
-      txn.seq = static_cast<uint64_t>(t.at("seq").to_number<int64_t>());
-      for (auto& [uid, offs] : t.at("files").as_object()) {
-        auto& set = txn.offsets[std::string(uid)];
-        if (offs.is_string()) {
-          set = decode_offsets(offs.as_string());
-        } else {
-          for (auto& off : offs.as_array()) set.insert(off.to_number<int64_t>());
-        }
-      }
-      out.listed.push_back(std::move(txn));
-    }
-    return out;
   }
 
   // Keeps, of the listed transactions, the rows still in the outbox (pending
@@ -382,19 +115,6 @@ struct KafkaSink::Impl {
     return listed;
   }
 
-  // Adds `txn` (carried) and its keys to skip. REQUIRES: mu held.
-  size_t carry(Txn txn) {
-    txn.carried = true;
-    auto it = unacked.insert(unacked.end(), std::move(txn));
-    size_t keys = 0;
-    for (auto& [uid, offs] : it->offsets)
-      for (int64_t off : offs) {
-        skip[make_record_key(host_id, uid, off)] = Skip{it, 0};
-        ++keys;
-      }
-    return keys;
-  }
-
   // At open(): what was committed to Kafka but not yet removed from the
   // outbox. Throws when the record cannot be read or the outbox not asked
   // (open() then fails and is retried: guessing could send lines twice).
@@ -402,25 +122,19 @@ struct KafkaSink::Impl {
     std::vector<Txn> carried;
     uint64_t record_seq = 0;
     if (!record.empty()) {
-      Progress pr;
+      kafka::Progress pr;
       try {
-        pr = parse_progress(record);
+        pr = kafka::decode_progress(record);
       } catch (const std::exception& e) {
-        throw std::runtime_error("the progress record of " + transactional_id + " in " +
-                                 progress_topic + " cannot be read (" + e.what() +
+        throw std::runtime_error("the progress record of " + o.transactional_id + " in " +
+                                 o.progress_topic + " cannot be read (" + e.what() +
                                  "); not sending anything rather than risk sending lines twice");
       }
       record_seq = pr.seq;
       carried = still_in_outbox(std::move(pr.listed), committed_seq);
     }
     std::lock_guard lock(mu);
-    unacked.clear();
-    skip.clear();
-    skipped_by.clear();
-    unknown_seq = 0;
-    next_seq = std::max(committed_seq, record_seq) + 1;
-    size_t keys = 0;
-    for (auto& t : carried) keys += carry(std::move(t));
+    size_t keys = ledger.inherit(std::move(carried), committed_seq, record_seq);
     if (keys)
       spdlog::info("{}: {} lines were committed to Kafka before the last stop but not yet "
                    "removed from the outbox; they are acknowledged without sending them again",
@@ -431,60 +145,45 @@ struct KafkaSink::Impl {
   // coordinator finish or abort it): did transaction `unknown_seq` commit? The
   // latest committed progress record is its own exactly when it did.
   void settle_unknown() {
-    std::string record = read_progress();   // throws: stays unknown, retried
+    std::string record = clients->read_progress();   // throws: stays unknown, retried
+    uint64_t unknown_seq = 0;
+    {
+      std::lock_guard lock(mu);
+      unknown_seq = ledger.unknown();
+    }
     std::string want = session + "." + std::to_string(unknown_seq);
     bool did_commit = false;
     if (!record.empty()) {
       try {
-        Progress pr = parse_progress(record);
+        kafka::Progress pr = kafka::decode_progress(record);
         did_commit = pr.txn == want;
-        next_seq = std::max(next_seq, pr.seq + 1);
+        std::lock_guard lock(mu);
+        ledger.saw_seq(pr.seq);
       } catch (const std::exception& e) {
         throw std::runtime_error(std::string("the progress record cannot be read: ") + e.what());
       }
     }
     std::lock_guard lock(mu);
-    auto it = std::find_if(unacked.begin(), unacked.end(),
-                           [&](const Txn& t) { return !t.carried && t.seq == unknown_seq; });
-    if (it != unacked.end()) {
-      Txn t = std::move(*it);
-      unacked.erase(it);
-      if (did_commit) {
-        size_t keys = carry(std::move(t));
-        spdlog::info("{}: the transaction whose commit timed out did commit; its {} lines are "
-                     "acknowledged without sending them again", name, keys);
-      }
-    }
-    unknown_seq = 0;
+    if (auto keys = ledger.settle(did_commit))
+      spdlog::info("{}: the transaction whose commit timed out did commit; its {} lines are "
+                   "acknowledged without sending them again", name, *keys);
   }
 
   // Splits the batch: rows already in Kafka (acknowledged without sending,
   // marked as skipped in delivery `seq`) and rows to send.
   std::vector<const Record*> take_skipped(std::span<const Record> batch, uint64_t seq, size_t& skipped) {
-    std::vector<const Record*> send;
-    send.reserve(batch.size());
     std::lock_guard lock(mu);
-    for (const Record& r : batch) {
-      auto it = skip.empty() ? skip.end() : skip.find(std::string(r.key));
-      if (it == skip.end()) {
-        send.push_back(&r);
-        continue;
-      }
-      it->second.skipped_in = seq;
-      skipped_by[seq].push_back(it->first);
-      ++skipped;
-    }
-    return send;
+    return ledger.take_skipped(batch, seq, skipped);
   }
 
   // The Kafka key of `r`; may point into `scratch`.
   std::string_view key_of(const Record& r, std::string& scratch) const {
-    if (key_mode == "file") return r.key.substr(0, r.key.rfind('/'));
-    if (key_mode == "field" && !r.fields.empty()) {
+    if (o.key_mode == "file") return r.key.substr(0, r.key.rfind('/'));
+    if (o.key_mode == "field" && !r.fields.empty()) {
       boost::system::error_code ec;
       json::value v = json::parse(r.fields, ec);
       if (!ec && v.is_object()) {
-        if (auto* f = v.as_object().if_contains(key_field)) {
+        if (auto* f = v.as_object().if_contains(o.key_field)) {
           scratch = f->is_string() ? std::string(f->as_string()) : json::serialize(*f);
           return scratch;
         }
@@ -497,7 +196,7 @@ struct KafkaSink::Impl {
   rd_kafka_resp_err_t produce(const Record& r, BatchReport& report, const std::string& txn_id,
                               std::string& value) {
     value.clear();
-    if (ndjson) {
+    if (o.ndjson) {
       append_ndjson(value, r);
       if (!value.empty() && value.back() == '\n') value.pop_back();
     } else {
@@ -506,11 +205,11 @@ struct KafkaSink::Impl {
     std::string scratch;
     std::string_view key = key_of(r, scratch);
     std::string offset = std::to_string(r.offset);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto deadline = std::chrono::steady_clock::now() + o.timeout;
     for (;;) {
       ++report.outstanding;
       rd_kafka_resp_err_t e = rd_kafka_producev(
-          producer, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          clients->producer(), RD_KAFKA_V_TOPIC(o.topic.c_str()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
           RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_VALUE(value.data(), value.size()),
           RD_KAFKA_V_HEADER("tailbox-key", r.key.data(), static_cast<ssize_t>(r.key.size())),
           RD_KAFKA_V_HEADER("tailbox-host", r.host.data(), static_cast<ssize_t>(r.host.size())),
@@ -522,50 +221,20 @@ struct KafkaSink::Impl {
       if (!e) return e;
       --report.outstanding;
       if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || std::chrono::steady_clock::now() > deadline) return e;
-      rd_kafka_poll(producer, 50);
+      rd_kafka_poll(clients->producer(), 50);
     }
-  }
-
-  // The progress record of transaction `seq`, listing every unacked one.
-  std::string progress_record(uint64_t seq, const std::string& txn_id,
-                              const std::vector<const Record*>& sent) {
-    json::object files;
-    for (const Record* r : sent) {
-      auto key = parse_record_key(r->key);
-      if (!key) continue;
-      const std::string_view uid = key->uid;
-      const int64_t off = key->offset;
-      json::value& f = files[uid];
-      if (f.is_null()) f = json::object{{"path", r->path}, {"offset", off}};
-      else if (f.as_object()["offset"].as_int64() < off) f.as_object()["offset"] = off;
-    }
-    json::array pending;
-    for (const Txn& t : unacked) {
-      json::object tf;
-      for (auto& [uid, offs] : t.offsets) tf[uid] = encode_offsets(offs);
-      json::object entry{{"seq", t.seq}, {"files", std::move(tf)}};
-      if (t.carried) entry["carried"] = true;
-      pending.push_back(std::move(entry));
-    }
-    json::object o{{"v", 1},
-                   {"host", host_id},
-                   {"txn", txn_id},
-                   {"seq", seq},
-                   {"files", std::move(files)},
-                   {"unacked", std::move(pending)}};
-    return json::serialize(o);
   }
 
   void forget(uint64_t seq) {
     std::lock_guard lock(mu);
-    unacked.remove_if([&](const Txn& t) { return !t.carried && t.seq == seq; });
+    ledger.forget(seq);
   }
 
   Delivery abort(const std::string& why, bool reject = false) {
-    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(producer, static_cast<int>(timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_abort_transaction(clients->producer(), static_cast<int>(o.timeout.count()))) {
       spdlog::warn("{}: cannot abort the transaction ({}); a new producer will be made", name,
                    rd_kafka_error_string(e));
-      reset_producer = true;
+      clients->request_reset();
       rd_kafka_error_destroy(e);
     }
     return reject ? Delivery::reject(why) : Delivery::retry(why);
@@ -580,10 +249,15 @@ struct KafkaSink::Impl {
   // the answer to that outcome. Returns an error text, or "" when ready.
   std::string ready() {
     try {
-      if (reset_producer || !producer) start_producer();
-      if (unknown_seq) settle_unknown();
+      if (clients->needs_reset()) clients->start_producer();
+      uint64_t unknown = 0;
+      {
+        std::lock_guard lock(mu);
+        unknown = ledger.unknown();
+      }
+      if (unknown) settle_unknown();
     } catch (const std::exception& e) {
-      reset_producer = true;
+      clients->request_reset();
       return e.what();
     }
     return "";
@@ -591,14 +265,18 @@ struct KafkaSink::Impl {
 
   Delivery deliver_transactional(std::span<const Record> batch) {
     if (std::string why = ready(); !why.empty()) return Delivery::retry(why);
-    uint64_t seq = next_seq++;
+    uint64_t seq = 0;
+    {
+      std::lock_guard lock(mu);
+      seq = ledger.next_seq();
+    }
     std::string state = std::to_string(seq);
     size_t skipped = 0;
     std::vector<const Record*> send = take_skipped(batch, seq, skipped);
     if (send.empty()) return Delivery::delivered(state);
-    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(producer)) {
+    if (rd_kafka_error_t* e = rd_kafka_begin_transaction(clients->producer())) {
       std::string why = error_text(e);
-      if (rd_kafka_error_is_fatal(e)) reset_producer = true;
+      if (rd_kafka_error_is_fatal(e)) clients->request_reset();
       rd_kafka_error_destroy(e);
       return Delivery::retry("cannot begin a transaction: " + why);
     }
@@ -627,30 +305,24 @@ struct KafkaSink::Impl {
     }
     // Every record is acknowledged by the brokers before the progress record
     // is queued, so a progress record never names a record that is not there.
-    rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+    rd_kafka_flush(clients->producer(), static_cast<int>(o.timeout.count()));
     if (report.outstanding > 0) return abort("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(send.size()) +
                         " records failed: " + rd_kafka_err2str(report.first_error);
       return abort(why, report.too_large);
     }
-    Txn txn;
-    txn.seq = seq;
-    for (const Record* r : send) {
-      if (auto key = parse_record_key(r->key)) txn.offsets[std::string(key->uid)].insert(key->offset);
-    }
     std::string progress;
     {
       std::lock_guard lock(mu);
-      unacked.push_back(std::move(txn));
-      progress = progress_record(seq, txn_id, send);
+      progress = kafka::encode_progress(host_id, txn_id, seq, send, ledger.sending(seq, send));
     }
     ++report.outstanding;
     rd_kafka_resp_err_t pe = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(progress_topic.c_str()),
-        RD_KAFKA_V_PARTITION(kafka_progress_partition(transactional_id, progress_partitions)),
+        clients->producer(), RD_KAFKA_V_TOPIC(o.progress_topic.c_str()),
+        RD_KAFKA_V_PARTITION(kafka_progress_partition(o.transactional_id, clients->progress_partitions())),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_KEY(transactional_id.data(), transactional_id.size()),
+        RD_KAFKA_V_KEY(o.transactional_id.data(), o.transactional_id.size()),
         RD_KAFKA_V_VALUE(progress.data(), progress.size()), RD_KAFKA_V_OPAQUE(&report), RD_KAFKA_V_END);
     if (pe) {
       --report.outstanding;
@@ -661,7 +333,7 @@ struct KafkaSink::Impl {
       return abort("cannot queue the progress record (" + std::to_string(progress.size()) +
                    " bytes): " + rd_kafka_err2str(pe), split);
     }
-    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(producer, static_cast<int>(timeout.count()))) {
+    if (rd_kafka_error_t* e = rd_kafka_commit_transaction(clients->producer(), static_cast<int>(o.timeout.count()))) {
       std::string why = "cannot commit the transaction: " + error_text(e);
       bool needs_abort = rd_kafka_error_txn_requires_abort(e);
       rd_kafka_error_destroy(e);
@@ -674,8 +346,9 @@ struct KafkaSink::Impl {
       // Timed out or fatal: the outcome is unknown. A new producer makes the
       // coordinator finish or abort it; the next delivery reads the progress
       // record back to learn which, before it sends anything.
-      reset_producer = true;
-      unknown_seq = seq;
+      clients->request_reset();
+      std::lock_guard lock(mu);
+      ledger.commit_unknown(seq);
       return Delivery::retry(why);
     }
     if (report.failed > 0)
@@ -692,13 +365,13 @@ struct KafkaSink::Impl {
       if (!e) continue;
       // What was queued is still delivered (at-least-once); the batch is
       // split (too large: the big record ends dead) or retried.
-      rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+      rd_kafka_flush(clients->producer(), static_cast<int>(o.timeout.count()));
       if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
         return Delivery::reject("a record of " + std::to_string(value.size()) +
                                 " bytes is larger than the producer's message.max.bytes");
       return Delivery::retry(std::string("cannot queue a record: ") + rd_kafka_err2str(e));
     }
-    rd_kafka_flush(producer, static_cast<int>(timeout.count()));
+    rd_kafka_flush(clients->producer(), static_cast<int>(o.timeout.count()));
     if (report.outstanding > 0) return Delivery::retry("timed out waiting for the brokers' acknowledgements");
     if (report.failed > 0) {
       std::string why = std::to_string(report.failed) + " of " + std::to_string(batch.size()) +
@@ -715,62 +388,11 @@ KafkaSink::KafkaSink(config::Settings& s, const std::string& host_id, asio::any_
   Impl& m = *impl_;
   (void)executor;   // librdkafka calls run on the sink's own thread
   m.host_id = host_id;
-  m.brokers = s.required_string("brokers");
-  m.topic = s.required_string("topic");
-  m.transactional = s.choice("mode", "transactional", {"transactional", "idempotent"}) == "transactional";
-  m.progress_topic = s.string("progress_topic", m.topic + ".tailbox-progress");
-  m.transactional_id = s.string("transactional_id", "tailbox-" + host_id);
-  if (m.transactional_id.empty()) s.fail("transactional_id", "must not be empty");
-  std::string key = s.string("key", "idempotency_key");
-  if (key == "idempotency_key" || key == "file") {
-    m.key_mode = key;
-  } else if (key.rfind("field:", 0) == 0 && key.size() > 6) {
-    m.key_mode = "field";
-    m.key_field = key.substr(6);
-  } else {
-    s.fail("key", "must be \"idempotency_key\", \"file\" or \"field:<name>\", got \"" + key + "\"");
-  }
-  m.ndjson = s.choice("format", "ndjson", {"ndjson", "raw"}) == "ndjson";
-  std::string compression =
-      s.choice("compression", "none", {"none", "gzip", "snappy", "lz4", "zstd"});
-  m.compression = compression;
-  m.timeout = s.duration("timeout", milliseconds(30'000));
-  if (m.timeout.count() < 1000) s.fail("timeout", "must be at least 1s");
-  for (auto& p : s.string_list("properties", false)) {
-    auto eq = p.find('=');
-    if (eq == std::string::npos || eq == 0)
-      s.fail("properties", "each entry must be \"name=value\" (a librdkafka property), got \"" + p + "\"");
-    std::string k = p.substr(0, eq);
-    if (k.find("password") != std::string::npos || k == "sasl.oauthbearer.client.secret")
-      s.fail("properties", k + " is a secret: use sasl_password_file / sasl_password_env or "
-                           "ssl_key_password_file / ssl_key_password_env");
-    if (k == "transactional.id" || k == "enable.idempotence" || k == "bootstrap.servers" ||
-        k == "acks" || k == "isolation.level")
-      s.fail("properties", k + " is set by tailbox (see README, Kafka sink)");
-    m.properties.emplace_back(k, p.substr(eq + 1));
-  }
-  for (auto [what, property] : {std::pair{"sasl_password", "sasl.password"},
-                                std::pair{"ssl_key_password", "ssl.key.password"}}) {
-    auto file = s.optional_string(std::string(what) + "_file");
-    auto env = s.optional_string(std::string(what) + "_env");
-    if (file && env) s.fail(std::string(what) + "_env", std::string("set ") + what + "_file or " + what + "_env, not both");
-    if ((file && file->empty()) || (env && env->empty()))
-      s.fail(std::string(what) + (file ? "_file" : "_env"), "must not be empty");
-    if (file || env) m.secrets.push_back({property, what, file.value_or(""), env.value_or("")});
-  }
-  // Check the properties now, so a typo is a configuration error at start-up.
-  {
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    char err[512];
-    for (auto& [k, v] : m.properties)
-      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        s.fail("properties", k + ": " + err);
-      }
-    rd_kafka_conf_destroy(conf);
-  }
-  std::string first = m.brokers.substr(0, m.brokers.find(','));
-  m.name = "kafka:" + first + "/" + m.topic;
+  m.o = kafka::parse_options(s, host_id);
+  m.ledger = kafka::Ledger(host_id);
+  std::string first = m.o.brokers.substr(0, m.o.brokers.find(','));
+  m.name = "kafka:" + first + "/" + m.o.topic;
+  m.clients = std::make_unique<kafka::Clients>(m.o, m.name, on_delivery);
 }
 
 KafkaSink::~KafkaSink() = default;
@@ -778,7 +400,7 @@ KafkaSink::~KafkaSink() = default;
 const std::string& KafkaSink::name() const { return impl_->name; }
 
 std::string KafkaSink::guarantee() const {
-  if (impl_->transactional)
+  if (impl_->o.transactional)
     return "exactly-once for read_committed consumers: each batch and its progress record commit "
            "in one Kafka transaction; after a restart, rows the progress topic shows as "
            "committed are acknowledged without sending them again";
@@ -790,8 +412,8 @@ std::optional<std::string> KafkaSink::open(const std::optional<std::string>& com
   Impl& m = *impl_;
   std::random_device rd;
   m.session = fmt::format("{:08x}", rd());
-  m.start_producer();
-  if (m.transactional) {
+  m.clients->start_producer();
+  if (m.o.transactional) {
     uint64_t committed = 0;
     if (committed_state) {
       try {
@@ -801,10 +423,10 @@ std::optional<std::string> KafkaSink::open(const std::optional<std::string>& com
                      *committed_state);
       }
     }
-    m.inherit(m.read_progress(), committed);
+    m.inherit(m.clients->read_progress(), committed);
   }
-  spdlog::info("{}: connected ({}), {}", m.name, m.brokers,
-               m.transactional ? "transactional.id " + m.transactional_id : std::string("idempotent"));
+  spdlog::info("{}: connected ({}), {}", m.name, m.o.brokers,
+               m.o.transactional ? "transactional.id " + m.o.transactional_id : std::string("idempotent"));
   return std::nullopt;
 }
 
@@ -812,7 +434,7 @@ asio::awaitable<Delivery> KafkaSink::deliver(std::span<const Record> batch) {
   Impl& m = *impl_;
   auto work = [&m, batch]() -> Delivery {
     try {
-      return m.transactional ? m.deliver_transactional(batch) : m.deliver_idempotent(batch);
+      return m.o.transactional ? m.deliver_transactional(batch) : m.deliver_idempotent(batch);
     } catch (const std::exception& e) {
       return Delivery::retry(e.what());
     }
@@ -825,27 +447,7 @@ void KafkaSink::committed(const std::string& state) noexcept {
     Impl& m = *impl_;
     uint64_t seq = std::stoull(state);
     std::lock_guard lock(m.mu);
-    // Rows skipped by this delivery are now gone from the outbox; skips
-    // recorded by earlier deliveries that failed are stale.
-    for (auto by = m.skipped_by.begin(); by != m.skipped_by.end() && by->first <= seq;) {
-      for (const std::string& key : by->second) {
-        auto it = m.skip.find(key);
-        if (it == m.skip.end() || it->second.skipped_in != seq) continue;
-        if (auto parts = parse_record_key(it->first)) {
-          auto f = it->second.txn->offsets.find(std::string(parts->uid));
-          if (f != it->second.txn->offsets.end()) {
-            f->second.erase(parts->offset);
-            if (f->second.empty()) it->second.txn->offsets.erase(f);
-          }
-        }
-        m.skip.erase(it);
-      }
-      by = m.skipped_by.erase(by);
-    }
-    m.unacked.remove_if([&](const Txn& t) {
-      if (t.carried) return t.offsets.empty();
-      return t.seq <= seq;
-    });
+    m.ledger.committed(seq);
   } catch (const std::exception& e) {
     // Keeping entries longer only makes progress records longer.
     spdlog::error("kafka: cannot note the ack of delivery {}: {}", state, e.what());

@@ -28,6 +28,7 @@
 #include <string_view>
 
 #include "config/settings.hpp"
+#include "sinks/postgres/options.hpp"
 #include "sinks/sink.hpp"
 
 namespace tailbox::sinks {
@@ -79,10 +80,6 @@ bool connection_lost(std::string_view sqlstate);
 // RFC 3339 timestamp ("2026-11-27T10:00:00.123Z", "...+01:00"; a space may
 // replace the T). nullopt otherwise (no fields, no such field, another format).
 std::optional<int64_t> event_time_us(std::string_view fields_json);
-
-// True when `name` is a plain SQL identifier or schema.identifier (letters,
-// digits, _; not starting with a digit; at most 63 bytes each).
-bool valid_table_name(std::string_view name);
 
 }  // namespace postgres
 

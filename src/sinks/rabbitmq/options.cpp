@@ -53,14 +53,10 @@ Options parse_options(config::Settings& s) {
   if (o.vhost.empty()) s.fail("vhost", "must not be empty (the default vhost is \"/\")");
   o.user = s.string("user", o.user);
   if (o.user.empty()) s.fail("user", "must not be empty");
-  auto file = s.optional_string("password_file");
-  auto env = s.optional_string("password_env");
-  if (file && env) s.fail("password_env", "set password_file or password_env, not both");
-  if (!file && !env) s.fail("user", "needs password_file or password_env (the password itself is never in the configuration)");
-  if (file && file->empty()) s.fail("password_file", "must not be empty");
-  if (env && env->empty()) s.fail("password_env", "must not be empty");
-  o.password_file = file.value_or("");
-  o.password_env = env.value_or("");
+  auto password = s.secret("password");
+  if (!password.given()) s.fail("user", "needs password_file or password_env (the password itself is never in the configuration)");
+  o.password_file = password.file;
+  o.password_env = password.env;
 
   o.queue = s.required_string("queue");
   if (o.queue.size() > 255 || has_control(o.queue) || o.queue.starts_with("amq."))
