@@ -63,7 +63,7 @@ Connection::~Connection() { close(); }
 void Connection::close() {
   if (nc_) {
     closing_ = true;
-    natsConnection_Close(nc_);  // queues the closed callback (once per connection)
+    natsConnection_Close(nc_.get());  // queues the closed callback (once per connection)
     // Let the callbacks queued before it (disconnected, errors) run while
     // this Connection is still theirs; bounded: a stuck callback thread must not
     // hold up a shutdown (later callbacks then find nothing).
@@ -77,12 +77,9 @@ void Connection::close() {
     l.connections.erase(conn_id_);
     conn_id_ = 0;
   }
-  if (js_) jsCtx_Destroy(js_);
-  if (nc_) natsConnection_Destroy(nc_);
-  if (opts_) natsOptions_Destroy(opts_);
-  js_ = nullptr;
-  nc_ = nullptr;
-  opts_ = nullptr;
+  js_.reset();
+  nc_.reset();
+  opts_.reset();
 }
 
 void Connection::connect() {
@@ -101,57 +98,63 @@ void Connection::connect() {
   void* closure = reinterpret_cast<void*>(conn_id_);
   std::string password = optional_secret("password", o_.password_file, o_.password_env);
   std::string token = optional_secret("token", o_.token_file, o_.token_env);
-  check(natsOptions_Create(&opts_), "natsOptions_Create");
+  {
+    natsOptions* raw = nullptr;
+    check(natsOptions_Create(&raw), "natsOptions_Create");
+    opts_.reset(raw);
+  }
   std::vector<std::string> servers = nats::server_list(o_.url);
   std::vector<const char*> server_ptrs;
   for (const auto& server : servers) server_ptrs.push_back(server.c_str());
-  check(natsOptions_SetServers(opts_, server_ptrs.data(), static_cast<int>(server_ptrs.size())),
+  check(natsOptions_SetServers(opts_.get(), server_ptrs.data(), static_cast<int>(server_ptrs.size())),
         "url " + display_);
-  check(natsOptions_SetName(opts_, ("tailbox " + host_id_).c_str()), "name");
-  check(natsOptions_SetTimeout(opts_, std::min<int64_t>(o_.timeout.count(), 5000)), "timeout");
-  check(natsOptions_SetMaxReconnect(opts_, -1), "max reconnect");
-  check(natsOptions_SetReconnectWait(opts_, 500), "reconnect wait");
-  check(natsOptions_SetDisconnectedCB(opts_, on_disconnected, closure), "callbacks");
-  check(natsOptions_SetReconnectedCB(opts_, on_reconnected, closure), "callbacks");
-  check(natsOptions_SetClosedCB(opts_, on_closed, closure), "callbacks");
-  check(natsOptions_SetErrorHandler(opts_, on_error, closure), "callbacks");
-  if (!o_.user.empty()) check(natsOptions_SetUserInfo(opts_, o_.user.c_str(), password.c_str()), "user");
-  if (!token.empty()) check(natsOptions_SetToken(opts_, token.c_str()), "token");
+  check(natsOptions_SetName(opts_.get(), ("tailbox " + host_id_).c_str()), "name");
+  check(natsOptions_SetTimeout(opts_.get(), std::min<int64_t>(o_.timeout.count(), 5000)), "timeout");
+  check(natsOptions_SetMaxReconnect(opts_.get(), -1), "max reconnect");
+  check(natsOptions_SetReconnectWait(opts_.get(), 500), "reconnect wait");
+  check(natsOptions_SetDisconnectedCB(opts_.get(), on_disconnected, closure), "callbacks");
+  check(natsOptions_SetReconnectedCB(opts_.get(), on_reconnected, closure), "callbacks");
+  check(natsOptions_SetClosedCB(opts_.get(), on_closed, closure), "callbacks");
+  check(natsOptions_SetErrorHandler(opts_.get(), on_error, closure), "callbacks");
+  if (!o_.user.empty()) check(natsOptions_SetUserInfo(opts_.get(), o_.user.c_str(), password.c_str()), "user");
+  if (!token.empty()) check(natsOptions_SetToken(opts_.get(), token.c_str()), "token");
   std::fill(password.begin(), password.end(), '\0');
   std::fill(token.begin(), token.end(), '\0');
   if (!o_.credentials_file.empty())
-    check(natsOptions_SetUserCredentialsFromFiles(opts_, o_.credentials_file.c_str(), nullptr),
+    check(natsOptions_SetUserCredentialsFromFiles(opts_.get(), o_.credentials_file.c_str(), nullptr),
           "credentials_file " + o_.credentials_file);
   bool tls = !o_.tls_ca_file.empty() || !o_.tls_cert_file.empty() ||
              o_.url.find("tls://") != std::string::npos;
-  if (tls) check(natsOptions_SetSecure(opts_, true), "tls");
+  if (tls) check(natsOptions_SetSecure(opts_.get(), true), "tls");
   if (!o_.tls_ca_file.empty())
-    check(natsOptions_LoadCATrustedCertificates(opts_, o_.tls_ca_file.c_str()),
+    check(natsOptions_LoadCATrustedCertificates(opts_.get(), o_.tls_ca_file.c_str()),
           "tls_ca_file " + o_.tls_ca_file);
   if (!o_.tls_cert_file.empty())
-    check(natsOptions_LoadCertificatesChain(opts_, o_.tls_cert_file.c_str(), o_.tls_key_file.c_str()),
+    check(natsOptions_LoadCertificatesChain(opts_.get(), o_.tls_cert_file.c_str(), o_.tls_key_file.c_str()),
           "tls_cert_file/tls_key_file");
 
-  natsStatus s = natsConnection_Connect(&nc_, opts_);
-  if (s != NATS_OK) {
-    nc_ = nullptr;
+  natsConnection* raw_nc = nullptr;
+  natsStatus s = natsConnection_Connect(&raw_nc, opts_.get());
+  if (s != NATS_OK)  // libnats hands out no connection then
     throw std::runtime_error("cannot connect to " + display_ + ": " + status_text(s));
-  }
+  nc_.reset(raw_nc);
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.Wait = o_.timeout.count();
   jo.PublishAsync.AckHandler = on_ack;
   jo.PublishAsync.AckHandlerClosure = closure;
-  check(natsConnection_JetStream(&js_, nc_, &jo), "JetStream context");
+  jsCtx* raw_js = nullptr;
+  check(natsConnection_JetStream(&raw_js, nc_.get(), &jo), "JetStream context");
+  js_.reset(raw_js);
 }
 
-bool Connection::usable() const { return nc_ && js_ && !natsConnection_IsClosed(nc_); }
+bool Connection::usable() const { return nc_ && js_ && !natsConnection_IsClosed(nc_.get()); }
 
 bool Connection::connected() const {
-  return nc_ && natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
+  return nc_ && natsConnection_Status(nc_.get()) == NATS_CONN_STATUS_CONNECTED;
 }
 
-int64_t Connection::max_payload() const { return natsConnection_GetMaxPayload(nc_); }
+int64_t Connection::max_payload() const { return natsConnection_GetMaxPayload(nc_.get()); }
 
 void Connection::on_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
   with_connection(closure, [&](Connection& m) {
@@ -249,7 +252,7 @@ std::optional<Failure> Connection::wait_batch(std::chrono::steady_clock::time_po
 std::unordered_map<std::string, uint64_t> Connection::end_batch(bool give_up) {
   if (give_up) {
     natsMsgList pending{};
-    if (js_ && js_PublishAsyncGetPendingList(&pending, js_) == NATS_OK) natsMsgList_Destroy(&pending);
+    if (js_ && js_PublishAsyncGetPendingList(&pending, js_.get()) == NATS_OK) natsMsgList_Destroy(&pending);
   }
   std::lock_guard lock(mu_);
   std::unordered_map<std::string, uint64_t> answers;
@@ -265,7 +268,7 @@ std::unordered_map<std::string, uint64_t> Connection::end_batch(bool give_up) {
 jsStreamInfo* Connection::stream_info(bool create) {
   jsStreamInfo* si = nullptr;
   jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_GetStreamInfo(&si, js_, o_.stream.c_str(), nullptr, &jerr);
+  natsStatus s = js_GetStreamInfo(&si, js_.get(), o_.stream.c_str(), nullptr, &jerr);
   if (s == NATS_OK) return si;
   if (s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
     throw std::runtime_error("cannot read stream " + o_.stream + ": " + status_text(s));
@@ -283,7 +286,7 @@ jsStreamInfo* Connection::stream_info(bool create) {
   sc.Replicas = o_.replicas;
   sc.Duplicates = static_cast<int64_t>(o_.duplicate_window.count()) * 1'000'000;
   jerr = static_cast<jsErrCode>(0);
-  s = js_AddStream(&si, js_, &sc, nullptr, &jerr);
+  s = js_AddStream(&si, js_.get(), &sc, nullptr, &jerr);
   if (s == NATS_OK) {
     std::string list;
     for (const auto& subject : o_.stream_subjects) list += (list.empty() ? "" : " ") + subject;
@@ -292,7 +295,7 @@ jsStreamInfo* Connection::stream_info(bool create) {
     return si;
   }
   if (jerr == JSStreamNameExistErr) {  // created meanwhile by someone else
-    check(js_GetStreamInfo(&si, js_, o_.stream.c_str(), nullptr, &jerr), "stream " + o_.stream);
+    check(js_GetStreamInfo(&si, js_.get(), o_.stream.c_str(), nullptr, &jerr), "stream " + o_.stream);
     return si;
   }
   throw std::runtime_error("cannot create stream " + o_.stream + ": " + status_text(s));
@@ -319,7 +322,7 @@ uint64_t Connection::read_back(uint64_t after, uint64_t last, const std::string&
   jsErrCode jerr = static_cast<jsErrCode>(0);
   const std::string what =
       "reading stream " + o_.stream + " back after sequence " + std::to_string(after);
-  check(js_SubscribeSync(&sub, js_, filter.c_str(), nullptr, &so, &jerr),
+  check(js_SubscribeSync(&sub, js_.get(), filter.c_str(), nullptr, &so, &jerr),
         what + " (filter " + filter + ")");
   struct Unsubscribe {
     natsSubscription* sub;

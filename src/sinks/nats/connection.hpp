@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -60,7 +61,7 @@ class Connection {
   bool usable() const;
   bool connected() const;
   int64_t max_payload() const;
-  jsCtx* js() const { return js_; }
+  jsCtx* js() const { return js_.get(); }
 
   // The batch in flight: every key waits for its PubAck.
   void begin_batch(const std::vector<std::string>& keys);
@@ -104,9 +105,19 @@ class Connection {
   const Options& o_;
   const std::string host_id_, name_, display_;
 
-  natsOptions* opts_ = nullptr;
-  natsConnection* nc_ = nullptr;
-  jsCtx* js_ = nullptr;
+  struct OptionsDeleter {
+    void operator()(natsOptions* p) const { natsOptions_Destroy(p); }
+  };
+  struct ConnectionDeleter {
+    void operator()(natsConnection* p) const { natsConnection_Destroy(p); }
+  };
+  struct ContextDeleter {
+    void operator()(jsCtx* p) const { jsCtx_Destroy(p); }
+  };
+  // Destroyed in this order by close(): the context, the connection, the options.
+  std::unique_ptr<natsOptions, OptionsDeleter> opts_;
+  std::unique_ptr<natsConnection, ConnectionDeleter> nc_;
+  std::unique_ptr<jsCtx, ContextDeleter> js_;
   uintptr_t conn_id_ = 0;  // the callbacks' closure for nc_ (see live())
 
   // The batch in flight, shared with libnats' callback threads under mu_.
