@@ -32,6 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import audit_integration_test as ai  # noqa: E402
 import harness as h  # noqa: E402
 import kafka_mock as km  # noqa: E402
 import nats_case as nc  # noqa: E402
@@ -39,43 +40,7 @@ import nats_server  # noqa: E402
 import rabbitmq_case as rc  # noqa: E402
 import rabbitmq_server  # noqa: E402
 
-HOST = "edge1"
 LINES = 300
-
-
-def audit(wd, expect_json=True):
-    r = subprocess.run([h.tailbox_bin(), "audit", "-c", wd.config, "--json"],
-                       capture_output=True, text=True, timeout=120)
-    if not expect_json:
-        return r.returncode, r.stdout, r.stderr
-    try:
-        report = json.loads(r.stdout)
-    except ValueError:
-        h.fail(f"audit printed no JSON (exit {r.returncode}): {r.stdout!r} {r.stderr!r}")
-    return r.returncode, report, r.stderr
-
-
-def by_path(report):
-    return {os.path.basename(f["path"]): f for f in report["files"]}
-
-
-def write_files(wd):
-    paths = [wd.log_path("a.log"), wd.log_path("b.log")]
-    for p in paths:
-        with open(p, "wb") as f:
-            f.write(b"".join(b"%s line %04d\n" % (os.path.basename(p).encode(), i)
-                             for i in range(LINES)))
-    return paths
-
-
-def run_until_delivered(wd, paths):
-    tb = h.Tailbox(wd)
-    try:
-        tb.start()
-        h.wait_until(lambda: h.caught_up(wd, paths), 60, "every line delivered", tailbox=tb)
-        h.stop_clean(tb)
-    finally:
-        tb.close()
 
 
 def offset_of(path, needle):
@@ -84,24 +49,24 @@ def offset_of(path, needle):
 
 
 def expect_clean(wd, label):
-    rc_, rep, err = audit(wd)
-    files = by_path(rep)
+    rc_, rep = ai.audit(wd)
+    files = ai.by_path(rep)
     if rc_ != 0 or not rep["clean"] or any(files[n]["delivered_once"] != LINES
                                            for n in ("a.log", "b.log")):
         h.fail(f"{label}: an exact run should audit clean with {LINES} lines per file: "
-               f"rc {rc_}, {rep}, {err}")
+               f"rc {rc_}, {rep}")
     h.log(f"{label}: an exact run audits clean ({rep.get('destination')})")
 
 
 def expect_one(wd, label, name, kind, offset):
     """Exit 1, and exactly one `kind` ("missing"/"duplicated") in `name`, at `offset`."""
-    rc_, rep, err = audit(wd)
-    f = by_path(rep)[name]
+    rc_, rep = ai.audit(wd)
+    f = ai.by_path(rep)[name]
     other = "duplicated" if kind == "missing" else "missing"
     if rc_ != 1 or rep["clean"] or f[kind] != 1 or f[f"{kind}_offsets"] != [offset] \
             or f[other] != 0:
         h.fail(f"{label}: expected one line {kind} at {offset} in {name} (exit 1): "
-               f"rc {rc_}, {f}, {err}")
+               f"rc {rc_}, {f}")
     h.log(f"{label}: reported {kind} at offset {offset} (exit 1)")
 
 
@@ -119,151 +84,110 @@ def split_line(path, needle):
 
 
 def case_nats():
-    wd = h.Workdir("tailbox-audit-nats-")
-    passed = False
-    try:
-        with nats_server.NatsServer() as ns:
-            stream = "AUDIT"
-            nc.write_nats_config(wd, ns.url, stream,
-                                 sink_extra={"create_stream": True, "duplicate_window": "1s"})
-            paths = write_files(wd)
-            run_until_delivered(wd, paths)
-            c = nc.client(ns.port)
-            try:
-                before = c.read_stream(stream)
-                expect_clean(wd, "nats")
-                after = c.read_stream(stream)
-                if [m["seq"] for m in after] != [m["seq"] for m in before]:
-                    h.fail("nats: the audit changed the stream")
+    with h.case_workdir("tailbox-audit-nats-") as wd, nats_server.NatsServer() as ns:
+        stream = "AUDIT"
+        nc.write_nats_config(wd, ns.url, stream,
+                             sink_extra={"create_stream": True, "duplicate_window": "1s"})
+        paths = ai.write_files(wd, LINES)
+        ai.run_until_delivered(wd, paths)
+        c = nc.client(ns.port)
+        try:
+            before = c.read_stream(stream)
+            expect_clean(wd, "nats")
+            after = c.read_stream(stream)
+            if [m["seq"] for m in after] != [m["seq"] for m in before]:
+                h.fail("nats: the audit changed the stream")
 
-                # A message deleted at the destination: missing at its offset.
-                off = offset_of(paths[0], b"a.log line 0123\n")
-                victim = next(m for m in after if json.loads(m["data"])["path"] == paths[0]
-                              and json.loads(m["data"])["offset"] == off)
-                c.delete_msg(stream, victim["seq"])
-                expect_one(wd, "nats", "a.log", "missing", off)
+            def message_at(path, offset):
+                return next(m for m in after if json.loads(m["data"])["path"] == path
+                            and json.loads(m["data"])["offset"] == offset)
 
-                # A copy with the same Nats-Msg-Id, published after the duplicate window.
-                off = offset_of(paths[1], b"b.log line 0200\n")
-                orig = next(m for m in after if json.loads(m["data"])["path"] == paths[1]
-                            and json.loads(m["data"])["offset"] == off)
-                deadline = time.monotonic() + 15
-                while True:
-                    ack = c.publish(orig["subject"], orig["data"],
-                                    {"Nats-Msg-Id": orig["headers"]["Nats-Msg-Id"]})
-                    if "error" in ack:
-                        h.fail(f"nats: publishing the copy: {ack}")
-                    if not ack.get("duplicate"):
-                        break
-                    if time.monotonic() > deadline:
-                        h.fail("nats: the stream still drops the copy as a duplicate")
-                    time.sleep(0.5)
-                rc_, rep, err = audit(wd)
-                a, b = by_path(rep)["a.log"], by_path(rep)["b.log"]
-                if rc_ != 1 or b["duplicated"] != 1 or b["duplicated_offsets"] != [off] \
-                        or a["missing"] != 1:
-                    h.fail(f"nats: a copy should be duplicated at {off} in b.log: rc {rc_}, "
-                           f"{rep}, {err}")
-                h.log(f"nats: a copy published twice is reported duplicated at {off}")
-            finally:
-                c.close()
-        passed = True
-    finally:
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
+            # A message deleted at the destination: missing at its offset.
+            off = offset_of(paths[0], b"a.log line 0123\n")
+            c.delete_msg(stream, message_at(paths[0], off)["seq"])
+            expect_one(wd, "nats", "a.log", "missing", off)
 
-
-def case_rabbitmq():
-    wd = h.Workdir("tailbox-audit-rabbitmq-")
-    passed = False
-    try:
-        with rabbitmq_server.RabbitServer() as rs:
-            h.log(f"rabbitmq-server ready after {rs.start_seconds:.1f}s")
-            queue = "audit-stream"
-            rc.write_rabbitmq_config(wd, rs.port, queue, "stream")
-            paths = write_files(wd)
-            run_until_delivered(wd, paths)
-            before = [m["offset"] for m in rc.read_messages(rs.port, queue, True)]
-            expect_clean(wd, "rabbitmq stream")
-
+            # A copy with the same Nats-Msg-Id, published after the duplicate window.
             off = offset_of(paths[1], b"b.log line 0200\n")
-            key = next(m["id"] for m in rc.read_messages(rs.port, queue, True)
-                       if m["headers"].get("tailbox-offset") == off
-                       and m["headers"].get("tailbox-path") == paths[1])
-            rc.tool(rs.port, "publish", queue, key, "a copy")
-            expect_one(wd, "rabbitmq stream", "b.log", "duplicated", off)
-            after = [m["offset"] for m in rc.read_messages(rs.port, queue, True)]
-            if after[:len(before)] != before:
-                h.fail("rabbitmq stream: the audit changed the stream")
+            orig = message_at(paths[1], off)
+            deadline = time.monotonic() + 15
+            while True:
+                ack = c.publish(orig["subject"], orig["data"],
+                                {"Nats-Msg-Id": orig["headers"]["Nats-Msg-Id"]})
+                if "error" in ack:
+                    h.fail(f"nats: publishing the copy: {ack}")
+                if not ack.get("duplicate"):
+                    break
+                if time.monotonic() > deadline:
+                    h.fail("nats: the stream still drops the copy as a duplicate")
+                time.sleep(0.5)
+            expect_one(wd, "nats", "b.log", "duplicated", off)
+        finally:
+            c.close()
 
-            missing = split_line(paths[0], b"a.log line 0280\n")
-            rc_, rep, err = audit(wd)
-            a = by_path(rep)["a.log"]
-            if rc_ != 1 or a["missing"] != 1 or a["missing_offsets"] != [missing]:
-                h.fail(f"rabbitmq stream: a record the stream never had should be missing at "
-                       f"{missing}: rc {rc_}, {a}, {err}")
-            h.log(f"rabbitmq stream: a record it never got is reported missing at {missing}")
 
-            # A classic queue cannot be read without consuming it: refused.
-            cwd = h.Workdir("tailbox-audit-rabbitmq-classic-")
-            try:
-                rc.write_rabbitmq_config(cwd, rs.port, "audit-classic", "classic")
-                cpaths = write_files(cwd)
-                run_until_delivered(cwd, cpaths)
-                n = rc.count(rs.port, "audit-classic")
-                code, out, err = audit(cwd, expect_json=False)
-                if code != 2 or "not possible for a classic queue: reading would consume it" \
-                        not in err or out.strip():
-                    h.fail(f"rabbitmq classic: audit should refuse (exit 2): rc {code}, "
-                           f"{out!r} {err!r}")
-                if rc.count(rs.port, "audit-classic") != n or n < 2 * LINES:
-                    h.fail(f"rabbitmq classic: the queue should keep its {n} messages")
-                h.log(f"rabbitmq classic: refused ({err.strip()}); the queue keeps {n} messages")
-            finally:
-                cwd.cleanup(True)
-        passed = True
-    finally:
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
+def case_rabbitmq_stream(rs):
+    with h.case_workdir("tailbox-audit-rabbitmq-") as wd:
+        queue = "audit-stream"
+        rc.write_rabbitmq_config(wd, rs.port, queue, "stream")
+        paths = ai.write_files(wd, LINES)
+        ai.run_until_delivered(wd, paths)
+        before = rc.read_messages(rs.port, queue, True)
+        expect_clean(wd, "rabbitmq stream")
+
+        off = offset_of(paths[1], b"b.log line 0200\n")
+        key = next(m["id"] for m in before if m["headers"].get("tailbox-offset") == off
+                   and m["headers"].get("tailbox-path") == paths[1])
+        rc.tool(rs.port, "publish", queue, key, "a copy")
+        expect_one(wd, "rabbitmq stream", "b.log", "duplicated", off)
+        after = [m["offset"] for m in rc.read_messages(rs.port, queue, True)]
+        if after[:len(before)] != [m["offset"] for m in before]:
+            h.fail("rabbitmq stream: the audit changed the stream")
+
+        missing = split_line(paths[0], b"a.log line 0280\n")
+        expect_one(wd, "rabbitmq stream (a record it never got)", "a.log", "missing", missing)
+
+
+def case_rabbitmq_classic(rs):
+    """A classic queue cannot be read without consuming it: refused, queue untouched."""
+    with h.case_workdir("tailbox-audit-rabbitmq-classic-") as wd:
+        rc.write_rabbitmq_config(wd, rs.port, "audit-classic", "classic")
+        ai.run_until_delivered(wd, ai.write_files(wd, LINES))
+        n = rc.count(rs.port, "audit-classic")
+        code, out, err = ai.run_audit(wd)
+        if code != 2 or "not possible for a classic queue: reading would consume it" \
+                not in err or out.strip():
+            h.fail(f"rabbitmq classic: audit should refuse (exit 2): rc {code}, {out!r} {err!r}")
+        if rc.count(rs.port, "audit-classic") != n or n < 2 * LINES:
+            h.fail(f"rabbitmq classic: the queue should keep its {n} messages")
+        h.log(f"rabbitmq classic: refused ({err.strip()}); the queue keeps {n} messages")
 
 
 def case_kafka():
-    wd = h.Workdir("tailbox-audit-kafka-")
-    passed = False
-    cluster = km.MockCluster(log_path=os.path.join(wd.root, "mock.log"))
-    try:
-        km.write_kafka_config(wd, cluster.bootstrap)
-        paths = write_files(wd)
-        run_until_delivered(wd, paths)
-        expect_clean(wd, "kafka (mock)")
+    with h.case_workdir("tailbox-audit-kafka-") as wd:
+        cluster = km.MockCluster(log_path=os.path.join(wd.root, "mock.log"))
+        try:
+            km.write_kafka_config(wd, cluster.bootstrap)
+            paths = ai.write_files(wd, LINES)
+            ai.run_until_delivered(wd, paths)
+            expect_clean(wd, "kafka (mock)")
 
-        off = offset_of(paths[1], b"b.log line 0200\n")
-        m = next(m for m in cluster.dump(km.TOPIC)
-                 if m["headers"].get("tailbox-path") == paths[1]
-                 and m["headers"].get("tailbox-offset") == str(off))
-        r = subprocess.run([km.mock_bin(), "produce", cluster.bootstrap, km.TOPIC,
-                            str(m["partition"]), m["key"], m["value"].hex(),
-                            *[f"{k}={v}" for k, v in m["headers"].items()]],
-                           capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            h.fail(f"kafka: producing the copy failed: {r.stderr}")
-        expect_one(wd, "kafka (mock)", "b.log", "duplicated", off)
+            off = offset_of(paths[1], b"b.log line 0200\n")
+            m = next(m for m in cluster.dump(km.TOPIC)
+                     if m["headers"].get("tailbox-path") == paths[1]
+                     and m["headers"].get("tailbox-offset") == str(off))
+            r = subprocess.run([km.mock_bin(), "produce", cluster.bootstrap, km.TOPIC,
+                                str(m["partition"]), m["key"], m["value"].hex(),
+                                *[f"{k}={v}" for k, v in m["headers"].items()]],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                h.fail(f"kafka: producing the copy failed: {r.stderr}")
+            expect_one(wd, "kafka (mock)", "b.log", "duplicated", off)
 
-        missing = split_line(paths[0], b"a.log line 0280\n")
-        rc_, rep, err = audit(wd)
-        a = by_path(rep)["a.log"]
-        if rc_ != 1 or a["missing"] != 1 or a["missing_offsets"] != [missing]:
-            h.fail(f"kafka: a record the topic never had should be missing at {missing}: "
-                   f"rc {rc_}, {a}, {err}")
-        h.log(f"kafka (mock): a record it never got is reported missing at {missing}")
-        passed = True
-    finally:
-        cluster.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
+            missing = split_line(paths[0], b"a.log line 0280\n")
+            expect_one(wd, "kafka (mock, a record it never got)", "a.log", "missing", missing)
+        finally:
+            cluster.close()
 
 
 def test():
@@ -271,7 +195,10 @@ def test():
     case_nats()
     case_kafka()
     rc.tool_bin()
-    case_rabbitmq()
+    with rabbitmq_server.RabbitServer() as rs:
+        h.log(f"rabbitmq-server ready after {rs.start_seconds:.1f}s")
+        case_rabbitmq_stream(rs)
+        case_rabbitmq_classic(rs)
 
 
 if __name__ == "__main__":
