@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 #include "core/secret.hpp"
 #include "sinks/kafka/clients.hpp"
@@ -70,8 +71,12 @@ class CountedKeys : public KeyReader {
   // One record (message) read; `key` empty when it carries none.
   void add(std::string_view key) {
     ++read_;
-    if (key.empty()) ++keyless_;
-    else if (key.starts_with(prefix_)) ++counts_[std::string(key)], ++ours_;
+    if (key.empty()) {
+      ++keyless_;
+    } else if (key.starts_with(prefix_)) {
+      ++counts_[std::string(key)];
+      ++ours_;
+    }
   }
   // "<read> <what> read from <where>, <ours> of this host[, <keyless> without a key]".
   std::string summary(const std::string& what, const std::string& where) const {
@@ -118,8 +123,8 @@ class NdjsonKeys : public CountedKeys {
 // ephemeral consumer, headers only; nothing acknowledged), keyed by Nats-Msg-Id.
 class NatsKeys : public CountedKeys {
  public:
-  NatsKeys(config::Settings& s, const std::string& host_id)
-      : CountedKeys(host_id), o_(nats::parse_options(s)), host_id_(host_id),
+  NatsKeys(nats::Options o, const std::string& host_id)
+      : CountedKeys(host_id), o_(std::move(o)), host_id_(host_id),
         conn_(o_, host_id, "tailbox audit", nats::display_url(o_.url)) {
     conn_.connect();
   }
@@ -150,8 +155,8 @@ class NatsKeys : public CountedKeys {
 // no group, nothing committed), keyed by each record's tailbox-key header.
 class KafkaKeys : public CountedKeys {
  public:
-  KafkaKeys(config::Settings& s, const std::string& host_id)
-      : CountedKeys(host_id), o_(kafka::parse_options(s, host_id)),
+  KafkaKeys(kafka::Options o, const std::string& host_id)
+      : CountedKeys(host_id), o_(std::move(o)),
         clients_(o_, "tailbox audit", nullptr) {}
   void load() override {
     clients_.read_topic([&](const rd_kafka_message_t& m) {
@@ -178,14 +183,17 @@ class KafkaKeys : public CountedKeys {
 // A RabbitMQ stream queue read from "first" without consuming (a stream keeps
 // its messages; acks only grant credit), keyed by message_id. Where it ends:
 // at or after the broker's message count (a lower bound, a few seconds late),
-// once nothing more arrives for kQuiet.
+// once nothing more arrives for kQuiet. A queue configured as a stream that
+// is not one: the broker refuses the x-stream-offset argument (406); should
+// one accept it, its first delivery (no x-stream-offset) stops the read
+// before anything is acknowledged, and closing the channel requeues it.
 class RabbitStreamKeys : public CountedKeys {
  public:
   static constexpr std::chrono::milliseconds kQuiet{1000};
   static constexpr int kPrefetch = 1000;
 
-  RabbitStreamKeys(config::Settings& s, const std::string& host_id)
-      : CountedKeys(host_id), o_(rabbitmq::parse_options(s)) {
+  RabbitStreamKeys(rabbitmq::Options o, const std::string& host_id)
+      : CountedKeys(host_id), o_(std::move(o)) {
     std::string password = read_secret("password", o_.password_file, o_.password_env);
     conn_ = std::make_unique<rabbitmq::Connection>(o_, password, "tailbox audit " + host_id);
     std::fill(password.begin(), password.end(), '\0');
@@ -194,7 +202,12 @@ class RabbitStreamKeys : public CountedKeys {
     using clock = std::chrono::steady_clock;
     const int64_t known =
         static_cast<int64_t>(conn_->declare_queue(o_.queue, o_.queue_type, true));
-    conn_->start_read(o_.queue, -1, kPrefetch);
+    try {
+      conn_->start_read(o_.queue, -1, kPrefetch);
+    } catch (const rabbitmq::ConnectionError& e) {
+      if (e.failure.code != 406) throw;
+      throw std::runtime_error("queue " + o_.queue + " is not a stream (" + e.what() + ")");
+    }
     int64_t unacked = 0;
     for (;;) {
       const bool reached = next_ >= known;
@@ -207,6 +220,12 @@ class RabbitStreamKeys : public CountedKeys {
                                  std::to_string(known) + " messages)");
       }
       if (e.type != rabbitmq::Event::Type::delivery) continue;
+      if (e.stream_offset < 0) {
+        conn_->end_read();
+        throw std::runtime_error(
+            "queue " + o_.queue + " is not a stream (its messages carry no x-stream-offset): "
+            "nothing was acknowledged, and reading a classic or quorum queue would consume it");
+      }
       if (++unacked >= kPrefetch / 4) {
         conn_->ack_delivery(e.tag);
         unacked = 0;
@@ -317,13 +336,13 @@ std::unique_ptr<KeyReader> make_key_reader(const config::SinkConfig& sink,
         file.empty() && env.empty() ? std::string() : read_secret("password", file, env);
     return std::make_unique<PostgresKeys>(conninfo, password, s.string("table", "tailbox_logs"));
   }
-  if (sink.type == "nats") return std::make_unique<NatsKeys>(s, host_id);
-  if (sink.type == "kafka") return std::make_unique<KafkaKeys>(s, host_id);
+  if (sink.type == "nats") return std::make_unique<NatsKeys>(nats::parse_options(s), host_id);
+  if (sink.type == "kafka")
+    return std::make_unique<KafkaKeys>(kafka::parse_options(s, host_id), host_id);
   if (sink.type == "rabbitmq") {
-    config::Settings probe = s;
-    const rabbitmq::Options o = rabbitmq::parse_options(probe);
+    rabbitmq::Options o = rabbitmq::parse_options(s);
     if (o.queue_type == rabbitmq::QueueType::stream)
-      return std::make_unique<RabbitStreamKeys>(s, host_id);
+      return std::make_unique<RabbitStreamKeys>(std::move(o), host_id);
     why_not = "not possible for a " + std::string(rabbitmq::queue_type_name(o.queue_type)) +
               " queue: reading would consume it (only a stream queue can be read without "
               "taking its messages)";

@@ -162,6 +162,19 @@ def case_rabbitmq_classic(rs):
             h.fail(f"rabbitmq classic: the queue should keep its {n} messages")
         h.log(f"rabbitmq classic: refused ({err.strip()}); the queue keeps {n} messages")
 
+        # Configured as a stream but a classic queue: the broker refuses to read it
+        # from an offset; nothing is consumed.
+        rc.write_rabbitmq_config(wd, rs.port, "audit-classic", "stream",
+                                 sink_extra={"declare": False})
+        code, out, err = ai.run_audit(wd)
+        if code != 1 or "is not a stream" not in err:
+            h.fail(f"rabbitmq classic read as a stream: audit should stop (exit 1): rc {code}, "
+                   f"{out!r} {err!r}")
+        h.wait_until(lambda: rc.count(rs.port, "audit-classic") == n, 30,
+                     f"the classic queue holding its {n} messages again")
+        h.log(f"rabbitmq classic configured as a stream: stopped ({err.strip()}); "
+              f"the queue keeps {n} messages")
+
 
 def case_kafka():
     with h.case_workdir("tailbox-audit-kafka-") as wd:
