@@ -9,7 +9,8 @@ destination (or the outbox) the way an operator could find it, and checks what
   - a line dead in the outbox (row dead-lettered, not at the destination):
     reported dead at its offset, not missing (exit 0);
   - file sink, one NDJSON record written twice: duplicated at its offset (exit 1);
-  - lines appended after the stop: "not read yet", not missing.
+  - lines appended after the stop: "not read yet", not missing;
+  - an HTTP sink: refused, exit 2 (a receiver cannot be asked for keys).
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/audit_integration_test.py
 """
 
@@ -145,9 +146,21 @@ def case_file():
         h.log(f"file sink: a record written twice is reported duplicated at {offset}")
 
 
+def case_http():
+    """An HTTP receiver cannot be asked which keys it holds: exit 2, said why."""
+    with h.case_workdir("tailbox-audit-http-") as wd:
+        h.write_sink_config(wd, {"type": "http", "url": "http://127.0.0.1:9/ingest"},
+                            host_id=HOST)
+        code, out, err = run_audit(wd)
+        if code != 2 or "not possible for an HTTP receiver" not in err or out.strip():
+            h.fail(f"audit of an HTTP sink should be refused (exit 2): rc {code}, {out!r} {err!r}")
+        h.log(f"http: refused ({err.strip()})")
+
+
 def test():
     case_sqlite()
     case_file()
+    case_http()
 
 
 if __name__ == "__main__":
