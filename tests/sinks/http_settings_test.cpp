@@ -11,13 +11,16 @@
 #include <boost/json.hpp>
 #include <vector>
 
+#include "support/sink_settings.hpp"
+
 using namespace tailbox;
 using sinks::Delivery;
 namespace http = sinks::http;
 
 namespace {
 
-using Values = std::map<std::string, config::SettingValue>;
+using Values = testing::SettingValues;
+using testing::has;
 
 Values base() {
   Values v;
@@ -25,20 +28,8 @@ Values base() {
   return v;
 }
 
-// Builds the sink the way the registry does: constructor, then finish().
-std::string build(const Values& v) {
-  boost::asio::io_context ioc;
-  config::Settings s("sink", v, 1);
-  try {
-    sinks::HttpSink sink(s, ioc.get_executor());
-    s.finish();
-    return "ok:" + sink.name();
-  } catch (const config::ConfigError& e) {
-    return e.what();
-  }
-}
+std::string build(const Values& v) { return testing::build_sink<sinks::HttpSink>(v, ""); }
 
-bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 Record record(std::string_view key, std::string_view line) {
   Record r;
