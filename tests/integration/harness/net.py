@@ -1,0 +1,44 @@
+"""Loopback networking for tests: a free port, and the accept loop of the TCP proxies
+that the chaos tests put between tailbox and a server."""
+
+import socket
+import threading
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TcpProxy:
+    """Listens on a free loopback port and connects each client to 127.0.0.1:target_port.
+
+    Subclasses decide what flows: connected(client, server) is called on the accept
+    thread for each pair (both sockets blocking) and starts the pumps.
+    """
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self.connected(client, server)
+
+    def connected(self, client, server):
+        raise NotImplementedError
