@@ -99,7 +99,8 @@ def test():
     h.tailbox_bin()
     with nats_server.NatsCluster(3) as cl:
         h.log(f"nats-server cluster on {cl.url} ({cl.root})")
-        nc.run_cases(cl, (("nats_cluster", case_cluster),), rng, seed)
+        h.run_cases((("nats_cluster", case_cluster),), seed, lambda c: (cl, c.wd, c.tailbox(), rng),
+                    context=[("nats-server logs", cl.log_tails)])
 
 if __name__ == "__main__":
     nats_server.require_nats_server()

@@ -244,41 +244,26 @@ def case_dead_replayed(ns, wd, tb, rng):
     nc.delete_stream(ns.port, stream)
 
 
-class AnswerDropProxy:
+class AnswerDropProxy(h.TcpProxy):
     """A TCP proxy to a nats-server. drop(True): what the server sends is read
     and thrown away (the client's messages still reach it, their PubAcks never
     come back). drop(False): the open connections are cut (their byte streams
     are no longer whole) and answers pass again for the next ones."""
 
     def __init__(self, target_port):
-        self.target = target_port
         self.dropping = False
-        self.lock = threading.Lock()
         self.socks = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
     @property
     def url(self):
         return f"nats://127.0.0.1:{self.port}"
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+    def connected(self, client, server):
+        with self.lock:
+            self.socks += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, src, dst, answers):
         while True:
@@ -371,9 +356,11 @@ def test():
     h.tailbox_bin()
     with nats_server.NatsServer() as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
-        nc.run_cases(ns, (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
+        h.run_cases((("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
                      ("nats_dead_replayed", case_dead_replayed),
-                     ("nats_outage_beyond_window", case_outage_beyond_window)), rng, seed)
+                     ("nats_outage_beyond_window", case_outage_beyond_window)),
+                    seed, lambda c: (ns, c.wd, c.tailbox(), rng),
+                    context=[("nats-server log", ns.log_tail)])
 
 
 if __name__ == "__main__":

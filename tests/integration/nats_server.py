@@ -29,6 +29,8 @@ import tempfile
 import time
 import uuid
 
+from harness import free_port
+
 SKIP = 77
 BINARY = os.environ.get("TAILBOX_NATS_SERVER", "nats-server")
 
@@ -38,12 +40,6 @@ def require_nats_server():
         print(f"SKIP: {BINARY} not found (install the Debian package nats-server)", flush=True)
         # In CI the server is installed by tools/install-deps: missing is a failure.
         sys.exit(1 if os.environ.get("CI") == "true" else SKIP)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NatsServer:

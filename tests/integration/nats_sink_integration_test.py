@@ -143,9 +143,11 @@ def test():
     h.tailbox_bin()
     with nats_server.NatsServer(config="max_payload: 65536") as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
-        nc.run_cases(ns, (("nats_120k_outage", case_120k_with_outage),
+        h.run_cases((("nats_120k_outage", case_120k_with_outage),
                      ("nats_too_large", case_too_large),
-                     ("nats_closed_connection", case_closed_connection)), rng, seed)
+                     ("nats_closed_connection", case_closed_connection)),
+                    seed, lambda c: (ns, c.wd, c.tailbox(), rng),
+                    context=[("nats-server log", ns.log_tail)])
 
 
 if __name__ == "__main__":

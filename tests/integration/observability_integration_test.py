@@ -19,7 +19,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,12 +35,6 @@ DASHBOARD = os.path.join(h.REPO_ROOT, "examples", "grafana-dashboard.json")
 LINES = 6000
 # Series Prometheus makes itself for every target (not in the relay's scrape).
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url, timeout=5):
@@ -159,7 +152,7 @@ class PrometheusServer:
     def __init__(self, root, target, rules):
         self.dir = os.path.join(root, "prometheus")
         os.makedirs(os.path.join(self.dir, "data"))
-        self.port = free_port()
+        self.port = h.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = os.path.join(self.dir, "prometheus.yml")
         with open(self.config, "w") as f:
@@ -293,7 +286,7 @@ def test():
     tb = h.Tailbox(wd)
     prom = None
     passed = False
-    port = free_port()
+    port = h.free_port()
     try:
         h.write_config(wd, metrics={"listen": f"127.0.0.1:{port}"})
         rng = random.Random(13)

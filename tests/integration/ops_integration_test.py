@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,12 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 HOST = "edge1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url, timeout=5):
@@ -96,7 +89,7 @@ def case_metrics():
     wd = h.Workdir("tailbox-ops-metrics-")
     tb = h.Tailbox(wd)
     passed = False
-    port = free_port()
+    port = h.free_port()
     try:
         h.write_config(wd, metrics={"listen": f"127.0.0.1:{port}"})
         rng = random.Random(1)
@@ -164,7 +157,7 @@ def case_backpressure():
     tb = h.Tailbox(wd)
     passed = False
     lock = None
-    port = free_port()
+    port = h.free_port()
     max_rows = 500
     try:
         h.write_config(wd, outbox={"max_rows": max_rows},
@@ -228,7 +221,7 @@ def case_disk_full():
         h.log("disk full: SKIPPED (mount -t tmpfs failed here)")
         wd.cleanup(True)
         return
-    port = free_port()
+    port = h.free_port()
     try:
         outbox = os.path.join(mnt, "outbox.db")
         # No headroom (min_free_bytes = 0): appends themselves meet the full

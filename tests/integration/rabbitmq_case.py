@@ -155,28 +155,3 @@ def wait_all(port, queue, wd, tb, paths, timeout, what):
     h.wait_until(lambda: h.caught_up(wd, paths), timeout, what, interval=0.5, tailbox=tb,
                  progress=lambda: f"{count(port, queue)} messages in the queue (lagging), "
                                   f"{h.pending_rows(wd)} pending in the outbox")
-
-
-def run_cases(rs, cases, rng, seed):
-    """Runs each (name, body(rs, wd, tb, rng)) in a fresh work directory with its
-    own tailbox; TAILBOX_CASE=<name> runs one. On failure prints the context."""
-    only = os.environ.get("TAILBOX_CASE")
-    for name, body in cases:
-        if only and only != name:
-            continue
-        t0 = time.monotonic()
-        h.log(f"--- {name} ---")
-        wd = h.Workdir(f"tailbox-{name}-")
-        tb = h.Tailbox(wd)
-        passed = False
-        try:
-            body(rs, wd, tb, rng)
-            passed = True
-        except h.TestFailure:
-            h.report_failure_context(wd, seed)
-            h.log(f"rabbitmq-server log:\n{rs.log_tail()}")
-            raise
-        finally:
-            tb.close()
-            wd.cleanup(passed)
-        h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")

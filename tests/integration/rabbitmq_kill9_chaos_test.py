@@ -210,36 +210,21 @@ def case_confirm_timeout(rs, wd, tb, rng):
         proxy.close()
 
 
-class StallProxy:
+class StallProxy(h.TcpProxy):
     """A TCP proxy. stall(): the connections open now stop forwarding what the
     client sends (it is kept); new connections are not affected. release():
     the kept bytes are sent to the broker, then those connections are closed."""
 
     def __init__(self, target_port):
-        self.target = target_port
-        self.lock = threading.Lock()
         self.conns = []     # [client, server, held (bytearray or None), client_gone]
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            c = [client, server, None, False]
-            with self.lock:
-                self.conns.append(c)
-            threading.Thread(target=self._up, args=(c,), daemon=True).start()
-            threading.Thread(target=self._down, args=(c,), daemon=True).start()
+    def connected(self, client, server):
+        c = [client, server, None, False]
+        with self.lock:
+            self.conns.append(c)
+        threading.Thread(target=self._up, args=(c,), daemon=True).start()
+        threading.Thread(target=self._down, args=(c,), daemon=True).start()
 
     def _up(self, c):
         client, server = c[0], c[1]
@@ -365,11 +350,13 @@ def test():
     rc.tool_bin()
     with rabbitmq_server.RabbitServer() as rs:
         h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
-        rc.run_cases(rs, (("rabbitmq_stream_kill9", case_stream_kill9),
-                          ("rabbitmq_classic_kill9", case_classic_kill9),
-                          ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
-                          ("rabbitmq_confirm_timeout", case_confirm_timeout),
-                          ("rabbitmq_lock", case_lock)), rng, seed)
+        h.run_cases((("rabbitmq_stream_kill9", case_stream_kill9),
+                     ("rabbitmq_classic_kill9", case_classic_kill9),
+                     ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
+                     ("rabbitmq_confirm_timeout", case_confirm_timeout),
+                     ("rabbitmq_lock", case_lock)),
+                    seed, lambda c: (rs, c.wd, c.tailbox(), rng),
+                    context=[("rabbitmq-server log", rs.log_tail)])
 
 
 if __name__ == "__main__":

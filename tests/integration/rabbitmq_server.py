@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from harness import free_port
+
 SKIP = 77
 BINARY = os.environ.get("TAILBOX_RABBITMQ_SERVER", "/usr/lib/rabbitmq/bin/rabbitmq-server")
 
@@ -37,12 +39,6 @@ def require_rabbitmq_server():
     if not os.access(BINARY, os.X_OK):
         print(f"SKIP: {BINARY} not found (install the Debian package rabbitmq-server)", flush=True)
         sys.exit(1 if os.environ.get("CI") == "true" else SKIP)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RabbitServer:

@@ -162,11 +162,13 @@ def test():
     rc.tool_bin()
     with rabbitmq_server.RabbitServer() as rs:
         h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
-        rc.run_cases(rs, (("rabbitmq_stream_outage", case_stream_outage),
-                          ("rabbitmq_classic_outage", case_classic_outage),
-                          ("rabbitmq_unroutable", case_unroutable),
-                          ("rabbitmq_idle", case_idle),
-                          ("rabbitmq_quorum", case_quorum)), rng, seed)
+        h.run_cases((("rabbitmq_stream_outage", case_stream_outage),
+                     ("rabbitmq_classic_outage", case_classic_outage),
+                     ("rabbitmq_unroutable", case_unroutable),
+                     ("rabbitmq_idle", case_idle),
+                     ("rabbitmq_quorum", case_quorum)),
+                    seed, lambda c: (rs, c.wd, c.tailbox(), rng),
+                    context=[("rabbitmq-server log", rs.log_tail)])
 
 
 if __name__ == "__main__":

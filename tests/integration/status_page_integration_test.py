@@ -22,7 +22,6 @@ import html.parser
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,6 @@ import harness as h  # noqa: E402
 from ops_integration_test import InboxLock  # noqa: E402
 
 HOSTILE = "<img src=x onerror=alert(1)>.log"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url, method="GET", timeout=5):
@@ -185,7 +178,7 @@ def test():
     tb = h.Tailbox(wd)
     passed = False
     lock = None
-    port = free_port()
+    port = h.free_port()
     base = f"http://127.0.0.1:{port}"
     plain, hostile, other = wd.log_path("a.log"), wd.log_path(HOSTILE), wd.log_path("b.log")
     try:

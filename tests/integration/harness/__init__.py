@@ -34,7 +34,7 @@ from .outbox import (SCHEMA_DIR, caught_up, caught_up_reading, create_outbox_sch
                      schema_files, sqlite_connect)
 from .checks import (INBOX_TYPES, NewlineCounter, Rec, check_exact,
                      expected_from_files, inbox_type_problems, read_inbox, read_ndjson)
-from .workload import _WORDS, SourceFiles, Writer, make_line
+from .workload import _WORDS, SourceFiles, Writer, _write_all, make_line
 from .net import TcpProxy, free_port
 from .case import Case, case, main, report_failure_context, run_cases, selected
 
@@ -54,6 +54,7 @@ __all__ = [
     "Writer",
     "_WORDS",
     "_toml_value",
+    "_write_all",
     "case",
     "caught_up",
     "caught_up_reading",

@@ -111,17 +111,17 @@ def selected(name):
     return not only or only == name
 
 
-def run_cases(cases, seed, setup=None):
-    """Runs each (name, body) of `cases` that TAILBOX_CASE selects, as case(name, seed);
-    body(c) gets the Case. `setup(c)`, if given, runs first in each case (e.g. to
-    register a server's log for the failure report)."""
+def run_cases(cases, seed, args, context=()):
+    """Runs each (name, body) of `cases` that TAILBOX_CASE selects, as case(name, seed):
+    body(*args(c)) with c the Case, e.g. args = lambda c: (server, c.wd, c.tailbox(), rng).
+    `context`: (label, fn) pairs printed on a failure, as Case.on_failure()."""
     for name, body in cases:
         if not selected(name):
             continue
         with case(name, seed) as c:
-            if setup is not None:
-                setup(c)
-            body(c)
+            for label, fn in context:
+                c.on_failure(label, fn)
+            body(*args(c))
 
 
 def main(test, name):
