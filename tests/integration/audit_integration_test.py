@@ -56,9 +56,8 @@ def ship(wd, sink, n):
 
 
 def case_sqlite():
-    wd = h.Workdir("tailbox-audit-sqlite-")
-    passed = False
-    try:
+    with h.case("sqlite", None, prefix="tailbox-audit-sqlite-") as c:
+        wd = c.wd
         paths = ship(wd, "sqlite", 300)
         rc, rep = audit(wd)
         files = by_path(rep)
@@ -109,17 +108,11 @@ def case_sqlite():
         if rc != 0 or b["not_read_yet"] != 5 or b["missing"] != 0:
             h.fail(f"lines after the checkpoint are not read yet: rc {rc}, {b}")
         h.log("sqlite: lines after the checkpoint are counted as not read yet")
-        passed = True
-    finally:
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_file():
-    wd = h.Workdir("tailbox-audit-file-")
-    passed = False
-    try:
+    with h.case("file", None, prefix="tailbox-audit-file-") as c:
+        wd = c.wd
         ship(wd, "file", 200)
         rc, rep = audit(wd)
         if rc != 0 or not rep["clean"]:
@@ -135,11 +128,6 @@ def case_file():
         if rc != 1 or b["duplicated"] != 1 or b["duplicated_offsets"] != [offset]:
             h.fail(f"a record written twice should be duplicated at {offset} (exit 1): rc {rc}, {b}")
         h.log(f"file sink: a record written twice is reported duplicated at {offset}")
-        passed = True
-    finally:
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def test():

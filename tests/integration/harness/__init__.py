@@ -29,13 +29,13 @@ from .env import (MAX_LINE_BYTES, REPO_ROOT, TestFailure, Workdir, fail, log,
 from .config import _toml_value, write_config, write_sink_config
 from .process import (Tailbox, proc_status_kib, run_cli, status_json, stop_clean,
                       stop_summary)
-from .outbox import (SCHEMA_DIR, caught_up, caught_up_reading, create_outbox_schema,
+from .outbox import (SCHEMA_DIR, InboxLock, caught_up, caught_up_reading, create_outbox_schema,
                      dead_rows, inbox_count, outbox_count, outbox_states, pending_rows,
                      schema_files, sqlite_connect)
 from .checks import (INBOX_TYPES, NewlineCounter, Rec, check_exact,
                      expected_from_files, inbox_type_problems, read_inbox, read_ndjson)
 from .workload import _WORDS, SourceFiles, Writer, _write_all, make_line
-from .net import TcpProxy, free_port
+from .net import TcpProxy, free_port, http_get
 from .case import Case, case, main, report_failure_context, run_cases, selected
 
 __all__ = [
@@ -65,6 +65,8 @@ __all__ = [
     "fail",
     "free_port",
     "inbox_count",
+    "InboxLock",
+    "http_get",
     "inbox_type_problems",
     "log",
     "main",

@@ -39,9 +39,9 @@ class Case:
         self._closers.append(close or thing.close)
         return thing
 
-    def defer(self, fn, *args):
-        """Calls fn(*args) when the case ends (before what was added earlier)."""
-        self._closers.append(lambda: fn(*args))
+    def defer(self, fn, *args, **kwargs):
+        """Calls fn(*args, **kwargs) when the case ends (before what was added earlier)."""
+        self._closers.append(lambda: fn(*args, **kwargs))
 
     def tailbox(self, **kwargs):
         """A Tailbox on this case's work directory (see process.Tailbox), closed at the end."""
@@ -93,6 +93,11 @@ def case(name, seed=None, prefix=None, workdir=True):
     try:
         yield c
         passed = True
+    except SystemExit as e:
+        passed = e.code in (0, 77)     # 77: the test skips itself (meson's SKIP)
+        if not passed:
+            c.report(e)
+        raise
     except BaseException as e:
         c.report(e)
         raise

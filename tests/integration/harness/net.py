@@ -3,6 +3,8 @@ that the chaos tests put between tailbox and a server."""
 
 import socket
 import threading
+import urllib.error
+import urllib.request
 
 
 def free_port():
@@ -10,6 +12,17 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def http_get(url, timeout=5):
+    """(status, body text) of a GET; (0, "") when nothing answers (not listening yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, ""
 
 
 class TcpProxy:

@@ -102,3 +102,29 @@ def caught_up_reading(wd, paths):
     finally:
         conn.close()
     return all(offsets.get(p, -1) == os.path.getsize(p) for p in paths if os.path.exists(p))
+
+
+class InboxLock:
+    """Holds the sqlite inbox's write lock, so the sink fails (busy) until released.
+
+    mark=True also switches the inbox to WAL and writes a row in the locking
+    transaction (a lock a reader of the inbox can see); mark=False only takes
+    BEGIN IMMEDIATE. release() (or close()) twice is fine.
+    """
+
+    def __init__(self, path, mark=True):
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        if mark:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS tailbox_test_lock (x)")
+        self.conn.execute("BEGIN IMMEDIATE")
+        if mark:
+            self.conn.execute("INSERT INTO tailbox_test_lock VALUES (1)")
+
+    def release(self):
+        if self.conn is not None:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+
+    close = release
