@@ -20,7 +20,6 @@ The mock ignores isolation.level; kafka_mock.py emulates read_committed (see the
 """
 
 import os
-import random
 import sqlite3
 import sys
 import time
@@ -148,9 +147,8 @@ def case_gap_idempotent(wd, cluster, tb, rng):
 
 def main():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.run_cases((("random_kills", case_random_kills), ("gap", case_gap_transactional),
-                 ("gap_idempotent", case_gap_idempotent)), seed, km.case_args(rng))
+                 ("gap_idempotent", case_gap_idempotent)), seed, km.case_args())
 
 
 if __name__ == "__main__":

@@ -169,13 +169,13 @@ def check_exact(cluster, paths, drop=()):
     return recs
 
 
-def case_args(rng, cluster_kwargs=None):
+def case_args(cluster_kwargs=None):
     """harness.run_cases() arguments of a kafka case: body(wd, cluster, tb, rng), with a
-    fresh MockCluster logging to <wd>/mock.log, closed after the tailbox."""
+    fresh MockCluster logging to <wd>/mock.log, closed after the tailbox, and the case's rng."""
     def args(c):
         cluster = c.add(MockCluster(log_path=os.path.join(c.wd.root, "mock.log"),
                                     **(cluster_kwargs or {})))
-        return c.wd, cluster, c.tailbox(), rng
+        return c.wd, cluster, c.tailbox(), c.rng
     return args
 
 

@@ -28,7 +28,6 @@ Usage: TAILBOX_BIN=build/tailbox KAFKA_MOCK_BIN=build/tests/kafka_mock \\
 
 import json
 import os
-import random
 import re
 import sys
 import time
@@ -219,11 +218,10 @@ def case_key_file_ndjson(wd, cluster, tb, rng):
 
 def main():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.run_cases((("errors", case_broker_errors), ("outage", case_outage),
                  ("too_large", case_too_large), ("commit_timeout", case_commit_timeout),
                  ("idempotent", case_idempotent), ("key_file", case_key_file_ndjson)),
-                seed, km.case_args(rng))
+                seed, km.case_args())
     h.log("PASS")
 
 

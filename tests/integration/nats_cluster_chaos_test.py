@@ -14,7 +14,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_cluster_chaos_te
 """
 
 import os
-import random
 import sys
 import time
 
@@ -95,11 +94,10 @@ def case_cluster(cl, wd, tb, rng):
 
 def test():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.tailbox_bin()
     with nats_server.NatsCluster(3) as cl:
         h.log(f"nats-server cluster on {cl.url} ({cl.root})")
-        h.run_cases((("nats_cluster", case_cluster),), seed, lambda c: (cl, c.wd, c.tailbox(), rng),
+        h.run_cases((("nats_cluster", case_cluster),), seed, lambda c: (cl, c.wd, c.tailbox(), c.rng),
                     context=[("nats-server logs", cl.log_tails)])
 
 if __name__ == "__main__":

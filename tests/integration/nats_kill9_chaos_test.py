@@ -37,7 +37,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_kill9_chaos_test
 """
 
 import os
-import random
 import socket
 import sqlite3
 import subprocess
@@ -123,9 +122,10 @@ REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "t
 
 
 def outbox_ids(wd, state):
+    """The rows in `state`, each by its key in the outbox: (file, inode, offset)."""
     conn = h.sqlite_connect(wd.outbox)
     try:
-        return {r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = ?", (state,))}
+        return set(conn.execute("SELECT file, inode, offset FROM outbox WHERE state = ?", (state,)))
     finally:
         conn.close()
 
@@ -352,14 +352,13 @@ def case_outage_beyond_window(ns, wd, tb, rng):
 
 def test():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.tailbox_bin()
     with nats_server.NatsServer() as ns:
         h.log(f"nats-server on {ns.url} ({ns.root})")
         h.run_cases((("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
                      ("nats_dead_replayed", case_dead_replayed),
                      ("nats_outage_beyond_window", case_outage_beyond_window)),
-                    seed, lambda c: (ns, c.wd, c.tailbox(), rng),
+                    seed, lambda c: (ns, c.wd, c.tailbox(), c.rng),
                     context=[("nats-server log", ns.log_tail)])
 
 

@@ -43,7 +43,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_kill9_chaos_
 """
 
 import os
-import random
 import re
 import socket
 import sys
@@ -345,7 +344,6 @@ def case_lock(rs, wd, tb, rng):
 
 def test():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.tailbox_bin()
     rc.tool_bin()
     with rabbitmq_server.RabbitServer() as rs:
@@ -355,7 +353,7 @@ def test():
                      ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
                      ("rabbitmq_confirm_timeout", case_confirm_timeout),
                      ("rabbitmq_lock", case_lock)),
-                    seed, lambda c: (rs, c.wd, c.tailbox(), rng),
+                    seed, lambda c: (rs, c.wd, c.tailbox(), c.rng),
                     context=[("rabbitmq-server log", rs.log_tail)])
 
 

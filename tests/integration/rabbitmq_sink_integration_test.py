@@ -32,7 +32,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_sink_integra
 """
 
 import os
-import random
 import sys
 import time
 
@@ -157,7 +156,6 @@ def case_quorum(rs, wd, tb, rng):
 
 def test():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.tailbox_bin()
     rc.tool_bin()
     with rabbitmq_server.RabbitServer() as rs:
@@ -167,7 +165,7 @@ def test():
                      ("rabbitmq_unroutable", case_unroutable),
                      ("rabbitmq_idle", case_idle),
                      ("rabbitmq_quorum", case_quorum)),
-                    seed, lambda c: (rs, c.wd, c.tailbox(), rng),
+                    seed, lambda c: (rs, c.wd, c.tailbox(), c.rng),
                     context=[("rabbitmq-server log", rs.log_tail)])
 
 

@@ -14,6 +14,7 @@ directory, the end of the tailbox log and whatever on_failure() registered.
 
 import contextlib
 import os
+import random
 import signal
 import sys
 import time
@@ -31,6 +32,9 @@ class Case:
         self.seed = seed
         self.wd = wd
         self.tb = None          # the first tailbox() made, for the common one-relay case
+        # This case's own random stream: the same for a seed whether the case runs alone
+        # (TAILBOX_CASE) or after others.
+        self.rng = random.Random(f"{seed}/{name}")
         self._closers = []      # callables, run last first
         self._context = []      # (label, callable returning text) printed on failure
 
@@ -55,10 +59,9 @@ class Case:
         self._context.append((label, fn))
 
     def report(self, error):
-        seed = "" if self.seed is None else f", seed {self.seed}"
-        rerun = f"TAILBOX_CASE={self.name}" + ("" if self.seed is None else f" TAILBOX_SEED={self.seed}")
-        log(f"case {self.name} FAILED{seed} (rerun this case: {rerun}): "
-            f"{type(error).__name__}: {error}")
+        rerun = "" if self.seed is None else f"TAILBOX_SEED={self.seed} "
+        log(f"case {self.name} FAILED (rerun: {rerun}TAILBOX_CASE={self.name}, which runs only "
+            f"this case in a test of several): {type(error).__name__}: {error}")
         if self.wd is not None:
             log(f"last lines of {self.wd.tailbox_log}:\n{tail_of_file(self.wd.tailbox_log)}")
         for label, fn in self._context:
