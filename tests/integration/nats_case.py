@@ -107,3 +107,16 @@ def read_backs(wd):
     except OSError:
         return []
     return [tuple(int(x) for x in m.groups()) for m in READ_BACK.finditer(text)]
+
+
+def run(make_server, cases):
+    """Runs `cases` ((name, body(server, wd, tb, rng)), TAILBOX_CASE selects one) as
+    harness cases against the server make_server() returns (a NatsServer or a
+    NatsCluster), up for the whole run."""
+    seed = h.seed_from_env()
+    h.tailbox_bin()
+    with make_server() as ns:
+        h.log(f"nats-server on {ns.url} ({ns.root})")
+        logs = ns.log_tails if hasattr(ns, "log_tails") else ns.log_tail
+        h.run_cases(cases, seed, lambda c: (ns, c.wd, c.tailbox(), c.rng),
+                    context=[("nats-server log", logs)])

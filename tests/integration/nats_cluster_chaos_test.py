@@ -93,12 +93,8 @@ def case_cluster(cl, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    h.tailbox_bin()
-    with nats_server.NatsCluster(3) as cl:
-        h.log(f"nats-server cluster on {cl.url} ({cl.root})")
-        h.run_cases((("nats_cluster", case_cluster),), seed, lambda c: (cl, c.wd, c.tailbox(), c.rng),
-                    context=[("nats-server logs", cl.log_tails)])
+    nc.run(lambda: nats_server.NatsCluster(3), (("nats_cluster", case_cluster),))
+
 
 if __name__ == "__main__":
     nats_server.require_nats_server()

@@ -37,7 +37,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_kill9_chaos_test
 """
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -279,11 +278,7 @@ class AnswerDropProxy(h.TcpProxy):
                 dst.sendall(data)
             except OSError:
                 break
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.shut(src, dst)
 
     def drop(self, on):
         self.dropping = on
@@ -291,10 +286,7 @@ class AnswerDropProxy(h.TcpProxy):
             with self.lock:
                 socks, self.socks = self.socks, []
             for s in socks:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self.shut(s)
                 s.close()
 
     def close(self):
@@ -351,15 +343,10 @@ def case_outage_beyond_window(ns, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    h.tailbox_bin()
-    with nats_server.NatsServer() as ns:
-        h.log(f"nats-server on {ns.url} ({ns.root})")
-        h.run_cases((("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
-                     ("nats_dead_replayed", case_dead_replayed),
-                     ("nats_outage_beyond_window", case_outage_beyond_window)),
-                    seed, lambda c: (ns, c.wd, c.tailbox(), c.rng),
-                    context=[("nats-server log", ns.log_tail)])
+    nc.run(nats_server.NatsServer,
+           (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
+            ("nats_dead_replayed", case_dead_replayed),
+            ("nats_outage_beyond_window", case_outage_beyond_window)))
 
 
 if __name__ == "__main__":

@@ -137,15 +137,10 @@ def case_closed_connection(_ns, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    h.tailbox_bin()
-    with nats_server.NatsServer(config="max_payload: 65536") as ns:
-        h.log(f"nats-server on {ns.url} ({ns.root})")
-        h.run_cases((("nats_120k_outage", case_120k_with_outage),
-                     ("nats_too_large", case_too_large),
-                     ("nats_closed_connection", case_closed_connection)),
-                    seed, lambda c: (ns, c.wd, c.tailbox(), c.rng),
-                    context=[("nats-server log", ns.log_tail)])
+    nc.run(lambda: nats_server.NatsServer(config="max_payload: 65536"),
+           (("nats_120k_outage", case_120k_with_outage),
+            ("nats_too_large", case_too_large),
+            ("nats_closed_connection", case_closed_connection)))
 
 
 if __name__ == "__main__":

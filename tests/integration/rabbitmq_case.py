@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import harness as h
+import rabbitmq_server
 
 HOST = "edge1"
 
@@ -155,3 +156,15 @@ def wait_all(port, queue, wd, tb, paths, timeout, what):
     h.wait_until(lambda: h.caught_up(wd, paths), timeout, what, interval=0.5, tailbox=tb,
                  progress=lambda: f"{count(port, queue)} messages in the queue (lagging), "
                                   f"{h.pending_rows(wd)} pending in the outbox")
+
+
+def run(cases):
+    """Runs `cases` ((name, body(rs, wd, tb, rng)), TAILBOX_CASE selects one) as
+    harness cases against one rabbitmq-server, up for the whole run."""
+    seed = h.seed_from_env()
+    h.tailbox_bin()
+    tool_bin()
+    with rabbitmq_server.RabbitServer() as rs:
+        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
+        h.run_cases(cases, seed, lambda c: (rs, c.wd, c.tailbox(), c.rng),
+                    context=[("rabbitmq-server log", rs.log_tail)])

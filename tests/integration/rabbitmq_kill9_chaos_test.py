@@ -44,7 +44,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_kill9_chaos_
 
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -245,11 +244,7 @@ class StallProxy(h.TcpProxy):
                 server.sendall(data)
             except OSError:
                 break
-        for s in (client, server):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.shut(client, server)
 
     def _down(self, c):
         client, server = c[0], c[1]
@@ -264,10 +259,7 @@ class StallProxy(h.TcpProxy):
                 client.sendall(data)
             except OSError:
                 pass        # the client is gone; keep reading what the broker says
-        try:
-            client.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.shut(client)
 
     def stall(self):
         with self.lock:
@@ -289,11 +281,7 @@ class StallProxy(h.TcpProxy):
                 pass
         time.sleep(0.5)     # let the broker read them before the connection ends
         for c in stalled:
-            for s in (c[0], c[1]):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self.shut(c[0], c[1])
         return sent
 
     def close(self):
@@ -343,18 +331,11 @@ def case_lock(rs, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    h.tailbox_bin()
-    rc.tool_bin()
-    with rabbitmq_server.RabbitServer() as rs:
-        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
-        h.run_cases((("rabbitmq_stream_kill9", case_stream_kill9),
-                     ("rabbitmq_classic_kill9", case_classic_kill9),
-                     ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
-                     ("rabbitmq_confirm_timeout", case_confirm_timeout),
-                     ("rabbitmq_lock", case_lock)),
-                    seed, lambda c: (rs, c.wd, c.tailbox(), c.rng),
-                    context=[("rabbitmq-server log", rs.log_tail)])
+    rc.run((("rabbitmq_stream_kill9", case_stream_kill9),
+            ("rabbitmq_classic_kill9", case_classic_kill9),
+            ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
+            ("rabbitmq_confirm_timeout", case_confirm_timeout),
+            ("rabbitmq_lock", case_lock)))
 
 
 if __name__ == "__main__":

@@ -155,18 +155,11 @@ def case_quorum(rs, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    h.tailbox_bin()
-    rc.tool_bin()
-    with rabbitmq_server.RabbitServer() as rs:
-        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
-        h.run_cases((("rabbitmq_stream_outage", case_stream_outage),
-                     ("rabbitmq_classic_outage", case_classic_outage),
-                     ("rabbitmq_unroutable", case_unroutable),
-                     ("rabbitmq_idle", case_idle),
-                     ("rabbitmq_quorum", case_quorum)),
-                    seed, lambda c: (rs, c.wd, c.tailbox(), c.rng),
-                    context=[("rabbitmq-server log", rs.log_tail)])
+    rc.run((("rabbitmq_stream_outage", case_stream_outage),
+            ("rabbitmq_classic_outage", case_classic_outage),
+            ("rabbitmq_unroutable", case_unroutable),
+            ("rabbitmq_idle", case_idle),
+            ("rabbitmq_quorum", case_quorum)))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,12 @@ class TcpProxy:
 
     def connected(self, client, server):
         raise NotImplementedError
+
+    @staticmethod
+    def shut(*socks):
+        """shutdown(SHUT_RDWR) of each socket, ignoring the ones already gone."""
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
