@@ -38,27 +38,25 @@ def by_path(report):
     return {os.path.basename(f["path"]): f for f in report["files"]}
 
 
-def ship(wd, sink, n):
+def ship(c, sink, n):
+    wd = c.wd
     h.write_config(wd, sink=sink, host_id=HOST)
     paths = [wd.log_path("a.log"), wd.log_path("b.log")]
     for p in paths:
         with open(p, "wb") as f:
             f.write(b"".join(b"%s line %04d\n" % (os.path.basename(p).encode(), i)
                              for i in range(n)))
-    tb = h.Tailbox(wd)
-    try:
-        tb.start()
-        h.wait_until(lambda: h.caught_up(wd, paths), 30, "every line delivered", tailbox=tb)
-        h.stop_clean(tb)
-    finally:
-        tb.close()
+    tb = c.tailbox()
+    tb.start()
+    h.wait_until(lambda: h.caught_up(wd, paths), 30, "every line delivered", tailbox=tb)
+    h.stop_clean(tb)
     return paths
 
 
 def case_sqlite():
     with h.case("sqlite", None, prefix="tailbox-audit-sqlite-") as c:
         wd = c.wd
-        paths = ship(wd, "sqlite", 300)
+        paths = ship(c, "sqlite", 300)
         rc, rep = audit(wd)
         files = by_path(rep)
         if rc != 0 or not rep["clean"] or files["a.log"]["delivered_once"] != 300 \
@@ -113,7 +111,7 @@ def case_sqlite():
 def case_file():
     with h.case("file", None, prefix="tailbox-audit-file-") as c:
         wd = c.wd
-        ship(wd, "file", 200)
+        ship(c, "file", 200)
         rc, rep = audit(wd)
         if rc != 0 or not rep["clean"]:
             h.fail(f"an exact run should audit clean: rc {rc}, {rep}")

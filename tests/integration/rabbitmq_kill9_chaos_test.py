@@ -74,6 +74,13 @@ def write_for(w, rng, seconds, big=(50, 1500)):
         time.sleep(rng.uniform(0, 0.05))
 
 
+def write_and_kill(w, wd, tb, rng, k, seconds):
+    """Kill #k + 1: lines for `seconds`, then kill -9."""
+    write_for(w, rng, seconds)
+    tb.kill9()
+    h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+
+
 def case_stream_kill9(rs, wd, tb, rng):
     queue = "kill9-stream"
     rc.write_rabbitmq_config(wd, rs.port, queue, "stream")
@@ -81,9 +88,7 @@ def case_stream_kill9(rs, wd, tb, rng):
     w.spread(5_000, 4)
     tb.start()
     for k in range(5):
-        write_for(w, rng, rng.uniform(0.3, 2.0))
-        tb.kill9()
-        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+        write_and_kill(w, wd, tb, rng, k, rng.uniform(0.3, 2.0))
         if k == 1:
             t0 = time.monotonic()
             rs.stop()
@@ -127,9 +132,7 @@ def case_classic_kill9(rs, wd, tb, rng):
     w.spread(3_000, 4)
     tb.start()
     for k in range(3):
-        write_for(w, rng, rng.uniform(0.3, 1.5))
-        tb.kill9()
-        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+        write_and_kill(w, wd, tb, rng, k, rng.uniform(0.3, 1.5))
         tb.start()
     w.burst(1_000)
     rc.wait_all(rs.port, queue, wd, tb, w.paths, 120, "every line after the kills")

@@ -35,7 +35,7 @@ from .outbox import (SCHEMA_DIR, InboxLock, caught_up, caught_up_reading, create
 from .checks import (INBOX_TYPES, NewlineCounter, Rec, check_exact,
                      expected_from_files, inbox_type_problems, read_inbox, read_ndjson)
 from .workload import _WORDS, SourceFiles, Writer, _write_all, make_line
-from .net import TcpProxy, free_port, http_get
+from .net import TcpProxy, free_port, http_get, wait_server_ready
 from .case import Case, case, main, report_failure_context, run_cases, selected
 
 __all__ = [
@@ -89,6 +89,7 @@ __all__ = [
     "stop_summary",
     "tail_of_file",
     "tailbox_bin",
+    "wait_server_ready",
     "wait_until",
     "write_config",
     "write_sink_config",

@@ -3,6 +3,7 @@ that the chaos tests put between tailbox and a server."""
 
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -12,6 +13,28 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_server_ready(proc, port, greet, what, log_tail, timeout, connect_timeout=1.0,
+                      interval=0.05):
+    """Until greet(sock), on a fresh connection to 127.0.0.1:port, returns true.
+
+    Raises RuntimeError (with log_tail()) when `proc` exits or after `timeout` s.
+    A refused or failed connection (OSError) means "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=connect_timeout) as s:
+                if greet(s):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout}s:\n{log_tail()}")
+        time.sleep(interval)
 
 
 def http_get(url, timeout=5):
