@@ -9,7 +9,7 @@ and rolls those files back as a power loss could (see powercut.py for the
 model and its limits). The log files are written by the test process, not
 through the shim: they are assumed durable.
 
-Environment (besides harness.py's):
+Environment (besides the harness package's):
   POWERCUT_CUTS   cuts per scenario (default: the scenario's own, 5-8)
   TAILBOX_CASE    run only the scenario of this name
 """
