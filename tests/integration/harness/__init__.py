@@ -36,7 +36,7 @@ from .checks import (INBOX_TYPES, NewlineCounter, Rec, check_exact,
                      expected_from_files, inbox_type_problems, read_inbox, read_ndjson)
 from .workload import _WORDS, SourceFiles, Writer, _write_all, make_line
 from .net import TcpProxy, free_port, http_get, wait_server_ready
-from .case import Case, case, main, report_failure_context, run_cases, selected
+from .case import Case, case, case_workdir, main, report_failure_context, run_cases, selected
 
 __all__ = [
     "Case",
@@ -56,6 +56,7 @@ __all__ = [
     "_toml_value",
     "_write_all",
     "case",
+    "case_workdir",
     "caught_up",
     "caught_up_reading",
     "check_exact",

@@ -113,6 +113,14 @@ def case(name, seed=None, prefix=None, workdir=True):
     log(f"{name} passed in {time.monotonic() - t0:.1f}s")
 
 
+@contextlib.contextmanager
+def case_workdir(prefix):
+    """case() named after its work directory's prefix, yielding only the Workdir."""
+    name = prefix.removeprefix("tailbox-").rstrip("-") or prefix
+    with case(name, prefix=prefix) as c:
+        yield c.wd
+
+
 def selected(name):
     """False when TAILBOX_CASE names another case (run only that one)."""
     only = os.environ.get("TAILBOX_CASE")
