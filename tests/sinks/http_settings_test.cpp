@@ -239,17 +239,17 @@ TEST_SUITE("sinks.http") {
     config::Settings s("sink", v, 1);
     sinks::HttpSink sink(s, ioc.get_executor());
     unsetenv("TAILBOX_TEST_AUTH_HEADER");
-    CHECK_THROWS_WITH_AS(sink.open(std::nullopt), doctest::Contains("is not set"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(sink.open({}), doctest::Contains("is not set"), std::runtime_error);
     setenv("TAILBOX_TEST_AUTH_HEADER", "Bearer s3cret", 1);
     try {
-      sink.open(std::nullopt);
+      sink.open({});
       FAIL("a header line without a name was accepted");
     } catch (const std::runtime_error& e) {
       CHECK(has(e.what(), "must hold one header line"));
       CHECK_FALSE(has(e.what(), "s3cret"));
     }
     setenv("TAILBOX_TEST_AUTH_HEADER", "Authorization: Bearer s3cret\n", 1);
-    CHECK_NOTHROW(sink.open(std::nullopt));
+    CHECK_NOTHROW(sink.open({}));
     unsetenv("TAILBOX_TEST_AUTH_HEADER");
   }
 
@@ -260,7 +260,7 @@ TEST_SUITE("sinks.http") {
     v["tls_ca_file"] = {std::string("/nonexistent/ca.pem"), 3};
     config::Settings s("sink", v, 1);
     sinks::HttpSink sink(s, ioc.get_executor());
-    CHECK_THROWS_WITH_AS(sink.open(std::nullopt),
+    CHECK_THROWS_WITH_AS(sink.open({}),
                          doctest::Contains("cannot load tls_ca_file /nonexistent/ca.pem: no such file"),
                          std::runtime_error);
   }
