@@ -44,11 +44,6 @@ constexpr milliseconds kScanDebounce{20};
 
 bool is_gz(const std::string& path) { return path.ends_with(".gz"); }
 
-bool is_link(const std::string& path) {
-  struct stat st {};
-  return lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
-}
-
 bool excluded(const config::SourceConfig& source, const std::string& path) {
   std::string base = path.substr(path.rfind('/') + 1);
   for (const auto& ex : source.exclude) {
@@ -199,30 +194,24 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     // and wake-ups apart, which a shared one does too.
     if (strands.empty())
       for (size_t i = 0; i < kStrands; ++i) strands.push_back(asio::make_strand(executor));
-    auto r = std::make_shared<Reader>(strands[next_strand++ % kStrands]);
-    r->source = &source;
-    r->fd = fd;
-    r->source_stats = env->stats.sources.at(source.name).get();
-    if (auto it = patterns.find(source.name); it != patterns.end()) r->start = it->second;
-    return r;
+    std::shared_ptr<const StartPattern> start;
+    if (auto it = patterns.find(source.name); it != patterns.end()) start = it->second;
+    return std::make_shared<Reader>(strands[next_strand++ % kStrands], source, std::move(start),
+                                    *env->stats.sources.at(source.name), fd);
   }
 
   void add_reader(std::shared_ptr<Reader> r) {
-    r->offset_now = r->file.read_offset;
-    r->gzip = is_gz(r->file.path);
-    r->via_link = is_link(r->file.path);
+    r->attach(env);
     {
       std::lock_guard lock(readers_mu);
       readers.push_back(r);
     }
-    by_path[r->file.path] = r;
+    by_path[r->path()] = r;
     // Followed from now on, also for the rest of this scan: a rename between
     // the listing and open() can show the same file under a second name.
-    by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
+    by_inode[r->key()] = r;
     ++running_readers;
     ++env->stats.files_active;
-    ++env->stats.files_open;
-    r->env = env;
     spawn(r);
   }
 
@@ -233,17 +222,13 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       // No coroutine runs for r (a parked reader woken, or one just added):
       // nothing to finish but its descriptor. Thousands of parked readers
       // stop without a coroutine each.
-      if (r->fd >= 0) {
-        ::close(r->fd);
-        r->fd = -1;
-        --env->stats.files_open;
-      }
+      r->close_unread(env->stats);
       --env->stats.files_active;
       --running_readers;
       return;
     }
     ++env->stats.readers_running;
-    asio::co_spawn(r->strand, read_file(env, r),
+    asio::co_spawn(r->strand(), Reader::run(env, r),
                    [self = shared_from_this(), r](std::exception_ptr e, bool parked) {
                      --self->env->stats.readers_running;
                      if (!e && parked) return;   // followed still: wake() starts it again
@@ -253,9 +238,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
                        try {
                          std::rethrow_exception(e);
                        } catch (const std::exception& ex) {
-                         spdlog::error("reader for {} stopped: {}", r->file.path, ex.what());
+                         spdlog::error("reader for {} stopped: {}", r->path(), ex.what());
                        } catch (...) {
-                         spdlog::error("reader for {} stopped: unknown error", r->file.path);
+                         spdlog::error("reader for {} stopped: unknown error", r->path());
                        }
                        // Not the relay's end: the other files are read on,
                        // and /readyz names the failure (README: a relay that
@@ -285,8 +270,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
       const int64_t now = unix_ms();
       std::lock_guard lock(readers_mu);
       for (const auto& r : readers)
-        if (r->parked.load() && !r->closed.load() && now - r->last_change_ms.load() >= after.count())
-          close_if_parked(env, r);
+        if (r->parked() && !r->closed() && now - r->last_change_ms() >= after.count())
+          r->close_if_parked();
     }
   }
 
@@ -347,21 +332,17 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     {
       std::lock_guard lock(readers_mu);
       for (const auto& r : readers)
-        if (r->done.load() && r->gzip) {
+        if (r->done() && r->gzip()) {
           // Read and released, but still under its name: never again.
-          Key key{r->file.identity.dev, r->file.identity.inode};
-          skipped[key] = Skipped{Skipped::Why::released, r->file.identity};
+          skipped[r->key()] = Skipped{Skipped::Why::released, r->file().identity};
         }
-      std::erase_if(readers, [](const auto& r) { return r->done.load(); });
+      std::erase_if(readers, [](const auto& r) { return r->done(); });
     }
     by_inode.clear();
     retry_soon = false;
     out_of_fds = 0;
     listing_incomplete = false;
-    for (auto& r : readers) {
-      std::lock_guard lock(r->mu);
-      by_inode[{r->file.identity.dev, r->file.identity.inode}] = r;
-    }
+    for (auto& r : readers) by_inode[r->key()] = r;
     new_this_scan = 0;
     start_budget = kStartBudget;
     std::set<Key> seen;      // (dev, inode) of every file a glob listed
@@ -420,17 +401,13 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         // Only on evidence: a scan can miss a file that is still there (a
         // failed open or opendir). Released files found again would be read
         // again under a new uid.
-        std::string last_path;
-        {
-          std::lock_guard lock(r->mu);
-          last_path = r->file.path;
-        }
+        const std::string last_path = r->path();
         struct stat st {};
         if (::stat(last_path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == key.first &&
             static_cast<uint64_t>(st.st_ino) == key.second)
           gone = false;
       }
-      if (r->gone.exchange(gone) != gone) r->wake();   // a gone file is polled to its end
+      if (r->set_gone(gone)) r->wake();   // a gone file is polled to its end
     }
     int64_t ignored = 0;
     for (auto it = skipped.begin(); it != skipped.end();) {
@@ -444,9 +421,8 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     env->stats.files_ignored = ignored;
     by_path.clear();
     for (auto& r : readers) {
-      if (r->gone.load() || r->done.load()) continue;
-      std::lock_guard lock(r->mu);
-      by_path[r->file.path] = r;
+      if (r->gone() || r->done()) continue;
+      by_path[r->path()] = r;
     }
     if (new_this_scan > kAnnounced)
       spdlog::info("... and {} more new files followed", new_this_scan - kAnnounced);
@@ -533,35 +509,31 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
   }
 
+  // Records a followed file's new name in the outbox (a failure is logged: the
+  // next start finds the file by its identity).
+  asio::awaitable<void> record_path(int64_t fid, const std::string& path) {
+    if (Status st = co_await env->outbox.run(
+            [fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
+        !st)
+      spdlog::warn("cannot record the new path {} of file {}: {}", path, fid, st.message());
+  }
+
   // A followed file found under `path`: renamed (rotation) or just there.
   // (Coroutine arguments and co_await operands are references or trivially
   // destructible values: GCC 12 may destroy other temporaries there twice.)
   asio::awaitable<void> follow(const std::shared_ptr<Reader>& r, const FoundFile& found) {
     const std::string& path = found.path;
-    std::string old_path;
-    {
-      std::lock_guard lock(r->mu);
-      old_path = r->file.path;
-    }
-    if (old_path != path) {
+    const outbox::TrackedFile was = r->file();
+    if (was.path != path) {
       ++env->stats.rotations;
-      spdlog::info("{} is now {} (rotation)", old_path, path);
-      int64_t fid = r->file.id;
-      if (Status st = co_await env->outbox.run(
-              [fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
-          !st)
-        spdlog::warn("cannot record the new path {} of file {}: {}", path, fid, st.message());
-      {
-        std::lock_guard lock(r->mu);
-        r->file.path = path;
-      }
-      r->via_link = is_link(path);
-      r->wake();
+      spdlog::info("{} is now {} (rotation)", was.path, path);
+      co_await record_path(was.id, path);
+      r->renamed(path);
     }
     // A change the reader has not seen (an event lost): let it look.
     // This is also how a quiet file in a watched directory is re-checked: its
     // reader does not poll (see FileReading::idle_time).
-    if (found.size != r->size_seen.load() || found.mtime_ms != r->mtime_seen.load()) r->wake();
+    if (found.size != r->size_seen() || found.mtime_ms != r->mtime_seen()) r->wake();
   }
 
   // A file no reader follows: resume its checkpoint, skip it, or follow it as new.
@@ -611,36 +583,33 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
         replaced.insert(it->second.id);   // the inode holds another file now: that one is gone
         continue;
       }
-      auto r = make_reader(source, fd);
-      r->file = it->second;
+      auto r = make_reader(source, fd);   // owns fd from here on
+      TrackedFile file = it->second;
       known.erase(it);
-      known_warned.erase(r->file.id);
-      if (r->file.source != source.name) {
+      known_warned.erase(file.id);
+      if (file.source != source.name) {
         spdlog::info("{} (source \"{}\" before) is now read by source \"{}\" from offset {}",
-                     path, r->file.source, source.name, r->file.read_offset);
-        int64_t fid = r->file.id;
+                     path, file.source, source.name, file.read_offset);
+        int64_t fid = file.id;
         const std::string name = source.name;
         Status st = co_await env->outbox.run(
             [fid, &name](outbox::Outbox& o) { return o.update_source(fid, name); });
         if (!st) {
           spdlog::warn("cannot record the new source of {}: {}; tried again", path, st.message());
-          known.emplace(key, r->file);
+          known.emplace(key, file);
           retry_soon = true;
           co_return;   // r's destructor closes fd
         }
-        r->file.source = source.name;
+        file.source = source.name;
       }
-      if (r->file.path != path) {
+      if (file.path != path) {
         ++env->stats.rotations;
         spdlog::info("{} was rotated to {} while tailbox was stopped; finishing it",
-                     r->file.path, path);
-        int64_t fid = r->file.id;
-        if (Status st = co_await env->outbox.run(
-              [fid, &path](outbox::Outbox& o) { return o.update_path(fid, path); });
-          !st)
-        spdlog::warn("cannot record the new path {} of file {}: {}", path, fid, st.message());
-        r->file.path = path;
+                     file.path, path);
+        co_await record_path(file.id, path);
+        file.path = path;
       }
+      r->track(std::move(file));
       co_await throttle_start();
       add_reader(r);
       co_return;
@@ -711,11 +680,12 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
     }
     for (size_t i = 0; i < batch.size(); ++i) {
       auto& r = batch[i].reader;
-      r->file = (*added)[i];
+      const TrackedFile& file = (*added)[i];
       // Thousands of files at start-up: name the first few, count the rest.
       if (++new_this_scan <= kAnnounced)
-        spdlog::info("following {} (source {}, from byte {})", r->file.path, r->file.source,
-                     r->file.read_offset);
+        spdlog::info("following {} (source {}, from byte {})", file.path, file.source,
+                     file.read_offset);
+      r->track(file);
       co_await throttle_start();
       add_reader(r);
     }
@@ -812,15 +782,15 @@ std::vector<Tailer::FileProgress> Tailer::files() const {
   std::vector<FileProgress> out;
   std::lock_guard lock(impl_->readers_mu);
   for (const auto& r : impl_->readers) {
-    if (r->done.load()) continue;
+    if (r->done()) continue;
     FileProgress p;
     {
-      std::lock_guard rl(r->mu);
-      p.source = r->file.source;
-      p.path = r->file.path;
+      TrackedFile file = r->file();
+      p.source = std::move(file.source);
+      p.path = std::move(file.path);
     }
-    p.size = r->size_seen.load();
-    p.offset = r->offset_now.load();
+    p.size = r->size_seen();
+    p.offset = r->offset();
     out.push_back(std::move(p));
   }
   return out;
