@@ -64,9 +64,7 @@ TEST_SUITE("tail.close_inactive") {
 
   TEST_CASE("polled files are closed after close_inactive too, and reopened when they grow") {
     Relay relay(std::string(kFastPoll) + "close_inactive = \"200ms\"\n");
-    append(relay.log("p.log"), "one\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("p.log", "one\n", 1);
     REQUIRE(eventually([&] { return open_files(relay) == 0; }));
     append(relay.log("p.log"), "two\n");
     REQUIRE(relay.wait_rows(2));
@@ -79,9 +77,7 @@ TEST_SUITE("tail.close_inactive") {
 
   TEST_CASE("files stay open with close_inactive = 0") {
     Relay relay(std::string(kEventsOnly) + "close_inactive = \"0\"\n");
-    append(relay.log("a.log"), "x\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("a.log", "x\n", 1);
     std::this_thread::sleep_for(400ms);
     CHECK(open_files(relay) == 1);
     CHECK(count_fds_on(relay.logs) == 1);
@@ -89,9 +85,7 @@ TEST_SUITE("tail.close_inactive") {
 
   TEST_CASE("a write to a closed file reopens it and is read promptly (events only)") {
     Relay relay(kClosing);
-    append(relay.log("a.log"), "one\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("a.log", "one\n", 1);
     REQUIRE(eventually([&] { return open_files(relay) == 0; }));
     append(relay.log("a.log"), "two\n");
     REQUIRE(relay.wait_rows(2, 2000ms));
@@ -106,9 +100,7 @@ TEST_SUITE("tail.close_inactive") {
 
   TEST_CASE("a closed file renamed by rotation, then written to, is read once: nothing lost or doubled") {
     Relay relay(kClosing);
-    append(relay.log("app.log"), "one\n");
-    relay.start("app.log*");
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("app.log", "one\n", 1, "app.log*");
     REQUIRE(eventually([&] { return open_files(relay) == 0; }));
     std::filesystem::rename(relay.log("app.log"), relay.log("app.log.1"));
     append(relay.log("app.log.1"), "two\n");   // the writer still has the old file open
@@ -127,9 +119,7 @@ TEST_SUITE("tail.close_inactive") {
 
   TEST_CASE("a closed file truncated (copytruncate) is seen as truncated on reopen") {
     Relay relay(kClosing);
-    append(relay.log("t.log"), "one\ntwo\nthree\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(3));
+    relay.start_reading("t.log", "one\ntwo\nthree\n", 3);
     REQUIRE(eventually([&] { return open_files(relay) == 0; }));
     std::filesystem::resize_file(relay.log("t.log"), 0);
     append(relay.log("t.log"), "after\n");
@@ -144,9 +134,7 @@ TEST_SUITE("tail.close_inactive") {
 
   TEST_CASE("a closed file rewritten to the same size with other first bytes is a new file") {
     Relay relay(kClosing);
-    append(relay.log("s.log"), "aaaa\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("s.log", "aaaa\n", 1);
     REQUIRE(eventually([&] { return open_files(relay) == 0; }));
     {
       std::ofstream f(relay.log("s.log"), std::ios::binary | std::ios::in | std::ios::out);
@@ -167,9 +155,7 @@ TEST_SUITE("tail.close_inactive") {
       CAPTURE(closing);
       Relay relay(closing ? kClosing : std::string(kEventsOnly) + "close_inactive = \"0\"\n"
                                                               "rotate_wait = \"100ms\"\n");
-      append(relay.log("d.log"), "one\n");
-      relay.start();
-      REQUIRE(relay.wait_rows(1));
+      relay.start_reading("d.log", "one\n", 1);
       if (closing) REQUIRE(eventually([&] { return open_files(relay) == 0; }));
       else std::this_thread::sleep_for(300ms);
       // Written and deleted at once, before anything can reopen it.

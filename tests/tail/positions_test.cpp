@@ -23,17 +23,13 @@ using namespace std::chrono_literals;
 TEST_SUITE("tail.positions") {
   TEST_CASE("a renamed source resumes its files at their offsets, under the new name") {
     Relay relay(kFastPoll);
-    append(relay.log("a.log"), "one\ntwo\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(2));
+    relay.start_reading("a.log", "one\ntwo\n", 2);
     relay.stop();
     const auto before = relay.files();
     REQUIRE(before.size() == 1);
 
     relay.source_name = "web";
-    append(relay.log("a.log"), "three\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(3));
+    relay.start_reading("a.log", "three\n", 3);
     std::this_thread::sleep_for(200ms);   // several scans: nothing read twice
     auto rows = relay.stop_and_read();
     REQUIRE(rows.size() == 3);
@@ -52,9 +48,7 @@ TEST_SUITE("tail.positions") {
     // nothing. The file must not be released (it would be read again from 0
     // under a new uid once the file system is there).
     Relay relay(kFastPoll);
-    append(relay.log("m.log"), "one\ntwo\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(2));
+    relay.start_reading("m.log", "one\ntwo\n", 2);
     relay.stop();
     std::filesystem::rename(relay.logs, relay.dir / "unmounted");
     relay.start();
@@ -75,9 +69,7 @@ TEST_SUITE("tail.positions") {
 
   TEST_CASE("a checkpointed file deleted while stopped is released on evidence") {
     Relay relay(kFastPoll);
-    append(relay.log("d.log"), "one\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("d.log", "one\n", 1);
     relay.stop();
     std::filesystem::remove(relay.log("d.log"));
     relay.start();
@@ -162,9 +154,7 @@ TEST_SUITE("tail.positions") {
   TEST_CASE("a record cut by a timer is committed durably, terminated lines are not") {
     Relay relay(kFastPoll, "partial_line_timeout = \"100ms\"");
     std::atomic<int> durable{0}, plain{0};
-    append(relay.log("p.log"), "whole\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("p.log", "whole\n", 1);
     relay.ob->unsafe_sync().set_fault_hook([&](std::string_view stage) {
       if (stage == "append-commit-durable") ++durable;
       if (stage == "append-commit") ++plain;
@@ -215,9 +205,7 @@ TEST_SUITE("tail.positions") {
     std::string first, later;
     for (int i = 0; i < 100; ++i) first += "first " + std::to_string(i) + "\n";
     for (int i = 0; i < 50; ++i) later += "later " + std::to_string(i) + "\n";
-    append(relay.log("r.log"), first);
-    relay.start();
-    REQUIRE(relay.wait_rows(100));
+    relay.start_reading("r.log", first, 100);
     std::filesystem::rename(relay.log("r.log"), relay.log("r.old"));   // out of the glob
     std::this_thread::sleep_for(300ms);   // the rename's event: a scan marks it gone
     append(relay.log("r.old"), later);    // nothing wakes its reader (rotate_wait is 30 s)

@@ -8,7 +8,6 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <zlib.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -24,6 +23,7 @@
 #include "config/config.hpp"
 #include "outbox/async_outbox.hpp"
 #include "support/result.hpp"
+#include "support/gzip.hpp"
 #include "support/temp_dir.hpp"
 #include "tail/tailer.hpp"
 
@@ -39,20 +39,6 @@ inline void set_age(const std::string& path, std::chrono::seconds age) {
   times[0].tv_sec -= age.count();
   times[1] = times[0];
   REQUIRE(utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
-}
-
-inline std::string gzip(const std::string& data) {
-  z_stream zs{};
-  REQUIRE(deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, data.size()) + 64, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  zs.avail_in = static_cast<uInt>(data.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
 }
 
 template <typename F>
@@ -102,6 +88,15 @@ struct Relay {
     ioc.restart();
     boost::asio::co_spawn(ioc, tailer->run(), [](std::exception_ptr) {});
     for (int i = 0; i < 2; ++i) threads.emplace_back([this] { ioc.run(); });
+  }
+
+  // Writes `bytes` to the log `name`, starts, and waits until the outbox
+  // holds `n` rows (the usual first step of a test).
+  void start_reading(const std::string& name, const std::string& bytes, int64_t n,
+                     const std::string& glob = "*.log") {
+    append(log(name), bytes);
+    start(glob);
+    REQUIRE(wait_rows(n));
   }
 
   void stop() {

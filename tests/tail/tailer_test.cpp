@@ -25,9 +25,7 @@ using namespace std::chrono_literals;
 TEST_SUITE("tail.tailer") {
   TEST_CASE("inotify wakes the reader of a file that grows") {
     Relay relay(kEventsOnly);
-    append(relay.log("a.log"), "one\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("a.log", "one\n", 1);
     append(relay.log("a.log"), "two\n");
     CHECK(relay.wait_rows(2));
     append(relay.log("a.log"), "thr");
@@ -146,18 +144,14 @@ TEST_SUITE("tail.tailer") {
   TEST_CASE(".gz files are not read unless read_gzip = true") {
     Relay relay(kFastPoll);
     std::ofstream(relay.log("app.log.1.gz"), std::ios::binary) << gzip("compressed\n");
-    append(relay.log("app.log"), "plain\n");
-    relay.start("app.log*");
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("app.log", "plain\n", 1, "app.log*");
     std::this_thread::sleep_for(200ms);
     CHECK(relay.rows() == 1);
   }
 
   TEST_CASE("ignore_older skips old files, but never a file with a checkpoint") {
     Relay relay(kFastPoll, "ignore_older = \"1h\"");
-    append(relay.log("kept.log"), "kept 1\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("kept.log", "kept 1\n", 1);
     relay.stop();
 
     // While stopped: the followed file gets a line and looks old; another old
@@ -192,9 +186,7 @@ TEST_SUITE("tail.tailer") {
     REQUIRE(files.size() == 1);
     CHECK(files[0].read_offset == 0);   // the record is not delivered, not skipped either
 
-    append(relay.log("j.log"), "2024-01-01 next\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("j.log", "2024-01-01 next\n", 1);
     auto rows = relay.stop_and_read();
     REQUIRE(rows.size() == 1);
     CHECK(rows[0].payload == "2024-01-01 boom\n  at a\n  at b");
@@ -205,9 +197,7 @@ TEST_SUITE("tail.tailer") {
 
   TEST_CASE("multiline.timeout flushes the last record after quiet") {
     Relay relay(kFastPoll, "multiline.start_pattern = '^\\S'\nmultiline.timeout = \"100ms\"");
-    append(relay.log("t.log"), "head\n  cont\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("t.log", "head\n  cont\n", 1);
     relay.stop();
     CHECK(relay.all_rows()[0].payload == "head\n  cont");
     CHECK(relay.files()[0].read_offset == 12);
@@ -215,9 +205,7 @@ TEST_SUITE("tail.tailer") {
 
   TEST_CASE("max_line_mode = truncate delivers the head, counts the whole line") {
     Relay relay(kFastPoll, "max_line_bytes = 256\nmax_line_mode = \"truncate\"");
-    append(relay.log("l.log"), std::string(100'000, 'x') + "\nshort\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(2));
+    relay.start_reading("l.log", std::string(100'000, 'x') + "\nshort\n", 2);
     auto rows = relay.stop_and_read();
     REQUIRE(rows.size() == 2);
     CHECK(rows[0].payload == std::string(256, 'x'));
@@ -228,9 +216,7 @@ TEST_SUITE("tail.tailer") {
 
   TEST_CASE("a truncated file is counted and read again from 0 as a new file") {
     Relay relay(kEventsOnly);
-    append(relay.log("t.log"), "one\ntwo\nthree\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(3));
+    relay.start_reading("t.log", "one\ntwo\nthree\n", 3);
     std::filesystem::resize_file(relay.log("t.log"), 0);
     append(relay.log("t.log"), "after\n");
     REQUIRE(relay.wait_rows(4));
@@ -244,9 +230,7 @@ TEST_SUITE("tail.tailer") {
   TEST_CASE("a truncation refilled past the old offset is seen by the first bytes") {
     // Polled slowly, so that truncate + refill happen between two looks.
     Relay relay("inotify = false\npoll_interval = \"300ms\"\nread_interval = \"300ms\"");
-    append(relay.log("r.log"), "aaaa\n");
-    relay.start();
-    REQUIRE(relay.wait_rows(1));
+    relay.start_reading("r.log", "aaaa\n", 1);
     std::this_thread::sleep_for(20ms);
     std::filesystem::resize_file(relay.log("r.log"), 0);
     append(relay.log("r.log"), "bbbbbbbbbb\ncc\n");
