@@ -358,14 +358,7 @@ int run_relay(config::Config cfg, const RunOptions& options) {
   });
   auto finished = [&](std::exception_ptr e) {
     if (e) {
-      std::string what = "unknown exception";
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        what = ex.what();
-      } catch (...) {
-      }
-      report_failure("unexpected error: " + what);
+      report_failure("unexpected error: " + what_of(e));
     } else if (!stopping.load()) {
       // The reading or the delivery half ended by itself: the relay cannot go on.
       report_failure(dispatcher.failed() ? "delivery stopped" : "reading stopped");

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/clock.hpp"
+#include "core/failure.hpp"
 #include "outbox/async_outbox.hpp"
 #include "tail/tailer_impl.hpp"
 
@@ -94,13 +95,7 @@ void Tailer::Impl::spawn(const std::shared_ptr<Reader>& r) {
                    if (e) {
                      // The file is no longer read: /readyz must say so.
                      ++self->env->stats.readers_failed;
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       spdlog::error("reader for {} stopped: {}", r->path(), ex.what());
-                     } catch (...) {
-                       spdlog::error("reader for {} stopped: unknown error", r->path());
-                     }
+                     spdlog::error("reader for {} stopped: {}", r->path(), what_of(e));
                      // Not the relay's end: the other files are read on,
                      // and /readyz names the failure (README: a relay that
                      // fails stops; one file's reader is the exception).
