@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <algorithm>
@@ -83,8 +84,7 @@ void Tailer::Impl::spawn(const std::shared_ptr<Reader>& r) {
     // nothing to finish but its descriptor. Thousands of parked readers
     // stop without a coroutine each.
     r->close_unread(env->stats);
-    --env->stats.files_active;
-    --running_readers;
+    reader_ended();
     return;
   }
   ++env->stats.readers_running;
@@ -100,9 +100,16 @@ void Tailer::Impl::spawn(const std::shared_ptr<Reader>& r) {
                      // and /readyz names the failure (README: a relay that
                      // fails stops; one file's reader is the exception).
                    }
-                   --self->env->stats.files_active;
-                   --self->running_readers;
+                   self->reader_ended();
                  });
+}
+
+void Tailer::Impl::reader_ended() {
+  --env->stats.files_active;
+  if (--running_readers == 0 && env->stopping.load())
+    asio::post(strand, [self = shared_from_this()] {
+      (void)self->readers_ended.try_send(boost::system::error_code{});
+    });
 }
 
 asio::awaitable<void> Tailer::Impl::throttle_start() {
@@ -189,8 +196,8 @@ asio::awaitable<void> Tailer::Impl::run() {
   }
   watcher->stop();
   wake_all();
-  asio::steady_timer timer(strand);
-  while (running_readers.load() > 0) co_await wait(timer, milliseconds(10));
+  while (running_readers.load() > 0)
+    co_await readers_ended.async_receive(asio::as_tuple(asio::use_awaitable));
 }
 
 void Tailer::Impl::stop() {

@@ -5,6 +5,7 @@
 // Everything here runs on Impl::strand unless a member says otherwise.
 #pragma once
 
+#include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -73,6 +74,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   std::map<Key, Skipped> skipped;
   asio::steady_timer scan_timer{strand};
   asio::steady_timer close_timer{strand};
+  // Told (on the strand) when the last reader ended after a stop: run() waits
+  // on it before it returns.
+  asio::experimental::channel<void(boost::system::error_code)> readers_ended{strand, 1};
   static constexpr size_t kStrands = 64;
   static constexpr int64_t kFdReserve = 24;
   int64_t fd_budget = INT64_MAX;   // followed files open at most (the open files limit less kFdReserve)
@@ -121,6 +125,9 @@ struct Tailer::Impl : std::enable_shared_from_this<Tailer::Impl> {
   // Starts r's coroutine: when it is added, and again each time it is woken
   // after it parked. Counted once, from add_reader until it is done.
   void spawn(const std::shared_ptr<Reader>& r);
+  // A reader is followed no more: its coroutine ended for good, or none will
+  // run for it (stopping). From any thread.
+  void reader_ended();
   asio::awaitable<void> throttle_start();
 
   // Closes the files of parked readers quiet for close_inactive. Readers that
