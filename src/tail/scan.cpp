@@ -82,7 +82,7 @@ asio::awaitable<void> Tailer::Impl::scan() {
   const int64_t now = unix_ms();
 
   // Every glob expanded first, and its directories watched before any file
-  // found is followed: a reader can then park at once (see read_file), and
+  // found is followed: a reader can then park at once (see Reader::run), and
   // no event is missed between the listing and the watch.
   std::vector<std::pair<const config::SourceConfig*, std::vector<FoundFile>>> listings;
   for (const auto& source : cfg.sources) {
@@ -199,7 +199,7 @@ asio::awaitable<void> Tailer::Impl::follow(const std::shared_ptr<Reader>& r, con
   }
   // A change the reader has not seen (an event lost): let it look.
   // This is also how a quiet file in a watched directory is re-checked: its
-  // reader does not poll (see FileReading::idle_time).
+  // reader does not poll (see Reader::Reading::idle_time).
   if (found.size != r->size_seen() || found.mtime_ms != r->mtime_seen()) r->wake();
 }
 
