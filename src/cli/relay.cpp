@@ -131,6 +131,28 @@ asio::awaitable<void> watch_outbox(outbox::AsyncOutbox& outbox, const std::atomi
 
 }  // namespace
 
+namespace {
+
+// The deadline of an orderly stop: past `after`, on a thread of its own, logs
+// `why` at `level`, flushes the log and runs `then` (which exits, or executes
+// the binary again). No thread to be had (memory, limits): the stop goes on
+// without a deadline.
+void at_deadline(std::chrono::milliseconds after, spdlog::level::level_enum level,
+                 const char* why, std::function<void()> then) {
+  try {
+    std::thread([after, level, why, then = std::move(then)] {
+      std::this_thread::sleep_for(after);
+      spdlog::log(level, why);
+      spdlog::default_logger()->flush();
+      then();
+    }).detach();
+  } catch (const std::exception& e) {
+    spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
+  }
+}
+
+}  // namespace
+
 // A reload under way (read by the shutdown timer's thread, which may outlive
 // run_relay's frame).
 std::atomic<bool> g_reexec{false};
@@ -256,17 +278,8 @@ int run_relay(config::Config cfg, const RunOptions& options) {
   auto stop_all = [&](std::function<void()> on_timeout) {
     tailer.stop();
     dispatcher.stop();
-    try {
-      std::thread([timeout = cfg.delivery.shutdown_timeout, on_timeout] {
-        std::this_thread::sleep_for(timeout);
-        spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
-        spdlog::default_logger()->flush();
-        on_timeout();
-      }).detach();
-    } catch (const std::exception& e) {
-      // No thread to be had (memory, limits): the stop goes on without a deadline.
-      spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
-    }
+    at_deadline(cfg.delivery.shutdown_timeout, spdlog::level::warn,
+                "shutdown timeout reached; unconfirmed batches stay in the outbox", on_timeout);
   };
   // A reload: the new configuration is validated before anything stops; a
   // refused one leaves the running relay as it is.
@@ -344,17 +357,10 @@ int run_relay(config::Config cfg, const RunOptions& options) {
     spdlog::error("stopping the relay: {}", what);
     tailer.stop();
     dispatcher.stop();
-    try {
-      std::thread([timeout = cfg.delivery.shutdown_timeout] {
-        std::this_thread::sleep_for(timeout + std::chrono::seconds(1));
-        spdlog::error("shutdown timeout reached after a failure; unconfirmed batches stay in "
-                      "the outbox; exit 1");
-        spdlog::default_logger()->flush();
-        _exit(1);
-      }).detach();
-    } catch (const std::exception&) {
-      // No thread to be had (memory, limits): the orderly stop alone must do.
-    }
+    at_deadline(cfg.delivery.shutdown_timeout + std::chrono::seconds(1), spdlog::level::err,
+                "shutdown timeout reached after a failure; unconfirmed batches stay in the "
+                "outbox; exit 1",
+                [] { _exit(1); });
   });
   auto finished = [&](std::exception_ptr e) {
     if (e) {
