@@ -182,11 +182,7 @@ asio::awaitable<void> Reader::Reading::idle(milliseconds d) {
 }
 
 milliseconds Reader::Reading::idle_time(bool partial_waits, int64_t now) const {
-  std::string dir;
-  {
-    std::lock_guard lock(r_->mu_);
-    dir = dir_of(r_->file_.path);
-  }
+  const std::string dir = dir_of(r_->path());
   // In a watched directory an event (or the tailer's scan, which compares every
   // file's size and mtime with what its reader saw, every recheck_interval)
   // wakes the reader: it need not look by itself. Elsewhere it polls.
@@ -207,7 +203,7 @@ milliseconds Reader::Reading::idle_time(bool partial_waits, int64_t now) const {
 
 asio::awaitable<bool> Reader::Reading::look(struct stat& st) {
   if (fstat(r_->fd_, &st) != 0) {
-    spdlog::error("cannot stat {}: {}", r_->file_.path, std::strerror(errno));
+    spdlog::error("cannot stat {}: {}", r_->path(), std::strerror(errno));
     co_await sleep(cfg_.tail.poll_interval);
     co_return false;
   }
@@ -248,7 +244,7 @@ asio::awaitable<bool> Reader::Reading::commit(int64_t next, int64_t file_size) {
     backoff_ = std::min<milliseconds>(milliseconds(5000),
                                       backoff_.count() == 0 ? milliseconds(100) : backoff_ * 2);
     spdlog::warn("cannot write lines of {} to the outbox ({}); retrying in {} ms",
-                 r_->file_.path, st.message(), backoff_.count());
+                 r_->path(), st.message(), backoff_.count());
     co_await sleep(backoff_);
     co_return false;
   }
@@ -282,10 +278,10 @@ asio::awaitable<bool> Reader::Reading::release(const char* what) {
   int64_t id = r_->file_.id;
   Status st = co_await env_->outbox.run([id](outbox::Outbox& o) { return o.release_file(id); });
   if (!st) {
-    spdlog::warn("cannot release {}: {}; retrying", r_->file_.path, st.message());
+    spdlog::warn("cannot release {}: {}; retrying", r_->path(), st.message());
     co_return false;
   }
-  spdlog::info("released {} after reading it {} ({} bytes)", r_->file_.path, what, committed_);
+  spdlog::info("released {} after reading it {} ({} bytes)", r_->path(), what, committed_);
   r_->done_ = true;
   co_return true;
 }
@@ -298,26 +294,18 @@ bool Reader::Reading::closable(int64_t size, int64_t now) const {
 bool Reader::Reading::parkable(int64_t size) const {
   if (!settled(size) || r_->woken_.load()) return false;
   if (r_->closed_.load()) return true;   // the scan compares its size and mtime
-  std::string dir;
-  {
-    std::lock_guard lock(r_->mu_);
-    dir = dir_of(r_->file_.path);
-  }
+  const std::string dir = dir_of(r_->path());
   return !r_->via_link_.load() && env_->watcher->covers(dir);
 }
 
 void Reader::Reading::close_file() {
-  spdlog::debug("{}: quiet for close_inactive, closed at offset {}", r_->file_.path, committed_);
+  spdlog::debug("{}: quiet for close_inactive, closed at offset {}", r_->path(), committed_);
   r_->close_unread(env_->stats);
   r_->closed_ = true;
 }
 
 asio::awaitable<Reader::Reading::Reopen> Reader::Reading::reopen() {
-  std::string path;
-  {
-    std::lock_guard lock(r_->mu_);
-    path = r_->file_.path;   // the scan renames it (found by dev and inode)
-  }
+  const std::string path = r_->path();   // the scan renames it (found by dev and inode)
   if (r_->gone_.load()) {
     // No glob names it any more and nothing holds it open: deleted, or
     // renamed out of the globs. What was written to it after it was closed
@@ -360,7 +348,7 @@ asio::awaitable<void> Reader::Reading::restart_truncated(int64_t size) {
   ++r_->source_stats_.truncations;
   spdlog::warn("{} was truncated ({} bytes now, {} read{}; copytruncate or \"> file\"): reading "
                "it again from the start as a new file. Lines written to it and not read before "
-               "the truncation are lost", r_->file_.path, size, read_pos_,
+               "the truncation are lost", r_->path(), size, read_pos_,
                size >= read_pos_ ? ", and its first bytes changed" : "");
   // A record already complete in memory (a multiline record being built, the
   // head of a truncated line) was read before the truncation: it belongs to
@@ -374,11 +362,11 @@ asio::awaitable<void> Reader::Reading::restart_truncated(int64_t size) {
     if (co_await commit(read_pos_, size)) break;   // on failure out_ is kept: try again
     if (env_->stopping.load() && ++failed >= 5) {
       spdlog::error("{}: stopping with {} records read before its truncation not stored (the "
-                    "outbox keeps failing): they are lost", r_->file_.path, out_.size());
+                    "outbox keeps failing): they are lost", r_->path(), out_.size());
       co_return;
     }
   }
-  const std::string name = src_.name, path = r_->file_.path;
+  const std::string name = src_.name, path = r_->path();
   const int64_t old_id = r_->file_.id;
   auto fresh = co_await env_->outbox.run([&](outbox::Outbox& o) -> Result<outbox::TrackedFile> {
     if (Status released = o.release_file(old_id); !released) return failed(std::move(released));

@@ -65,7 +65,7 @@ asio::awaitable<bool> Reader::Reading::run_text() {
       buf_.resize(static_cast<size_t>(want));
       size_t got = 0;
       if (!pread_full(r_->fd_, buf_, read_pos_, got)) {
-        spdlog::error("cannot read {}: {}", r_->file_.path, std::strerror(errno));
+        spdlog::error("cannot read {}: {}", r_->path(), std::strerror(errno));
         co_await sleep(cfg_.tail.poll_interval);
         continue;
       }
@@ -173,12 +173,12 @@ asio::awaitable<void> Reader::Reading::run_gzip() {
       warned_stall = true;
       spdlog::warn("{}: ends inside a gzip member and stayed so for rotate_wait; waiting for "
                    "the rest while a glob names it ({} bytes decompressed so far)",
-                   r_->file_.path, gz->position());
+                   r_->path(), gz->position());
     }
     if (!stalled) warned_stall = false;
     if (last && state != GzipStream::State::end && !warned) {
       warned = true;
-      spdlog::warn("{}: {}; delivering the {} bytes it decompressed to", r_->file_.path,
+      spdlog::warn("{}: {}; delivering the {} bytes it decompressed to", r_->path(),
                    state == GzipStream::State::error
                        ? gz->message()
                        : std::string("ends inside a gzip member and stayed so for rotate_wait"),
@@ -213,7 +213,7 @@ asio::awaitable<void> Reader::Reading::run_gzip() {
     }
     if (last) {
       if (state == GzipStream::State::end && !gz->message().empty())
-        spdlog::warn("{}: {}", r_->file_.path, gz->message());
+        spdlog::warn("{}: {}", r_->path(), gz->message());
       if (co_await release("once, decompressed")) break;
     }
     co_await idle(stalled ? cfg_.tail.read_interval : idle_time(false, now));
