@@ -15,14 +15,9 @@
 
 using namespace tailbox;
 using testing::logged;
+using testing::write_file;
 
 namespace {
-
-std::string write_file(const std::string& path, const std::string& text, mode_t mode) {
-  std::ofstream(path, std::ios::binary) << text;
-  ::chmod(path.c_str(), mode);
-  return path;
-}
 
 // The message read_secret throws, or "" when it returns.
 std::string refusal(const std::string& file, const std::string& env) {

@@ -15,14 +15,9 @@
 using namespace tailbox;
 namespace http = sinks::http;
 using testing::logged;
+using testing::write_file;
 
 namespace {
-
-std::string write_file(const std::string& path, const std::string& text, mode_t mode) {
-  std::ofstream(path, std::ios::binary) << text;
-  ::chmod(path.c_str(), mode);
-  return path;
-}
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
