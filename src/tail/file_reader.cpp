@@ -272,8 +272,6 @@ asio::awaitable<bool> Reader::Reading::commit(int64_t next, int64_t file_size) {
   co_return true;
 }
 
-
-
 asio::awaitable<bool> Reader::Reading::release(const char* what) {
   int64_t id = r_->file_.id;
   Status st = co_await env_->outbox.run([id](outbox::Outbox& o) { return o.release_file(id); });

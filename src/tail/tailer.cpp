@@ -34,7 +34,6 @@ void raise_open_files_limit() {
 
 }  // namespace
 
-
 Tailer::Impl::Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o)
     : executor(ex),
       strand(asio::make_strand(ex)),
@@ -209,7 +208,6 @@ void Tailer::Impl::stop() {
     self->wake_all();
   });
 }
-
 
 Tailer::Tailer(asio::any_io_executor executor, const config::Config& config,
                outbox::AsyncOutbox& outbox)
