@@ -10,9 +10,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json.hpp>
 #include <cerrno>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -24,6 +22,7 @@
 #include <boost/asio/this_coro.hpp>
 
 #include "cli/logging.hpp"
+#include "cli/relay_metrics.hpp"
 #include "cli/status_page.hpp"
 #include "core/blocking.hpp"
 #include "core/clock.hpp"
@@ -41,116 +40,6 @@ namespace tailbox::cli {
 namespace asio = boost::asio;
 
 namespace {
-
-// Registers every metric; values are read from the components' own counters.
-void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::Tailer& tailer,
-                      outbox::AsyncOutbox& outbox, dispatch::Dispatcher& dispatcher,
-                      const sinks::Sink& sink) {
-  const tail::TailStats& ts = tailer.stats();
-  for (const auto& [name, s] : ts.sources) {
-    const tail::SourceStats* st = s.get();
-    reg.counter_fn("tailbox_source_lines_read_total", "Lines read into the outbox.",
-                   {{"source", name}}, [st] { return double(st->lines_read.load()); });
-    reg.counter_fn("tailbox_source_bytes_read_total", "Bytes of the source files read into the outbox.",
-                   {{"source", name}}, [st] { return double(st->bytes_read.load()); });
-    reg.counter_fn("tailbox_multiline_pattern_errors_total",
-                   "Lines multiline.start_pattern could not decide on (taken as no match).",
-                   {{"source", name}}, [st] { return double(st->multiline_pattern_errors.load()); });
-  }
-  reg.counter_fn("tailbox_rotations_total", "Files seen under a new name (rotation).", {},
-                 [&ts] { return double(ts.rotations.load()); });
-  reg.counter_fn("tailbox_truncations_total", "Files that shrank below their read offset.", {},
-                 [&ts] { return double(ts.truncations.load()); });
-  reg.gauge_fn("tailbox_files_followed", "Files being followed.", {},
-               [&ts] { return double(ts.files_active.load()); });
-  reg.gauge_fn("tailbox_files_open",
-               "Followed files holding a descriptor (the others are closed by close_inactive).", {},
-               [&ts] { return double(ts.files_open.load()); });
-  reg.gauge_fn("tailbox_readers_failed", "File readers that stopped on an error (/readyz fails).", {},
-               [&ts] { return double(ts.readers_failed.load()); });
-  reg.gauge_fn("tailbox_reader_paused", "1 while reading is paused because the outbox is full or its disk low.", {},
-               [&ts] { return ts.paused.load() ? 1.0 : 0.0; });
-  reg.gauge_fn("tailbox_outbox_free_bytes",
-               "Free space on the outbox's file system (reading pauses below [outbox] min_free_bytes).",
-               {}, [&outbox] { return double(outbox.backlog().free_bytes); });
-  reg.gauge_fn("tailbox_outbox_rows", "Rows in the outbox (pending and dead).", {},
-               [&outbox] { return double(outbox.backlog().rows); });
-  reg.gauge_fn("tailbox_outbox_bytes", "Payload bytes in the outbox.", {},
-               [&outbox] { return double(outbox.backlog().bytes); });
-  reg.gauge_fn("tailbox_outbox_oldest_pending_age_seconds",
-               "Age of the oldest line waiting for delivery (0 when none).", {}, [&outbox] {
-                 int64_t t = outbox.unsafe_sync().oldest_pending_ms();
-                 return t ? double(unix_ms() - t) / 1000.0 : 0.0;
-               });
-  reg.counter_fn("tailbox_outbox_errors_total", "Outbox (SQLite) transactions that failed.", {},
-                 [&outbox] { return double(outbox.unsafe_sync().health().errors); });
-  reg.gauge_fn("tailbox_outbox_max_rows", "Configured [outbox] max_rows.", {},
-               [&cfg] { return double(cfg.outbox.max_rows); });
-  const dispatch::DispatchStats& ds = dispatcher.stats();
-  metrics::Labels sl{{"sink", sink.name()}};
-  reg.counter_fn("tailbox_sink_delivered_rows_total", "Rows the sink confirmed.", sl,
-                 [&ds] { return double(ds.delivered.load()); });
-  reg.counter_fn("tailbox_sink_retries_total", "Failed delivery attempts (batches) that will be retried.", sl,
-                 [&ds] { return double(ds.retried.load()); });
-  reg.counter_fn("tailbox_sink_dead_rows_total", "Rows dead-lettered.", sl,
-                 [&ds] { return double(ds.dead.load()); });
-  reg.gauge_fn("tailbox_sink_in_flight_rows", "Rows leased to workers right now.", sl,
-               [&ds] { return double(ds.in_flight.load()); });
-  reg.gauge_fn("tailbox_sink_last_failure_timestamp_seconds",
-               "Unix time of the last failed delivery (0: none since start).", sl,
-               [&ds] { return double(ds.last_failure_ms.load()) / 1000.0; });
-  reg.add_collector([&ds, name = sink.name()] {
-    // The last failure's message as a label: one series per sink, replaced.
-    std::string e = ds.last_error();
-    if (e.empty()) return std::string();
-    if (e.size() > 200) e = e.substr(0, 200) + "...";
-    return "# HELP tailbox_sink_last_error The destination's message of the last failed delivery.\n"
-           "# TYPE tailbox_sink_last_error gauge\n"
-           "tailbox_sink_last_error{sink=\"" + metrics::escape_label(name) + "\",error=\"" +
-           metrics::escape_label(e) + "\"} 1\n";
-  });
-  reg.add_collector([&ds, name = sink.name()] {
-    // The dispatcher owns its histogram; render it here with the sink label.
-    const auto& h = ds.batch_seconds;
-    auto cum = h.cumulative();
-    std::string lab = "sink=\"" + metrics::escape_label(name) + "\"";
-    std::string out = "# HELP tailbox_sink_batch_duration_seconds Time a sink took per batch.\n"
-                      "# TYPE tailbox_sink_batch_duration_seconds histogram\n";
-    for (size_t i = 0; i < h.bounds().size(); ++i) {
-      char le[32];
-      std::snprintf(le, sizeof le, "%g", h.bounds()[i]);
-      out += "tailbox_sink_batch_duration_seconds_bucket{" + lab + ",le=\"" + le + "\"} " +
-             std::to_string(cum[i]) + "\n";
-    }
-    out += "tailbox_sink_batch_duration_seconds_bucket{" + lab + ",le=\"+Inf\"} " +
-           std::to_string(cum.back()) + "\n";
-    char sum[64];
-    std::snprintf(sum, sizeof sum, "%.9g", h.sum());
-    out += "tailbox_sink_batch_duration_seconds_sum{" + lab + "} " + sum + "\n";
-    out += "tailbox_sink_batch_duration_seconds_count{" + lab + "} " + std::to_string(cum.back()) + "\n";
-    return out;
-  });
-  reg.add_collector([&tailer] {
-    std::vector<std::pair<metrics::Labels, double>> lag, size;
-    for (const auto& f : tailer.files()) {
-      metrics::Labels l{{"source", f.source}, {"path", f.path}};
-      lag.emplace_back(l, double(std::max<int64_t>(0, f.size - f.offset)));
-    }
-    return metrics::format_family("tailbox_file_lag_bytes",
-                                  "gauge", "Bytes of a followed file not yet read (size - read offset).", lag);
-  });
-}
-
-struct SinkHealth {
-  std::atomic<bool> open{false};
-  mutable std::mutex mu;
-  std::string last_error = "opening";
-  std::atomic<int64_t> last_error_ms{0};   // 0: no failure to open yet
-  std::string error() const {
-    std::lock_guard lock(mu);
-    return last_error;
-  }
-};
 
 // Opens the sink, retrying with backoff while it fails, records its starting
 // state, then runs the dispatcher.
@@ -240,53 +129,26 @@ asio::awaitable<void> watch_outbox(outbox::AsyncOutbox& outbox, const std::atomi
   }
 }
 
-// /readyz: the relay is not stopping, the outbox takes writes, and rows waiting are moving.
-metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outbox,
-                            const dispatch::DispatchStats& ds, const SinkHealth& sink,
-                            const tail::TailStats& ts, const std::atomic<bool>& stopping) {
-  int64_t now = unix_ms();
-  auto h = outbox.unsafe_sync().health();
-  auto backlog = outbox.backlog();
-  std::string reason;
-  if (stopping.load()) reason = "stopping";
-  if (reason.empty() && h.last_error_ms > h.last_ok_ms) reason = "outbox not writable: " + h.last_error;
-  if (reason.empty() && !sink.open.load()) reason = "sink not open yet: " + sink.error();
-  if (int64_t n = ts.readers_failed.load(); reason.empty() && n > 0)
-    reason = std::to_string(n) + " file reader(s) stopped on an error (see the log); restart tailbox";
-  int64_t last_ok = ds.last_success_ms.load();
-  int64_t oldest = backlog.rows > 0 ? outbox.unsafe_sync().oldest_pending_ms() : 0;
-  if (reason.empty() && oldest > 0 && now - oldest > cfg.metrics.stall_after.count() &&
-      now - last_ok > cfg.metrics.stall_after.count()) {
-    reason = "stalled: rows have waited " + std::to_string((now - oldest) / 1000) +
-             " s and nothing was delivered for " +
-             (last_ok ? std::to_string((now - last_ok) / 1000) + " s" : std::string("the whole run"));
-  }
-  boost::json::object body{{"ready", reason.empty()},
-                           {"reason", reason.empty() ? "ok" : reason},
-                           {"outbox_rows", backlog.rows},
-                           {"last_delivery_ms", last_ok}};
-  return {reason.empty() ? 200 : 503, "application/json", boost::json::serialize(body) + "\n"};
-}
+}  // namespace
 
-// What the status page shows of the running relay.
-LiveState live_state(const tail::TailStats& ts, const dispatch::DispatchStats& ds,
-                     const SinkHealth& sink) {
-  LiveState s;
-  s.lines_read = ts.lines_read.load();
-  s.rows_delivered = ds.delivered.load();
-  s.reader_paused = ts.paused.load();
-  s.files_followed = ts.files_active.load();
-  s.readers_failed = ts.readers_failed.load();
-  s.sink.open = sink.open.load();
-  s.sink.open_error_ms = sink.last_error_ms.load();
-  if (s.sink.open_error_ms) s.sink.open_error = sink.error();
-  s.sink.retries = ds.retried.load();
-  s.sink.dead_rows = ds.dead.load();
-  s.sink.in_flight_rows = ds.in_flight.load();
-  s.sink.last_success_ms = ds.last_success_ms.load();
-  s.sink.last_failure_ms = ds.last_failure_ms.load();
-  s.sink.last_error = ds.last_error();
-  return s;
+namespace {
+
+// The deadline of an orderly stop: past `after`, on a thread of its own, logs
+// `why` at `level`, flushes the log and runs `then` (which exits, or executes
+// the binary again). No thread to be had (memory, limits): the stop goes on
+// without a deadline.
+void at_deadline(std::chrono::milliseconds after, spdlog::level::level_enum level,
+                 const char* why, std::function<void()> then) {
+  try {
+    std::thread([after, level, why, then = std::move(then)] {
+      std::this_thread::sleep_for(after);
+      spdlog::log(level, why);
+      spdlog::default_logger()->flush();
+      then();
+    }).detach();
+  } catch (const std::exception& e) {
+    spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
+  }
 }
 
 }  // namespace
@@ -416,17 +278,8 @@ int run_relay(config::Config cfg, const RunOptions& options) {
   auto stop_all = [&](std::function<void()> on_timeout) {
     tailer.stop();
     dispatcher.stop();
-    try {
-      std::thread([timeout = cfg.delivery.shutdown_timeout, on_timeout] {
-        std::this_thread::sleep_for(timeout);
-        spdlog::warn("shutdown timeout reached; unconfirmed batches stay in the outbox");
-        spdlog::default_logger()->flush();
-        on_timeout();
-      }).detach();
-    } catch (const std::exception& e) {
-      // No thread to be had (memory, limits): the stop goes on without a deadline.
-      spdlog::warn("cannot start the shutdown timer ({}); stopping without it", e.what());
-    }
+    at_deadline(cfg.delivery.shutdown_timeout, spdlog::level::warn,
+                "shutdown timeout reached; unconfirmed batches stay in the outbox", on_timeout);
   };
   // A reload: the new configuration is validated before anything stops; a
   // refused one leaves the running relay as it is.
@@ -504,28 +357,14 @@ int run_relay(config::Config cfg, const RunOptions& options) {
     spdlog::error("stopping the relay: {}", what);
     tailer.stop();
     dispatcher.stop();
-    try {
-      std::thread([timeout = cfg.delivery.shutdown_timeout] {
-        std::this_thread::sleep_for(timeout + std::chrono::seconds(1));
-        spdlog::error("shutdown timeout reached after a failure; unconfirmed batches stay in "
-                      "the outbox; exit 1");
-        spdlog::default_logger()->flush();
-        _exit(1);
-      }).detach();
-    } catch (const std::exception&) {
-      // No thread to be had (memory, limits): the orderly stop alone must do.
-    }
+    at_deadline(cfg.delivery.shutdown_timeout + std::chrono::seconds(1), spdlog::level::err,
+                "shutdown timeout reached after a failure; unconfirmed batches stay in the "
+                "outbox; exit 1",
+                [] { _exit(1); });
   });
   auto finished = [&](std::exception_ptr e) {
     if (e) {
-      std::string what = "unknown exception";
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        what = ex.what();
-      } catch (...) {
-      }
-      report_failure("unexpected error: " + what);
+      report_failure("unexpected error: " + what_of(e));
     } else if (!stopping.load()) {
       // The reading or the delivery half ended by itself: the relay cannot go on.
       report_failure(dispatcher.failed() ? "delivery stopped" : "reading stopped");

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -54,5 +55,17 @@ inline void report_failure(const char* what) noexcept {
 inline void report_failure(const std::string& what) noexcept { report_failure(what.c_str()); }
 
 inline bool failure_reported() { return detail::failure_flag().load(); }
+
+// The message of the exception `e` holds ("unknown exception" for one that is
+// not a std::exception), to log or report it. REQUIRES: e is not null.
+inline std::string what_of(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    return ex.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
 
 }  // namespace tailbox

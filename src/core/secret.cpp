@@ -11,6 +11,8 @@
 namespace tailbox {
 
 std::string read_secret(const std::string& what, const std::string& file, const std::string& env) {
+  if (!file.empty() && !env.empty())
+    throw std::runtime_error(what + "_file and " + what + "_env are both set: set one of them");
   if (!file.empty()) {
     std::ifstream in(file, std::ios::binary);
     if (!in) throw std::runtime_error("cannot read " + what + "_file " + file);

@@ -6,12 +6,6 @@
 
 namespace tailbox::metrics {
 
-void Gauge::add(double v) {
-  double cur = value_.load(std::memory_order_relaxed);
-  while (!value_.compare_exchange_weak(cur, cur + v, std::memory_order_relaxed)) {
-  }
-}
-
 Histogram::Histogram(std::vector<double> bounds)
     : bounds_(std::move(bounds)), counts_(new std::atomic<int64_t>[bounds_.size() + 1]) {
   for (size_t i = 0; i <= bounds_.size(); ++i) counts_[i] = 0;
@@ -85,26 +79,11 @@ Registry::Series& Registry::series(const std::string& name, const std::string& h
   return s;
 }
 
-Counter& Registry::counter(const std::string& name, const std::string& help, const Labels& labels) {
-  Series& s = series(name, help, Type::counter, labels);
-  std::lock_guard lock(mu_);
-  if (!s.counter) s.counter = std::make_unique<Counter>();
-  return *s.counter;
-}
-
-Gauge& Registry::gauge(const std::string& name, const std::string& help, const Labels& labels) {
-  Series& s = series(name, help, Type::gauge, labels);
-  std::lock_guard lock(mu_);
-  if (!s.gauge) s.gauge = std::make_unique<Gauge>();
-  return *s.gauge;
-}
-
-Histogram& Registry::histogram(const std::string& name, const std::string& help,
-                               const std::vector<double>& bounds, const Labels& labels) {
+void Registry::histogram(const std::string& name, const std::string& help, const Labels& labels,
+                         const Histogram& histogram) {
   Series& s = series(name, help, Type::histogram, labels);
   std::lock_guard lock(mu_);
-  if (!s.histogram) s.histogram = std::make_unique<Histogram>(bounds);
-  return *s.histogram;
+  s.histogram = &histogram;
 }
 
 void Registry::gauge_fn(const std::string& name, const std::string& help, const Labels& labels,
@@ -148,12 +127,8 @@ std::string Registry::render() const {
                        : fam.type == Type::gauge ? "gauge" : "histogram";
     out += "# HELP " + name + " " + fam.help + "\n# TYPE " + name + " " + type + "\n";
     for (const auto& [key, s] : fam.series) {
-      if (s.counter) {
-        out += name + key + " " + std::to_string(s.counter->value()) + "\n";
-      } else if (s.fn) {
+      if (s.fn) {
         out += name + key + " " + number(s.fn()) + "\n";
-      } else if (s.gauge) {
-        out += name + key + " " + number(s.gauge->value()) + "\n";
       } else if (s.histogram) {
         auto cum = s.histogram->cumulative();
         const auto& b = s.histogram->bounds();

@@ -2,10 +2,10 @@
 // exposition format (version 0.0.4). No Debian package offers a Prometheus
 // client for C++, so this is the small subset tailbox needs.
 //
-// Registration (counter(), gauge(), ...) returns a reference that stays valid
-// for the registry's life; updates are lock-free atomics and safe from any
-// thread. Registration, removal and render() take a mutex and are safe from
-// any thread too.
+// Values live in the components that count them (their own atomics, a
+// Histogram a component owns); the registry reads them when scraped.
+// Registration, removal and render() take a mutex and are safe from any
+// thread; Histogram updates are lock-free atomics, safe from any thread.
 #pragma once
 
 #include <atomic>
@@ -20,25 +20,6 @@
 namespace tailbox::metrics {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
-
-class Counter {
- public:
-  void inc(int64_t n = 1) { value_.fetch_add(n, std::memory_order_relaxed); }
-  int64_t value() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<int64_t> value_{0};
-};
-
-class Gauge {
- public:
-  void set(double v) { value_.store(v, std::memory_order_relaxed); }
-  void add(double v);
-  double value() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<double> value_{0};
-};
 
 class Histogram {
  public:
@@ -57,10 +38,10 @@ class Histogram {
 
 class Registry {
  public:
-  Counter& counter(const std::string& name, const std::string& help, const Labels& labels = {});
-  Gauge& gauge(const std::string& name, const std::string& help, const Labels& labels = {});
-  Histogram& histogram(const std::string& name, const std::string& help,
-                       const std::vector<double>& bounds, const Labels& labels = {});
+  // A histogram a component owns (e.g. the dispatcher's batch durations);
+  // it must outlive the registry.
+  void histogram(const std::string& name, const std::string& help, const Labels& labels,
+                 const Histogram& histogram);
   // A gauge computed when scraped. `fn` must be safe to call from any thread.
   void gauge_fn(const std::string& name, const std::string& help, const Labels& labels,
                 std::function<double()> fn);
@@ -79,9 +60,7 @@ class Registry {
   enum class Type { counter, gauge, histogram };
   struct Series {
     Labels labels;
-    std::unique_ptr<Counter> counter;
-    std::unique_ptr<Gauge> gauge;
-    std::unique_ptr<Histogram> histogram;
+    const Histogram* histogram = nullptr;
     std::function<double()> fn;
   };
   std::vector<std::function<std::string()>> collectors_;

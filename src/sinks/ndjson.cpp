@@ -2,6 +2,9 @@
 
 #include "core/utf8.hpp"
 
+#include <openssl/evp.h>
+
+#include <algorithm>
 #include <ctime>
 
 #include <boost/json/parse.hpp>
@@ -35,22 +38,18 @@ std::string ndjson_record_key(std::string_view line) {
 }
 
 std::string base64(std::string_view bytes) {
-  static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    uint32_t v = (uint32_t(uint8_t(bytes[i])) << 16) | (uint32_t(uint8_t(bytes[i + 1])) << 8) |
-                 uint8_t(bytes[i + 2]);
-    out += table[v >> 18]; out += table[(v >> 12) & 63]; out += table[(v >> 6) & 63]; out += table[v & 63];
+  const size_t len = (bytes.size() + 2) / 3 * 4;
+  std::string out(len + 1, '\0');   // EVP_EncodeBlock writes a NUL after its output
+  // It takes an int length: a longer input goes in pieces of a multiple of 3 bytes.
+  constexpr size_t kPiece = size_t(3) << 28;
+  size_t at = 0;
+  for (size_t i = 0; i < bytes.size(); i += kPiece) {
+    const size_t n = std::min(kPiece, bytes.size() - i);
+    at += static_cast<size_t>(
+        EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data() + at),
+                        reinterpret_cast<const unsigned char*>(bytes.data() + i), static_cast<int>(n)));
   }
-  if (i + 1 == bytes.size()) {
-    uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
-    out += table[v >> 18]; out += table[(v >> 12) & 63]; out += "==";
-  } else if (i + 2 == bytes.size()) {
-    uint32_t v = (uint32_t(uint8_t(bytes[i])) << 16) | (uint32_t(uint8_t(bytes[i + 1])) << 8);
-    out += table[v >> 18]; out += table[(v >> 12) & 63]; out += table[(v >> 6) & 63]; out += '=';
-  }
+  out.resize(len);
   return out;
 }
 

@@ -14,9 +14,13 @@
 // waits to be woken (an event on its path, or the scan seeing its size or
 // mtime change, or its name gone), then reopens it by path, identity checked.
 //
-// Thread-safety: the reader coroutine owns `file`, `fd` and `timer`; the
-// tailer reads `file.path`/`file.identity` under `mu`, sets `gone`, and calls
-// wake() from any thread.
+// Life: constructed by the tailer's discovery holding an open descriptor;
+// track() gives it its outbox row, attach() starts following (once); run() is
+// its coroutine, started again by wake() each time it parked.
+//
+// Thread-safety: the reader coroutine (Reading, on strand()) owns the
+// descriptor, the timer and the offsets; the accessors below are safe from any
+// thread. track() and attach() on the tailer's strand, before the first run().
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -41,12 +45,13 @@ class AsyncOutbox;
 
 namespace tailbox::tail {
 
-struct Reader;
+class Reader;
+using ReaderStrand = boost::asio::strand<boost::asio::any_io_executor>;
 // Typed on the strand: a timer on an any_io_executor keeps a heap copy of it.
 using ReaderTimer =
     boost::asio::basic_waitable_timer<std::chrono::steady_clock,
                                       boost::asio::wait_traits<std::chrono::steady_clock>,
-                                      boost::asio::strand<boost::asio::any_io_executor>>;
+                                      ReaderStrand>;
 
 // What the tailer and every reader share. Outlives the readers (shared_ptr).
 struct ReaderEnv {
@@ -56,7 +61,7 @@ struct ReaderEnv {
   TailStats stats;
   std::shared_ptr<Watcher> watcher;   // set before the first reader starts
   std::atomic<bool> stopping{false};
-  // Starts a reader's coroutine again after it parked (see read_file). Set
+  // Starts a reader's coroutine again after it parked (see Reader::run). Set
   // by the tailer before the first reader starts.
   std::function<void(std::shared_ptr<Reader>)> spawn;
 
@@ -69,48 +74,85 @@ struct ReaderEnv {
   }
 };
 
-struct Reader : std::enable_shared_from_this<Reader> {
-  // `strand` may be shared with other readers.
-  explicit Reader(boost::asio::strand<boost::asio::any_io_executor> s) : strand(std::move(s)) {}
+class Reader : public std::enable_shared_from_this<Reader> {
+ public:
+  // Owns `fd` (an open descriptor of the file) from now on. `strand` may be
+  // shared with other readers; `start` is the source's multiline pattern, or null.
+  Reader(ReaderStrand strand, const config::SourceConfig& source,
+         std::shared_ptr<const StartPattern> start, SourceStats& source_stats, int fd);
   ~Reader();
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  // The file's outbox row. REQUIRES: not attached yet.
+  void track(outbox::TrackedFile file);
+  // Starts following: counted open in env's stats, woken through env->spawn.
+  // REQUIRES: tracked, not attached yet.
+  void attach(const std::shared_ptr<ReaderEnv>& env);
+
+  // Reads the reader until it is released or env->stopping (false), or until
+  // it parks (true): read to its end, nothing pending, and an event or the scan
+  // will wake it. A parked reader has no coroutine, no timer wait, no buffers:
+  // its state is the Reader; wake() starts run() again through env->spawn.
+  // Run on r->strand().
+  static boost::asio::awaitable<bool> run(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r);
 
   // Wakes the reader if it waits; from any thread. Cheap when called often.
   void wake();
+  // The file was found under `path` (a rotation): reads go on under it.
+  void renamed(const std::string& path);
+  // Whether a glob still names the file. Returns true when that changed.
+  bool set_gone(bool gone) { return gone_.exchange(gone) != gone; }
+  // Closes the file if the reader is still parked (close_inactive). From any thread.
+  void close_if_parked();
+  // Closes the descriptor of a reader no coroutine runs for (stopping).
+  void close_unread(TailStats& stats);
 
-  outbox::TrackedFile file;
-  const config::SourceConfig* source = nullptr;
-  std::shared_ptr<const StartPattern> start;      // the source's multiline pattern, or null
-  SourceStats* source_stats = nullptr;
-  bool gzip = false;                              // a .gz file: read once, decompressed
-  int fd = -1;
-  std::mutex mu;
-  std::atomic<int64_t> size_seen{-1}, mtime_seen{-1}, offset_now{0};
-  std::atomic<bool> gone{false};    // no glob path names this file any more
-  std::atomic<bool> closed{false};  // fd closed for close_inactive: reopened when it changes
-  std::atomic<bool> parked{false};  // no coroutine: wake() starts one (on `strand` only)
-  std::atomic<int64_t> last_change_ms{0};   // when its size or mtime last changed
-  std::weak_ptr<ReaderEnv> env;
-  std::atomic<bool> done{false};    // read to the end and released
-  std::atomic<bool> woken{false};   // an event came since the reader last looked
-  std::atomic<bool> via_link{false};  // named through a symbolic link: writes show up in
-                                      // the target's directory, unwatched: polled
-  boost::asio::strand<boost::asio::any_io_executor> strand;
-  // The running coroutine's timer (its waits), null while parked; on `strand`
-  // only. Owned by the coroutine: a parked reader holds none.
-  ReaderTimer* timer = nullptr;
+  // A copy of the file's row as the reader has it now (path and identity
+  // change while it reads).
+  outbox::TrackedFile file() const;
+  std::string path() const;
+  std::pair<uint64_t, uint64_t> key() const;   // (dev, inode)
+  const ReaderStrand& strand() const { return strand_; }
+  bool gzip() const { return gzip_; }   // a .gz file: read once, decompressed
+  bool gone() const { return gone_.load(); }
+  bool parked() const { return parked_.load(); }
+  bool closed() const { return closed_.load(); }
+  bool done() const { return done_.load(); }   // read to the end and released
+  int64_t size_seen() const { return size_seen_.load(); }
+  int64_t mtime_seen() const { return mtime_seen_.load(); }
+  int64_t offset() const { return offset_now_.load(); }   // committed read offset
+  int64_t last_change_ms() const { return last_change_ms_.load(); }
+
+ private:
+  class Reading;   // the coroutine's state: tail/reading.hpp
+
+  const config::SourceConfig& source_;
+  const std::shared_ptr<const StartPattern> start_;
+  SourceStats& source_stats_;
+  ReaderStrand strand_;
+  std::weak_ptr<ReaderEnv> env_;
+  bool gzip_ = false;
+  int fd_ = -1;                       // -1 while closed for close_inactive
+  mutable std::mutex mu_;             // guards file_
+  outbox::TrackedFile file_;
+  std::atomic<int64_t> size_seen_{-1}, mtime_seen_{-1}, offset_now_{0};
+  std::atomic<int64_t> last_change_ms_{0};   // when its size or mtime last changed
+  std::atomic<bool> gone_{false};     // no glob path names this file any more
+  std::atomic<bool> closed_{false};   // fd closed for close_inactive: reopened when it changes
+  std::atomic<bool> parked_{false};   // no coroutine: wake() starts one (on the strand only)
+  std::atomic<bool> done_{false};
+  std::atomic<bool> woken_{false};    // an event came since the reader last looked
+  std::atomic<bool> via_link_{false};   // named through a symbolic link: writes show up in
+                                        // the target's directory, unwatched: polled
+  // The running coroutine's timer (its waits), null while parked; on the
+  // strand only. Owned by the coroutine: a parked reader holds none.
+  ReaderTimer* timer_ = nullptr;
 };
 
 // "dir" of "dir/name"; "." for a bare name; "/" for "/name".
 std::string dir_of(const std::string& path);
-
-// Reads `r` until it is released or env->stopping (false), or until it parks
-// (true): read to its end, nothing pending, and an event or the scan will wake
-// it. A parked reader has no coroutine, no timer wait, no buffers: its state
-// is *r; wake() starts read_file again through env->spawn. Run on r->strand.
-boost::asio::awaitable<bool> read_file(std::shared_ptr<ReaderEnv> env, std::shared_ptr<Reader> r);
-
-// Closes a parked reader's file if it is still parked (close_inactive). From
-// any thread.
-void close_if_parked(const std::shared_ptr<ReaderEnv>& env, const std::shared_ptr<Reader>& r);
+// Whether `path` is a symbolic link.
+bool is_link(const std::string& path);
 
 }  // namespace tailbox::tail

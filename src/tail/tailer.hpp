@@ -15,6 +15,10 @@
 // of idle files cost next to nothing; without events, files are polled every
 // read_interval and globs every poll_interval.
 //
+// Files: tailer.cpp (readers' life, events, run/stop), scan.cpp (discovery),
+// checkpoints.cpp (the outbox's checkpoints), file_reader.{hpp,cpp} and
+// read_loop.cpp (one file's Reader), watcher.cpp (inotify and polling).
+//
 // Thread-safety: construct, then co_spawn run(); stop() may be called from any
 // thread. stats() is safe from any thread.
 #pragma once

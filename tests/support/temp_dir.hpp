@@ -1,8 +1,11 @@
 // TempDir: a fresh directory under /tmp, removed with everything in it.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace tailbox::testing {
@@ -23,5 +26,12 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Writes `text` to `path` (replacing it) with permissions `mode`; returns `path`.
+inline std::string write_file(const std::string& path, const std::string& text, mode_t mode) {
+  std::ofstream(path, std::ios::binary) << text;
+  ::chmod(path.c_str(), mode);
+  return path;
+}
 
 }  // namespace tailbox::testing

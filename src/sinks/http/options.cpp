@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <boost/asio/ip/address.hpp>
+#include <boost/url/parse.hpp>
 #include <cctype>
 
 namespace tailbox::sinks::http {
@@ -51,65 +52,64 @@ std::string Url::display() const {
 }
 
 std::optional<Url> parse_url(std::string_view text, std::string& why) {
+  // Messages never echo the URL: its query may hold a token.
+  auto parsed = boost::urls::parse_uri(text);
+  if (!parsed) {
+    why = "is not an absolute http:// or https:// URL (" + parsed.error().message() +
+          "; percent-encode spaces, control characters and non-ASCII bytes)";
+    return std::nullopt;
+  }
+  const boost::urls::url_view& u = *parsed;
   Url url;
-  size_t scheme_end = text.find("://");
-  std::string_view scheme = scheme_end == std::string_view::npos ? "" : text.substr(0, scheme_end);
-  if (iequals(scheme, "http")) url.tls = false;
-  else if (iequals(scheme, "https")) url.tls = true;
+  if (u.scheme_id() == boost::urls::scheme::http) url.tls = false;
+  else if (u.scheme_id() == boost::urls::scheme::https) url.tls = true;
   else {
     why = "must start with http:// or https://";
     return std::nullopt;
   }
-  std::string_view rest = text.substr(scheme_end + 3);
-  if (rest.find('#') != std::string_view::npos) {
+  if (u.has_fragment()) {
     why = "must not have a fragment (#...)";
     return std::nullopt;
   }
-  size_t auth_end = rest.find_first_of("/?");
-  std::string_view authority = rest.substr(0, auth_end);
-  std::string_view target = auth_end == std::string_view::npos ? "" : rest.substr(auth_end);
-  if (authority.find('@') != std::string_view::npos) {
+  if (u.has_userinfo()) {
     why = "must not hold a user or password (use auth_header_file or auth_header_env)";
     return std::nullopt;
   }
-  std::string_view port_text;
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      why = "has an unclosed [ in its host";
-      return std::nullopt;
-    }
-    url.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty() && after.front() != ':') {
-      why = "has something after the ] of its host";
-      return std::nullopt;
-    }
-    if (!after.empty()) port_text = after.substr(1);
-    boost::system::error_code ec;
-    asio::ip::make_address_v6(url.host, ec);
-    if (ec) {
+  switch (u.host_type()) {
+    case boost::urls::host_type::ipv6:
+      url.host = u.host_address();   // without brackets
+      break;
+    case boost::urls::host_type::ipv4:
+    case boost::urls::host_type::name:
+      url.host = u.encoded_host();
+      for (char c : url.host)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') {
+          why = "has a host with characters other than letters, digits, '.', '-' and '_'";
+          return std::nullopt;
+        }
+      break;
+    default:
       why = "has a bracketed host that is not an IPv6 address";
       return std::nullopt;
-    }
-  } else {
-    size_t colon = authority.find(':');
-    url.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
-    for (char c : url.host)
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') {
-        why = "has a host with characters other than letters, digits, '.', '-' and '_'";
-        return std::nullopt;
-      }
   }
   if (url.host.empty()) {
     why = "has no host";
     return std::nullopt;
   }
+  // Boost.URL 1.81 takes "host:12a/" for port 12 and a path "a/" (a path
+  // after an authority must start with '/').
+  std::string_view target = u.encoded_target();
+  if (!target.empty() && target.front() != '/' && target.front() != '?') {
+    why = u.has_port() ? "has a port that is not a number from 1 to 65535"
+                       : "has a path that does not start with /";
+    return std::nullopt;
+  }
   url.port = url.tls ? 443 : 80;
-  if (authority.find(':') != std::string_view::npos && authority.back() != ']') {
+  if (u.has_port()) {
+    std::string_view port_text = u.port();
     bool digits = !port_text.empty() && port_text.size() <= 5 &&
-                  std::all_of(port_text.begin(), port_text.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+                  std::all_of(port_text.begin(), port_text.end(),
+                              [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
     long port = digits ? std::stol(std::string(port_text)) : 0;
     if (port < 1 || port > 65535) {
       why = "has a port that is not a number from 1 to 65535";
@@ -117,11 +117,6 @@ std::optional<Url> parse_url(std::string_view text, std::string& why) {
     }
     url.port = static_cast<uint16_t>(port);
   }
-  for (char c : target)
-    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
-      why = "has a space, a control character or a non-ASCII byte in its path (percent-encode it)";
-      return std::nullopt;
-    }
   if (target.empty()) url.target = "/";
   else if (target.front() == '?') url.target = "/" + std::string(target);
   else url.target = std::string(target);

@@ -3,44 +3,21 @@
 #include "sinks/http/request.hpp"
 
 #include <doctest/doctest.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
-#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
 #include <fstream>
 #include <memory>
 
+#include "../../support/log_capture.hpp"
 #include "../../support/temp_dir.hpp"
 
 using namespace tailbox;
 namespace http = sinks::http;
+using testing::logged;
+using testing::write_file;
 
 namespace {
-
-std::string write_file(const std::string& path, const std::string& text, mode_t mode) {
-  std::ofstream(path, std::ios::binary) << text;
-  ::chmod(path.c_str(), mode);
-  return path;
-}
-
-// Everything logged while `f` runs, through a default logger of its own (the
-// test main silences the usual one); the usual one is put back after.
-template <typename F>
-std::string logged(F&& f) {
-  auto ring = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
-  struct Restore {
-    std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
-    ~Restore() { spdlog::set_default_logger(previous); }
-  } restore;
-  auto capture = std::make_shared<spdlog::logger>("capture", ring);
-  capture->set_level(spdlog::level::debug);
-  spdlog::set_default_logger(capture);
-  f();
-  std::string out;
-  for (const auto& line : ring->last_formatted()) out += line;
-  return out;
-}
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
