@@ -117,7 +117,7 @@ asio::awaitable<void> watch_outbox(outbox::AsyncOutbox& outbox, const std::atomi
       return o.still_at_path(why);
     });
     if (!there) {
-      report_failure("the outbox " + outbox.unsafe_sync().path() + " was deleted or replaced while "
+      report_failure("the outbox " + outbox.path() + " was deleted or replaced while "
                      "tailbox ran (" + why + "); stopping, since rows written now would be lost. "
                      "Restart tailbox to begin a new outbox (see README: a damaged outbox)");
       break;

@@ -43,11 +43,11 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                [&outbox] { return double(outbox.backlog().bytes); });
   reg.gauge_fn("tailbox_outbox_oldest_pending_age_seconds",
                "Age of the oldest line waiting for delivery (0 when none).", {}, [&outbox] {
-                 int64_t t = outbox.unsafe_sync().oldest_pending_ms();
+                 int64_t t = outbox.oldest_pending_ms();
                  return t ? double(unix_ms() - t) / 1000.0 : 0.0;
                });
   reg.counter_fn("tailbox_outbox_errors_total", "Outbox (SQLite) transactions that failed.", {},
-                 [&outbox] { return double(outbox.unsafe_sync().health().errors); });
+                 [&outbox] { return double(outbox.health().errors); });
   reg.gauge_fn("tailbox_outbox_max_rows", "Configured [outbox] max_rows.", {},
                [&cfg] { return double(cfg.outbox.max_rows); });
   const dispatch::DispatchStats& ds = dispatcher.stats();
@@ -90,7 +90,7 @@ metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outb
                             const dispatch::DispatchStats& ds, const SinkHealth& sink,
                             const tail::TailStats& ts, const std::atomic<bool>& stopping) {
   int64_t now = unix_ms();
-  auto h = outbox.unsafe_sync().health();
+  auto h = outbox.health();
   auto backlog = outbox.backlog();
   std::string reason;
   if (stopping.load()) reason = "stopping";
@@ -99,7 +99,7 @@ metrics::Response readiness(const config::Config& cfg, outbox::AsyncOutbox& outb
   if (int64_t n = ts.readers_failed.load(); reason.empty() && n > 0)
     reason = std::to_string(n) + " file reader(s) stopped on an error (see the log); restart tailbox";
   int64_t last_ok = ds.last_success_ms.load();
-  int64_t oldest = backlog.rows > 0 ? outbox.unsafe_sync().oldest_pending_ms() : 0;
+  int64_t oldest = backlog.rows > 0 ? outbox.oldest_pending_ms() : 0;
   if (reason.empty() && oldest > 0 && now - oldest > cfg.metrics.stall_after.count() &&
       now - last_ok > cfg.metrics.stall_after.count()) {
     reason = "stalled: rows have waited " + std::to_string((now - oldest) / 1000) +

@@ -90,6 +90,10 @@ class AsyncOutbox {
   void on_append(std::function<void()> listener) { listeners_.push_back(std::move(listener)); }
 
   Backlog backlog() const { return outbox_->backlog(); }
+  // Safe from any thread (see Outbox): for metrics and health.
+  Outbox::Health health() const { return outbox_->health(); }
+  int64_t oldest_pending_ms() { return outbox_->oldest_pending_ms(); }
+  const std::string& path() const { return outbox_->path(); }
   // Direct access for start-up and shutdown, when nothing else runs.
   Outbox& unsafe_sync() { return *outbox_; }
   const asio::strand<asio::any_io_executor>& strand() const { return strand_; }
