@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -119,15 +120,11 @@ struct Outbox::Impl {
   int lock_fd = -1;
   std::unique_ptr<SQLite::Database> db;       // the writer
   std::unique_ptr<SQLite::Database> reader;   // lease() only: reads run beside writes (WAL)
-  std::unique_ptr<SQLite::Statement> insert_row, update_offset, update_fingerprint, lease_all,
-      lease_lane, delete_row, fail_row, bury_row, put_state;
+  std::unique_ptr<SQLite::Statement> insert_row, update_offset, update_fingerprint, next_file,
+      lease_file, delete_range, delete_row, fail_row, bury_row, put_state;
   std::atomic<int64_t> rows{0}, bytes{0};
   std::mutex count_mu;       // rows/bytes changes vs recount() (see there)
   uint64_t count_epoch = 0;  // odd while an append or ack may change them
-  // Row ids are handed out here, never reused while the process lives, so that
-  // the dispatcher's lease cursor only ever moves forward (SQLite alone would
-  // reuse the id of a deleted last row).
-  int64_t next_id = 1;
   std::string salt;      // meta 'instance': hashed into every uid minted here
   std::mutex files_mu;   // lease() runs beside the writer methods
   std::map<int64_t, std::shared_ptr<const FileInfo>> files;
@@ -150,6 +147,7 @@ struct Outbox::Impl {
     return fi;
   }
   std::function<void(std::string_view)> hook;
+  int64_t delete_rows(std::span<const RowKey> rows, bool ranges);
 
   std::atomic<int64_t> errors{0}, last_error_ms{0}, last_ok_ms{0};
   mutable std::mutex health_mu;
@@ -291,8 +289,8 @@ struct Outbox::Impl {
 
   ~Impl() {
     // Statements must go before the database; the database before the lock.
-    insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); lease_all.reset();
-    lease_lane.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();
+    insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); next_file.reset();
+    lease_file.reset(); delete_range.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();
     reader.reset();
     stats_db.reset();
     db.reset();
@@ -521,9 +519,10 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     impl->update_offset = std::make_unique<SQLite::Statement>(db, sql::kUpdateOffset);
     impl->update_fingerprint = std::make_unique<SQLite::Statement>(db, sql::kUpdateFingerprint);
     impl->reader = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
-    impl->lease_all = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseAll);
-    impl->lease_lane = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseLane);
+    impl->next_file = std::make_unique<SQLite::Statement>(*impl->reader, sql::kNextFile);
+    impl->lease_file = std::make_unique<SQLite::Statement>(*impl->reader, sql::kLeaseFile);
     impl->stats_db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);
+    impl->delete_range = std::make_unique<SQLite::Statement>(db, sql::kDeleteRange);
     impl->delete_row = std::make_unique<SQLite::Statement>(db, sql::kDeleteRow);
     impl->fail_row = std::make_unique<SQLite::Statement>(db, sql::kFailRow);
     impl->bury_row = std::make_unique<SQLite::Statement>(db, sql::kBuryRow);
@@ -533,7 +532,6 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     if (count.executeStep()) {
       impl->rows = count.getColumn(0).getInt64();
       impl->bytes = count.getColumn(1).getInt64();
-      impl->next_id = count.getColumn(2).getInt64() + 1;
     }
 
     struct stat opened {};
@@ -700,7 +698,6 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
     SQLite::Statement& ins = *impl_->insert_row;
     for (const Chunk* c : chunks) {
       for (const Line& line : c->lines) {
-        ins.bind(7, impl_->next_id++);
         ins.bind(1, c->file_id);
         ins.bind(2, static_cast<int64_t>(c->inode));
         ins.bind(3, line.offset);
@@ -748,56 +745,153 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
   return impl_->track(st);
 }
 
-Result<std::vector<LeasedRow>> Outbox::lease(int64_t after_id, int lane, int lanes,
-                                             int64_t max_rows, int64_t max_bytes) {
+Result<std::vector<LeasedRow>> Outbox::lease(LeaseCursor& cursor, int lane, int lanes,
+                                             int64_t max_rows, int64_t max_bytes,
+                                             const std::function<bool(const RowKey&)>& skip) {
   std::vector<LeasedRow> out;
-  SQLite::Statement& q = lanes > 1 ? *impl_->lease_lane : *impl_->lease_all;
+  SQLite::Statement& next = *impl_->next_file;
+  SQLite::Statement& q = *impl_->lease_file;
   Status status = guarded([&] {
-    q.bind(1, after_id);
-    q.bind(2, max_rows);
-    if (lanes > 1) {
-      q.bind(3, static_cast<int64_t>(lanes));
-      q.bind(4, static_cast<int64_t>(lane));
-    }
+    // One read transaction: every file is seen in the same snapshot.
+    SQLite::Transaction snapshot(*impl_->reader);
     int64_t bytes = 0;
     std::lock_guard lock(impl_->files_mu);
-    std::shared_ptr<const FileInfo> last;
-    while (q.executeStep()) {
-      LeasedRow r;
-      r.id = q.getColumn(0).getInt64();
-      r.file = q.getColumn(1).getInt64();
-      r.offset = q.getColumn(2).getInt64();
-      r.length = q.getColumn(3).getInt64();
-      r.ingest_ms = q.getColumn(4).getInt64();
-      r.attempts = q.getColumn(5).getInt64();
-      SQLite::Column payload = q.getColumn(6);
-      r.payload.assign(static_cast<const char*>(payload.getBlob()),
-                       static_cast<size_t>(payload.getBytes()));
-      bytes += static_cast<int64_t>(r.payload.size());
-      if (!last || out.empty() || out.back().file != r.file) last = impl_->info(*impl_->reader, r.file);
-      r.info = last;
-      out.push_back(std::move(r));
-      if (bytes >= max_bytes) break;
+    const int64_t start = cursor.next_file;
+    int64_t after_file = start - 1;   // walk files > after_file, then wrap to the front once
+    bool wrapped = false;
+    // Rows read but not handed out (dead ones) count too, so that one lease's
+    // work is bounded whatever the outbox holds.
+    int64_t budget = 4 * max_rows + 1024;
+    while (static_cast<int64_t>(out.size()) < max_rows && bytes < max_bytes && budget > 0) {
+      next.bind(1, after_file);
+      int64_t file = -1;
+      if (next.executeStep()) file = next.getColumn(0).getInt64();
+      next.reset();
+      if (file < 0 || (wrapped && file >= start)) {
+        if (wrapped || start <= 0) break;
+        wrapped = true;   // from the first file up to the one this lease started at
+        after_file = std::numeric_limits<int64_t>::min();
+        continue;
+      }
+      after_file = file;
+      if (lanes > 1 && file % lanes != lane) continue;
+      auto pos = cursor.after.try_emplace(file, std::numeric_limits<int64_t>::min(),
+                                          std::numeric_limits<int64_t>::min()).first;
+      q.bind(1, file);
+      q.bind(2, pos->second.first);
+      q.bind(3, pos->second.second);
+      q.bind(4, max_rows - static_cast<int64_t>(out.size()));
+      std::shared_ptr<const FileInfo> info;
+      bool joins = false;   // the first row read after the cursor starts a run
+      bool took = false;
+      while (q.executeStep()) {
+        --budget;
+        int64_t inode = q.getColumn(0).getInt64();
+        int64_t offset = q.getColumn(1).getInt64();
+        pos->second = {inode, offset};
+        // Dead, or in flight already: not handed out, and it breaks the run.
+        if (q.getColumn(6).getInt() != 0 || (skip && skip(RowKey{file, inode, offset}))) {
+          joins = false;
+          continue;
+        }
+        LeasedRow r;
+        r.file = file;
+        r.inode = inode;
+        r.offset = offset;
+        r.joins_previous = joins && !out.empty() && out.back().file == file &&
+                           out.back().inode == inode;
+        r.length = q.getColumn(2).getInt64();
+        r.ingest_ms = q.getColumn(3).getInt64();
+        r.attempts = q.getColumn(4).getInt64();
+        SQLite::Column payload = q.getColumn(5);
+        r.payload.assign(static_cast<const char*>(payload.getBlob()),
+                         static_cast<size_t>(payload.getBytes()));
+        bytes += static_cast<int64_t>(r.payload.size());
+        if (!info) info = impl_->info(*impl_->reader, file);
+        r.info = info;
+        out.push_back(std::move(r));
+        joins = true;
+        took = true;
+        if (bytes >= max_bytes) break;
+      }
+      q.reset();
+      // The next lease starts at the next file: files take turns.
+      if (took) cursor.next_file = file + 1;
     }
   });
+  next.tryReset();
   q.tryReset();
   if (!status) return failed(std::move(status));
   return out;
 }
 
-Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
+namespace {
+
+// Thrown inside an ack's transaction when a range did not delete exactly its
+// rows: the transaction is rolled back and the rows are deleted one by one.
+struct RangeMismatch : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace
+
+// Deletes `rows` in the open transaction: each run of rows that joined its
+// predecessor as one range (or, with !ranges, every row alone). Returns the rows deleted.
+int64_t Outbox::Impl::delete_rows(std::span<const RowKey> rows, bool ranges) {
+  int64_t deleted = 0;
+  SQLite::Database& conn = *db;
+  for (size_t i = 0; i < rows.size();) {
+    size_t j = i + 1;
+    if (ranges)
+      while (j < rows.size() && rows[j].joins_previous && rows[j].file == rows[i].file &&
+             rows[j].inode == rows[i].inode && rows[j].offset > rows[j - 1].offset)
+        ++j;
+    if (j - i == 1) {
+      SQLite::Statement& del = *delete_row;
+      del.bind(1, rows[i].file);
+      del.bind(2, rows[i].inode);
+      del.bind(3, rows[i].offset);
+      del.exec();
+      del.reset();
+      deleted += conn.getChanges();
+    } else {
+      SQLite::Statement& del = *delete_range;
+      del.bind(1, rows[i].file);
+      del.bind(2, rows[i].inode);
+      del.bind(3, rows[i].offset);
+      del.bind(4, rows[j - 1].offset);
+      del.exec();
+      del.reset();
+      int64_t n = conn.getChanges();
+      if (n != static_cast<int64_t>(j - i))
+        throw RangeMismatch("a range of " + std::to_string(j - i) + " delivered rows of file " +
+                            std::to_string(rows[i].file) + " (offsets " +
+                            std::to_string(rows[i].offset) + ".." + std::to_string(rows[j - 1].offset) +
+                            ") held " + std::to_string(n) + " rows");
+      deleted += n;
+    }
+    i = j;
+  }
+  return deleted;
+}
+
+Status Outbox::ack(std::span<const RowKey> ids, int64_t bytes,
                    const std::pair<std::string, std::string>* sink_state) {
   CountChange counting(impl_->count_mu, impl_->count_epoch);
   int64_t deleted = 0;
+  bool ranges = true;
   auto attempt = [&] {
     deleted = 0;
     SQLite::Transaction tx(*impl_->db);
-    SQLite::Statement& del = *impl_->delete_row;
-    for (int64_t id : ids) {
-      del.bind(1, id);
-      del.exec();
-      del.reset();
-      deleted += impl_->db->getChanges();
+    try {
+      deleted = impl_->delete_rows(ids, ranges);
+    } catch (const RangeMismatch& e) {
+      // Never expected (rows are only added after a file's last row): the
+      // transaction is rolled back and every row deleted by its own key.
+      impl_->delete_range->tryReset();
+      spdlog::error("outbox: {}; deleting them one by one instead", e.what());
+      ranges = false;
+      throw;
     }
     impl_->at("rows-deleted");
     if (sink_state) {
@@ -811,7 +905,9 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
     tx.commit();
   };
   Status st = guarded(attempt);
+  if (!st && !ranges) st = guarded(attempt);   // after a RangeMismatch: row by row
   if (!st) {
+    impl_->delete_range->tryReset();
     impl_->delete_row->tryReset();
     impl_->put_state->tryReset();
   }
@@ -828,6 +924,7 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
                  cp ? std::string("done") : cp.message());
     st = guarded(attempt);
     if (!st) {
+      impl_->delete_range->tryReset();
       impl_->delete_row->tryReset();
       impl_->put_state->tryReset();
     }
@@ -843,12 +940,7 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
         int64_t slice = 0;
         part = guarded([&] {
           SQLite::Transaction tx(*impl_->db);
-          for (size_t k = at; k < at + n; ++k) {
-            impl_->delete_row->bind(1, ids[k]);
-            impl_->delete_row->exec();
-            impl_->delete_row->reset();
-            slice += impl_->db->getChanges();
-          }
+          slice = impl_->delete_rows(ids.subspan(at, n), false);
           tx.commit();
         });
         if (part) total += slice;
@@ -881,17 +973,19 @@ Status Outbox::ack(std::span<const int64_t> ids, int64_t bytes,
   return impl_->track(st);
 }
 
-Result<std::vector<int64_t>> Outbox::fail(std::span<const int64_t> ids, std::string_view error,
-                                          int64_t max_attempts) {
-  std::vector<int64_t> dead;
+Result<std::vector<RowKey>> Outbox::fail(std::span<const RowKey> ids, std::string_view error,
+                                         int64_t max_attempts) {
+  std::vector<RowKey> dead;
   Status st = guarded([&] {
     dead.clear();
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& q = *impl_->fail_row;
-    for (int64_t id : ids) {
-      q.bind(1, id);
-      q.bind(2, std::string(error));
-      q.bind(3, max_attempts);
+    for (const RowKey& id : ids) {
+      q.bind(1, id.file);
+      q.bind(2, id.inode);
+      q.bind(3, id.offset);
+      q.bind(4, std::string(error));
+      q.bind(5, max_attempts);
       while (q.executeStep())
         if (q.getColumn(0).getString() == "dead") dead.push_back(id);
       q.reset();
@@ -903,13 +997,15 @@ Result<std::vector<int64_t>> Outbox::fail(std::span<const int64_t> ids, std::str
   return dead;
 }
 
-Status Outbox::bury(std::span<const int64_t> ids, std::string_view error) {
+Status Outbox::bury(std::span<const RowKey> ids, std::string_view error) {
   Status st = guarded([&] {
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& q = *impl_->bury_row;
-    for (int64_t id : ids) {
-      q.bind(1, id);
-      q.bind(2, std::string(error));
+    for (const RowKey& id : ids) {
+      q.bind(1, id.file);
+      q.bind(2, id.inode);
+      q.bind(3, id.offset);
+      q.bind(4, std::string(error));
       q.exec();
       q.reset();
     }
