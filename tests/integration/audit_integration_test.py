@@ -89,8 +89,8 @@ def case_sqlite():
         with conn:
             fid, inode = conn.execute("SELECT id, inode FROM files WHERE path = ?",
                                       (paths[0],)).fetchone()
-            conn.execute("INSERT INTO outbox (id, file, inode, offset, length, ingest_time, payload,"
-                         " attempts, last_error, state) VALUES (1000000, ?, ?, ?, 16, 0, ?, 5,"
+            conn.execute("INSERT INTO outbox (file, inode, offset, length, ingest_time, payload,"
+                         " attempts, last_error, state) VALUES (?, ?, ?, 16, 0, ?, 5,"
                          " 'rejected by the test', 'dead')",
                          (fid, inode, offset, b"a.log line 0012"))
         conn.close()

@@ -125,7 +125,7 @@ REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "t
 def outbox_ids(wd, state):
     conn = h.sqlite_connect(wd.outbox)
     try:
-        return {r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = ?", (state,))}
+        return set(conn.execute("SELECT file, inode, offset FROM outbox WHERE state = ?", (state,)))
     finally:
         conn.close()
 

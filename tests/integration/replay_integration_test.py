@@ -451,7 +451,7 @@ format = "ndjson"
                    "the first real line in the output", proc)
         log("ok  relay running; a real line was delivered")
 
-        # 1. Dead rows inserted beside the running relay (ids far above its own).
+        # 1. Dead rows inserted beside the running relay (a file of their own).
         fid = 900001
         cli_sql(outbox, f"""
             INSERT INTO files (id, source, path, dev, inode, fingerprint, fingerprint_len, uid,
@@ -459,11 +459,11 @@ format = "ndjson"
               VALUES ({fid}, 'app', '/nonexistent/replay-test.log', 1, 424242,
                       'cbf29ce484222325', 0, 'replay-test-uid', 0, {NOW * 1000}, {NOW * 1000},
                       'released');
-            INSERT INTO outbox (id, file, inode, offset, length, ingest_time, payload, attempts,
+            INSERT INTO outbox (file, inode, offset, length, ingest_time, payload, attempts,
                                 last_error, state) VALUES
-              (1000001, {fid}, 424242, 0, 20, {NOW * 1000}, CAST('replayed line one' AS BLOB),
+              ({fid}, 424242, 0, 20, {NOW * 1000}, CAST('replayed line one' AS BLOB),
                5, 'HTTP 503: it''s down', 'dead'),
-              (1000002, {fid}, 424242, 20, 20, {NOW * 1000}, CAST('replayed line two' AS BLOB),
+              ({fid}, 424242, 20, 20, {NOW * 1000}, CAST('replayed line two' AS BLOB),
                5, 'HTTP 503: it''s down', 'dead');""")
         wanted = {"replayed line one", "replayed line two"}
         time.sleep(6.5)   # longer than the relay's rescan period: dead rows stay put
@@ -477,18 +477,18 @@ format = "ndjson"
         check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
               f"e2e replay while tailbox runs\n{show(r)}")
         wait_until(lambda: wanted <= set(delivered_messages(out)), 30,
-                   "the 2 replayed rows (above the lease cursor) in the output", proc)
-        log(f"ok  relay delivered 2 replayed rows (ids above its cursor) "
+                   "the 2 replayed rows (after the lease cursor) in the output", proc)
+        log(f"ok  relay delivered 2 replayed rows (after its cursor) "
             f"{time.monotonic() - t:.1f}s after the replay")
 
-        # 2. Dead rows *behind* the relay's lease cursor (which is now past 1000002):
-        #    only the periodic rescan from the start of the outbox finds them.
+        # 2. Dead rows *behind* the relay's lease cursor (which is now past offset 20
+        #    of that file): only the periodic rescan from the start finds them.
         cli_sql(outbox, f"""
-            INSERT INTO outbox (id, file, inode, offset, length, ingest_time, payload, attempts,
+            INSERT INTO outbox (file, inode, offset, length, ingest_time, payload, attempts,
                                 last_error, state) VALUES
-              (500001, {fid}, 424242, 40, 20, {NOW * 1000}, CAST('behind cursor one' AS BLOB),
+              ({fid}, 424242, 5, 20, {NOW * 1000}, CAST('behind cursor one' AS BLOB),
                2, 'timeout', 'dead'),
-              (500002, {fid}, 424242, 60, 20, {NOW * 1000}, CAST('behind cursor two' AS BLOB),
+              ({fid}, 424242, 10, 20, {NOW * 1000}, CAST('behind cursor two' AS BLOB),
                2, 'timeout', 'dead');""")
         wanted2 = {"behind cursor one", "behind cursor two"}
         t = time.monotonic()
@@ -496,8 +496,8 @@ format = "ndjson"
         check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
               f"e2e replay (behind the cursor)\n{show(r)}")
         wait_until(lambda: wanted2 <= set(delivered_messages(out)), 30,
-                   "the 2 replayed rows (below the lease cursor) in the output", proc)
-        log(f"ok  relay delivered 2 replayed rows (ids below its cursor) "
+                   "the 2 replayed rows (behind the lease cursor) in the output", proc)
+        log(f"ok  relay delivered 2 replayed rows (behind its cursor) "
             f"{time.monotonic() - t:.1f}s after the replay")
 
         # Delivered exactly once, and acked (deleted from the outbox).
