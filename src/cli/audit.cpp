@@ -102,8 +102,8 @@ void settle(const std::string& host, FileReport& r, std::vector<int64_t>& offset
 // Reads the file as its reader would and audits every record before the
 // checkpoint. Sets r.note and returns without auditing when the file on disk
 // is not the tracked one.
-void audit_file(const config::Config& cfg, const outbox::TrackedFile& f, outbox::Outbox& ob,
-                sinks::KeyReader& dest, FileReport& r) {
+void audit_file(const config::Config& cfg, const outbox::TrackedFile& f,
+                const std::map<int64_t, bool>& rows, sinks::KeyReader& dest, FileReport& r) {
   if (f.path.ends_with(".gz")) {
     r.note = "not audited: a .gz file (read once, decompressed)";
     return;
@@ -131,12 +131,6 @@ void audit_file(const config::Config& cfg, const outbox::TrackedFile& f, outbox:
   std::shared_ptr<const tail::StartPattern> start;
   if (src->multiline.enabled()) start = tail::StartPattern::compile(src->multiline.start_pattern);
   tail::RecordAssembler assembler(*src, start);
-
-  auto in_outbox = ob.file_rows(f.id);
-  if (!in_outbox)
-    throw std::runtime_error("cannot read the outbox's rows: " + in_outbox.error().message());
-  std::map<int64_t, bool> rows;
-  for (const auto& [offset, dead] : *in_outbox) rows[offset] = dead;
 
   Progress progress(f.path, now->size);
   std::string pending;   // bytes from `base` on, not consumed yet
@@ -191,7 +185,7 @@ int run_audit(const config::Config& cfg, const AuditOptions& options) {
   std::string why_not;
   std::unique_ptr<sinks::KeyReader> dest;
   try {
-    dest = sinks::make_key_reader(cfg.sink, why_not);
+    dest = sinks::make_key_reader(cfg.sink, cfg.host_id, why_not);
   } catch (const std::exception& e) {
     std::cerr << "tailbox audit: " << e.what() << "\n";
     return 1;
@@ -216,7 +210,10 @@ int run_audit(const config::Config& cfg, const AuditOptions& options) {
               << tracked.error().message() << "\n";
     return 1;
   }
-  std::vector<FileReport> reports;
+  // Every file's rows in the outbox are read before the destination is: a
+  // line delivered meanwhile is then pending, or found there (never missing).
+  std::vector<const outbox::TrackedFile*> selected;
+  std::vector<std::map<int64_t, bool>> rows;
   for (const auto& f : files) {
     if (!options.source.empty() && f.source != options.source) continue;
     struct stat st {};
@@ -224,19 +221,39 @@ int run_audit(const config::Config& cfg, const AuditOptions& options) {
         static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 < options.since_ms)
       continue;
     if (f.released && ::stat(f.path.c_str(), &st) != 0) continue;   // gone: nothing to read
+    auto in_outbox = ob->file_rows(f.id);
+    if (!in_outbox) {
+      std::cerr << "tailbox audit: " << f.path << ": cannot read the outbox's rows: "
+                << in_outbox.error().message() << "\n";
+      return 1;
+    }
+    selected.push_back(&f);
+    auto& m = rows.emplace_back();
+    for (const auto& [offset, dead] : *in_outbox) m[offset] = dead;
+  }
+  try {
+    dest->load();
+  } catch (const std::exception& e) {
+    std::cerr << "tailbox audit: reading the destination: " << e.what() << "\n";
+    return 1;
+  }
+  std::vector<FileReport> reports;
+  for (size_t i = 0; i < selected.size(); ++i) {
+    const outbox::TrackedFile& f = *selected[i];
     FileReport r;
     r.source = f.source;
     r.path = f.path;
     r.uid = f.uid;
     r.read_offset = f.read_offset;
     try {
-      audit_file(cfg, f, *ob, *dest, r);
+      audit_file(cfg, f, rows[i], *dest, r);
     } catch (const std::exception& e) {
       std::cerr << "tailbox audit: " << f.path << ": " << e.what() << "\n";
       return 1;
     }
     reports.push_back(std::move(r));
   }
+  const std::string remark = dest->remark();
 
   bool clean = true;
   for (const auto& r : reports) clean = clean && r.clean();
@@ -263,6 +280,7 @@ int run_audit(const config::Config& cfg, const AuditOptions& options) {
     }
     boost::json::object top{{"host_id", cfg.host_id}, {"sink", cfg.sink.type},
                             {"clean", clean}, {"files", jfiles}};
+    if (!remark.empty()) top["destination"] = remark;
     std::cout << boost::json::serialize(top) << "\n";
     return clean ? 0 : 1;
   }
@@ -290,6 +308,7 @@ int run_audit(const config::Config& cfg, const AuditOptions& options) {
       std::printf("  pending in the outbox at offsets %s\n",
                   offsets_text(r.pending_at, r.pending).c_str());
   }
+  if (!remark.empty()) std::printf("destination: %s\n", remark.c_str());
   std::printf("%s: %zu files; %s\n", clean ? "clean" : "NOT CLEAN", reports.size(),
               clean ? "every line read is at the destination once, or still in the outbox"
                     : "lines missing or duplicated at the destination (see above)");

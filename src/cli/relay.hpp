@@ -8,7 +8,7 @@
 // and run_relay() returns kReexec: the caller executes the binary again in
 // the same process (same pid), which starts from the outbox's checkpoints
 // exactly as after a restart. Positions survive every change of sources,
-// globs, sink or delivery settings (see README: Reload).
+// globs, sink or delivery settings (see docs/operations.md, Reload).
 #pragma once
 
 #include <string>

@@ -16,14 +16,25 @@ namespace tailbox::sinks {
 class KeyReader {
  public:
   virtual ~KeyReader() = default;
+  // Reads the destination whole, for readers that cannot look a key up (the
+  // file sink's output, streams and topics); count() then answers from what
+  // was read. The others read nothing here. REQUIRES: called once, before
+  // count(), after the outbox's rows were read (a line delivered in between
+  // is then pending in the outbox or found here, never missing). Throws
+  // std::runtime_error.
+  virtual void load() {}
   // Copies of each key at the destination (0: missing). Throws
   // std::runtime_error when the destination cannot be read.
   virtual std::vector<int64_t> count(const std::vector<std::string>& keys) = 0;
+  // What load() read, for the report ("" when there is nothing to say).
+  virtual std::string remark() const { return {}; }
 };
 
-// The reader for the configured sink, or nullptr with `why_not` saying why the
-// destination cannot be audited (yet). Throws config::ConfigError on settings
-// it cannot read.
-std::unique_ptr<KeyReader> make_key_reader(const config::SinkConfig& sink, std::string& why_not);
+// The reader for the configured sink of host `host_id` (its connection
+// opened), or nullptr with `why_not` saying why the destination cannot be
+// audited. Throws config::ConfigError on settings it cannot read,
+// std::runtime_error when it cannot connect.
+std::unique_ptr<KeyReader> make_key_reader(const config::SinkConfig& sink,
+                                           const std::string& host_id, std::string& why_not);
 
 }  // namespace tailbox::sinks

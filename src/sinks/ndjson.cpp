@@ -4,6 +4,7 @@
 
 #include <ctime>
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/string_view.hpp>
 
@@ -16,6 +17,22 @@ void append_string(std::string& out, std::string_view s) {
   else out += boost::json::serialize(boost::json::string_view(repair_utf8(s)));
 }
 }  // namespace
+
+std::string ndjson_record_key(std::string_view line) {
+  static constexpr std::string_view kStart = "{\"_id\":\"";
+  if (line.starts_with(kStart)) {
+    const size_t end = line.find_first_of("\"\\", kStart.size());
+    if (end != std::string_view::npos && line[end] == '"')
+      return std::string(line.substr(kStart.size(), end - kStart.size()));
+  }
+  // Escapes in the key (a host_id with quotes or non-ASCII), or another writer's order.
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(line, ec);
+  const boost::json::object* o = ec ? nullptr : v.if_object();
+  const boost::json::value* id = o ? o->if_contains("_id") : nullptr;
+  if (!id || !id->is_string()) return {};
+  return std::string(id->as_string().data(), id->as_string().size());
+}
 
 std::string base64(std::string_view bytes) {
   static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

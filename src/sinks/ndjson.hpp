@@ -16,6 +16,12 @@ namespace tailbox::sinks {
 
 void append_ndjson(std::string& out, const Record& record, std::string_view id_field = "_id");
 
+// The "_id" of one NDJSON record line (without its newline), or "" when the
+// line is not a JSON object with a string "_id". Fast for lines as
+// append_ndjson() writes them ("_id" first, no escapes); any other object is
+// parsed whole.
+std::string ndjson_record_key(std::string_view line);
+
 using tailbox::valid_utf8;
 std::string base64(std::string_view bytes);
 // "2026-11-27T20:55:17.123Z"

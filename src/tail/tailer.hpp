@@ -52,7 +52,7 @@ struct TailStats {
   std::atomic<int64_t> files_reopened{0};   // closed files reopened because they changed
   std::atomic<int64_t> readers_running{0};  // reader coroutines: followed files not parked
   std::atomic<int64_t> rotations{0};
-  std::atomic<int64_t> truncations{0};   // copytruncate, "> file": see README
+  std::atomic<int64_t> truncations{0};   // copytruncate, "> file": see docs/rotation.md
   std::atomic<int64_t> files_ignored{0};  // skipped by ignore_older right now
   std::atomic<bool> paused{false};   // backpressure: the outbox is full
   std::atomic<bool> evented{false};  // every glob directory is watched (inotify)

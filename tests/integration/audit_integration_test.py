@@ -9,7 +9,8 @@ destination (or the outbox) the way an operator could find it, and checks what
   - a line dead in the outbox (row dead-lettered, not at the destination):
     reported dead at its offset, not missing (exit 0);
   - file sink, one NDJSON record written twice: duplicated at its offset (exit 1);
-  - lines appended after the stop: "not read yet", not missing.
+  - lines appended after the stop: "not read yet", not missing;
+  - an HTTP sink: refused, exit 2 (a receiver cannot be asked for keys).
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/audit_integration_test.py
 """
 
@@ -24,41 +25,56 @@ import harness as h  # noqa: E402
 HOST = "edge1"
 
 
-def audit(wd, *extra):
+def run_audit(wd, *extra):
+    """(exit code, stdout, stderr) of `tailbox audit -c ... --json`."""
     r = subprocess.run([h.tailbox_bin(), "audit", "-c", wd.config, "--json", *extra],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def audit(wd, *extra):
+    """(exit code, the JSON report); fails when audit printed none."""
+    code, out, err = run_audit(wd, *extra)
     try:
-        report = json.loads(r.stdout)
+        return code, json.loads(out)
     except ValueError:
-        h.fail(f"audit printed no JSON (exit {r.returncode}): {r.stdout!r} {r.stderr!r}")
-    return r.returncode, report
+        h.fail(f"audit printed no JSON (exit {code}): {out!r} {err!r}")
 
 
 def by_path(report):
     return {os.path.basename(f["path"]): f for f in report["files"]}
 
 
-def ship(wd, sink, n):
-    h.write_config(wd, sink=sink, host_id=HOST)
+def write_files(wd, n):
+    """a.log and b.log with n lines each ("a.log line 0012"); their paths."""
     paths = [wd.log_path("a.log"), wd.log_path("b.log")]
     for p in paths:
         with open(p, "wb") as f:
             f.write(b"".join(b"%s line %04d\n" % (os.path.basename(p).encode(), i)
                              for i in range(n)))
+    return paths
+
+
+def run_until_delivered(wd, paths, timeout=60):
+    """A tailbox run until every line of `paths` is delivered, then SIGTERM."""
     tb = h.Tailbox(wd)
     try:
         tb.start()
-        h.wait_until(lambda: h.caught_up(wd, paths), 30, "every line delivered", tailbox=tb)
+        h.wait_until(lambda: h.caught_up(wd, paths), timeout, "every line delivered", tailbox=tb)
         h.stop_clean(tb)
     finally:
         tb.close()
+
+
+def ship(wd, sink, n):
+    h.write_config(wd, sink=sink, host_id=HOST)
+    paths = write_files(wd, n)
+    run_until_delivered(wd, paths)
     return paths
 
 
 def case_sqlite():
-    wd = h.Workdir("tailbox-audit-sqlite-")
-    passed = False
-    try:
+    with h.case_workdir("tailbox-audit-sqlite-") as wd:
         paths = ship(wd, "sqlite", 300)
         rc, rep = audit(wd)
         files = by_path(rep)
@@ -109,17 +125,10 @@ def case_sqlite():
         if rc != 0 or b["not_read_yet"] != 5 or b["missing"] != 0:
             h.fail(f"lines after the checkpoint are not read yet: rc {rc}, {b}")
         h.log("sqlite: lines after the checkpoint are counted as not read yet")
-        passed = True
-    finally:
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_file():
-    wd = h.Workdir("tailbox-audit-file-")
-    passed = False
-    try:
+    with h.case_workdir("tailbox-audit-file-") as wd:
         ship(wd, "file", 200)
         rc, rep = audit(wd)
         if rc != 0 or not rep["clean"]:
@@ -135,16 +144,23 @@ def case_file():
         if rc != 1 or b["duplicated"] != 1 or b["duplicated_offsets"] != [offset]:
             h.fail(f"a record written twice should be duplicated at {offset} (exit 1): rc {rc}, {b}")
         h.log(f"file sink: a record written twice is reported duplicated at {offset}")
-        passed = True
-    finally:
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
+
+
+def case_http():
+    """An HTTP receiver cannot be asked which keys it holds: exit 2, said why."""
+    with h.case_workdir("tailbox-audit-http-") as wd:
+        h.write_sink_config(wd, {"type": "http", "url": "http://127.0.0.1:9/ingest"},
+                            host_id=HOST)
+        code, out, err = run_audit(wd)
+        if code != 2 or "not possible for an HTTP receiver" not in err or out.strip():
+            h.fail(f"audit of an HTTP sink should be refused (exit 2): rc {code}, {out!r} {err!r}")
+        h.log(f"http: refused ({err.strip()})")
 
 
 def test():
     case_sqlite()
     case_file()
+    case_http()
 
 
 if __name__ == "__main__":

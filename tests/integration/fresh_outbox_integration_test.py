@@ -3,7 +3,7 @@
 tailbox runs. Real binary, real files.
 
 1. file sink (NDJSON): lines delivered, tailbox stopped, the outbox moved away
-   (the README's advice for a damaged one), more lines written, tailbox started
+   (docs/operations.md's advice for a damaged one), more lines written, tailbox started
    on a fresh outbox. The files are read again from the start. Every line must
    be in the output; when the fresh outbox gives the files the same uids (the
    same keys) the output must hold each line exactly once (the file sink reads

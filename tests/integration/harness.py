@@ -13,6 +13,7 @@ Environment:
 
 import base64
 import collections
+import contextlib
 import json
 import os
 import random
@@ -781,6 +782,21 @@ def main(test, name):
         sys.exit(1)
     print(f"\nPASS {name} in {time.monotonic() - t0:.1f}s", flush=True)
     sys.exit(0)
+
+
+@contextlib.contextmanager
+def case_workdir(prefix):
+    """A Workdir for one case: removed when the case passes, kept (with the
+    failure context printed) when it raises."""
+    wd = Workdir(prefix)
+    passed = False
+    try:
+        yield wd
+        passed = True
+    finally:
+        if not passed:
+            report_failure_context(wd)
+        wd.cleanup(passed)
 
 
 def report_failure_context(wd, seed=None):

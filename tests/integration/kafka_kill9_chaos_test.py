@@ -13,7 +13,7 @@
    attempts fail and are retried (Produce errors injected): exactly once, and
    its log says how many rows it skipped.
 3. The same gap with mode = "idempotent": the rows ARE sent again, and the
-   topic holds duplicates, which is what the README says of that mode
+   topic holds duplicates, which is what docs/sinks/kafka.md says of that mode
    (at-least-once across crashes). This also shows that case 2 can fail.
 
 The mock ignores isolation.level; kafka_mock.py emulates read_committed (see there).

@@ -11,7 +11,7 @@ only when its transaction ("tailbox-txn" header) wrote its progress record,
 which the sink writes last in every transaction, after every record of it was
 acknowledged. That is also exactly the rule the sink's own read-back sees on
 the mock, so the emulation checks the sink's logic, not a real broker's
-transaction markers (see README, Kafka sink). The mock also keeps only a few
+transaction markers (see docs/sinks/kafka.md). The mock also keeps only a few
 MiB per partition (older records are dropped): the data topic gets 32
 partitions, and `dump` fails rather than check a topic with records missing.
 """

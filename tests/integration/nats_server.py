@@ -10,7 +10,8 @@ tailbox's tests and tools/bench (Python 3, stdlib only).
 
 The client speaks the plain NATS protocol on a socket and uses the JetStream
 API as request/reply JSON ($JS.API.STREAM.INFO.<stream>, $JS.API.STREAM.MSG.GET.<stream>
-with {"seq": n}); read_stream() fetches every message of a stream with
+with {"seq": n}, $JS.API.STREAM.MSG.DELETE.<stream>); publish() sends one message with
+headers (HPUB) and returns its PubAck; read_stream() fetches every message of a stream with
 pipelined MSG.GET requests.
 
 When nats-server is missing, require_nats_server() prints why and exits 77,
@@ -318,6 +319,21 @@ class NatsClient:
 
     def stream_info(self, stream):
         return self.api(f"STREAM.INFO.{stream}")
+
+    def delete_msg(self, stream, seq):
+        """Deletes one message of `stream` by sequence ($JS.API.STREAM.MSG.DELETE)."""
+        return self.api(f"STREAM.MSG.DELETE.{stream}", {"seq": seq})
+
+    def publish(self, subject, payload, headers):
+        """A JetStream publish with headers (HPUB); the PubAck as JSON."""
+        block = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                 + "\r\n").encode()
+        reply = f"{self.inbox}.{uuid.uuid4().hex[:12]}"
+        self.sock.sendall(f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n"
+                          .encode() + block + payload + b"\r\n")
+        self._wait([reply], self.timeout)
+        _, data = self.replies.pop(reply)
+        return json.loads(data) if data else {}
 
     def read_stream(self, stream, window=512):
         """Every message of `stream` as dicts {seq, subject, headers, data, time} (seq order)."""

@@ -47,6 +47,10 @@ EXPECTED_FILES = [
     "./usr/share/doc/tailbox/examples/grafana-dashboard.json",
     "./usr/share/doc/tailbox/examples/prometheus-alerts.yml",
     "./usr/share/doc/tailbox/examples/tailbox.toml",
+    "./usr/share/doc/tailbox/README.md.gz",
+    "./usr/share/doc/tailbox/docs/configuration.md.gz",
+    "./usr/share/doc/tailbox/docs/operations.md.gz",
+    "./usr/share/doc/tailbox/docs/sinks/kafka.md.gz",
 ]
 
 

@@ -46,7 +46,7 @@ its offset in its file generation, and nothing else.
 With TAILBOX_CLOSE_INACTIVE (e.g. "300ms", the chaos_tail_model_close_inactive
 variant) [tail] close_inactive is that short, so files are closed and reopened
 throughout. A file tailbox has closed holds nothing open: deleted while
-running, what it got after its close is lost (README, "close_inactive"). The
+running, what it got after its close is lost (docs/guarantee.md). The
 model checks that after the deletion: if tailbox no longer holds the file open,
 the lines past the file's committed offset in the outbox become "maybe"; all
 others stay "must".

@@ -13,6 +13,10 @@
 //   kafka_mock count <bootstrap> <topic>
 //     Prints how many records the topic took (sum of its high watermarks).
 //
+//   kafka_mock produce <bootstrap> <topic> <partition> <key> <value hex> [name=value]...
+//     Produces one record (a plain producer, no transaction), e.g. a copy of a
+//     record the dump printed; exits 0 once the mock acknowledged it.
+//
 //   kafka_mock dump <bootstrap> <topic>
 //     Reads every message of every partition from the start (the mock ignores
 //     isolation.level: it shows aborted and open transactions too) and prints
@@ -228,12 +232,50 @@ int count(const std::string& bootstrap, const std::string& topic) {
   return 0;
 }
 
+int produce(int argc, char** argv) {
+  const std::string bootstrap = argv[2], topic = argv[3], key = argv[5], hex = argv[6];
+  std::string value;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) value += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+  rd_kafka_conf_set(conf, "acks", "all", err, sizeof err);
+  static rd_kafka_resp_err_t result = RD_KAFKA_RESP_ERR__IN_PROGRESS;
+  rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void*) { result = m->err; });
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (!rk) {
+    std::fprintf(stderr, "rd_kafka_new: %s\n", err);
+    return 1;
+  }
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(static_cast<size_t>(argc - 7));
+  for (int i = 7; i < argc; ++i) {
+    std::string kv = argv[i];
+    size_t eq = kv.find('=');
+    rd_kafka_header_add(headers, kv.c_str(), static_cast<ssize_t>(eq), kv.c_str() + eq + 1,
+                        static_cast<ssize_t>(kv.size() - eq - 1));
+  }
+  rd_kafka_resp_err_t e = rd_kafka_producev(
+      rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(std::atoi(argv[4])),
+      RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_VALUE(value.data(), value.size()),
+      RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+  if (e) {
+    rd_kafka_headers_destroy(headers);
+    std::fprintf(stderr, "produce: %s\n", rd_kafka_err2str(e));
+    return 1;
+  }
+  rd_kafka_flush(rk, 10000);
+  rd_kafka_destroy(rk);
+  if (result) std::fprintf(stderr, "delivery: %s\n", rd_kafka_err2str(result));
+  return result ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "serve") return serve(argc, argv);
   if (argc == 4 && std::string(argv[1]) == "count") return count(argv[2], argv[3]);
   if (argc == 4 && std::string(argv[1]) == "dump") return dump(argv[2], argv[3]);
-  std::fprintf(stderr, "usage: kafka_mock serve [--brokers N] [--topic name:partitions]... | count|dump <bootstrap> <topic>\n");
+  if (argc >= 7 && std::string(argv[1]) == "produce") return produce(argc, argv);
+  std::fprintf(stderr, "usage: kafka_mock serve [--brokers N] [--topic name:partitions]... | count|dump <bootstrap> <topic> | produce <bootstrap> <topic> <partition> <key> <value hex> [name=value]...\n");
   return 2;
 }

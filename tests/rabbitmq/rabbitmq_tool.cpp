@@ -7,6 +7,10 @@
 //                                      acked: the queue keeps them), one JSON
 //                                      object per line
 //   rabbitmq_tool PORT count QUEUE     the broker's message count
+//   rabbitmq_tool PORT publish QUEUE MESSAGE_ID BODY
+//                                      one persistent message through the
+//                                      default exchange, confirmed (e.g. a
+//                                      copy of a record: the same message_id)
 //   rabbitmq_tool PORT bind QUEUE EXCHANGE KEY
 //   rabbitmq_tool PORT delete QUEUE
 //
@@ -160,7 +164,7 @@ void read_queue(const std::string& queue) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) die("usage: rabbitmq_tool PORT read|count|bind|delete QUEUE [EXCHANGE KEY]");
+  if (argc < 4) die("usage: rabbitmq_tool PORT read|count|publish|bind|delete QUEUE [EXCHANGE KEY | MESSAGE_ID BODY]");
   const std::string cmd = argv[2], queue = argv[3];
   conn = amqp_new_connection();
   amqp_socket_t* sock = amqp_tcp_socket_new(conn);
@@ -180,6 +184,24 @@ int main(int argc, char** argv) {
     amqp_queue_bind(conn, 1, amqp_cstring_bytes(queue.c_str()), amqp_cstring_bytes(argv[4]),
                     amqp_cstring_bytes(argv[5]), amqp_empty_table);
     check("queue.bind");
+  } else if (cmd == "publish" && argc == 6) {
+    amqp_confirm_select(conn, 1);
+    check("confirm.select");
+    amqp_basic_properties_t p{};
+    p._flags = AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p.message_id = amqp_cstring_bytes(argv[4]);
+    p.delivery_mode = 2;
+    if (amqp_basic_publish(conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 1, 0, &p,
+                           amqp_cstring_bytes(argv[5])) != AMQP_STATUS_OK)
+      die("basic.publish");
+    for (;;) {
+      amqp_frame_t f;
+      timeval tv{30, 0};
+      if (amqp_simple_wait_frame_noblock(conn, &f, &tv) != AMQP_STATUS_OK) die("no confirm");
+      if (f.frame_type != AMQP_FRAME_METHOD) continue;
+      if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) break;
+      die(std::string("publish: ") + amqp_method_name(f.payload.method.id));
+    }
   } else if (cmd == "delete") {
     amqp_queue_delete(conn, 1, amqp_cstring_bytes(queue.c_str()), 0, 0);
     check("queue.delete");

@@ -58,6 +58,25 @@ TEST_SUITE("sinks.ndjson") {
     CHECK(v.at("fields").as_object().at("level").as_string() == "info");
   }
 
+  TEST_CASE("a record line's key is read back, escaped or not, and only from records") {
+    std::string out;
+    sinks::append_ndjson(out, record("x"));
+    out.pop_back();   // the newline
+    CHECK(sinks::ndjson_record_key(out) == "edge/abc/10");
+    Record quoted = record("x");
+    quoted.key = "ed\"ge/abc/10";
+    out.clear();
+    sinks::append_ndjson(out, quoted);
+    out.pop_back();
+    CHECK(sinks::ndjson_record_key(out) == "ed\"ge/abc/10");
+    CHECK(sinks::ndjson_record_key(R"({"host":"h","_id":"h/u/5"})") == "h/u/5");
+    CHECK(sinks::ndjson_record_key(R"({"_id":5})") == "");
+    CHECK(sinks::ndjson_record_key(R"({"_id":"h/u/5",)") == "h/u/5");   // fast path: the key is whole
+    CHECK(sinks::ndjson_record_key(R"({"_id":"h/u)") == "");
+    CHECK(sinks::ndjson_record_key("plain text") == "");
+    CHECK(sinks::ndjson_record_key("") == "");
+  }
+
   TEST_CASE("utf-8 validation and base64") {
     CHECK(sinks::valid_utf8("h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80"));
     CHECK_FALSE(sinks::valid_utf8("\xC0\xAF"));          // overlong

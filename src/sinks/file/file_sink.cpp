@@ -6,12 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <boost/json/parse.hpp>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <stdexcept>
 
+#include "core/record_key.hpp"
 #include "sinks/ndjson.hpp"
 
 namespace tailbox::sinks {
@@ -96,41 +95,13 @@ std::optional<std::string> FileSink::open(const std::optional<std::string>& stat
 
 namespace {
 
-// The key of one NDJSON record line, as append_ndjson() writes it: the record
-// starts with {"_id":"<key>". Empty when the line is not such a record.
-std::string key_of_line(std::string_view line) {
-  static constexpr std::string_view kStart = "{\"_id\":\"";
-  if (!line.starts_with(kStart)) return {};
-  size_t end = kStart.size();
-  bool escaped = false;
-  for (; end < line.size(); ++end) {
-    if (line[end] == '\\') {
-      escaped = true;
-      ++end;
-    } else if (line[end] == '"') {
-      break;
-    }
-  }
-  if (end >= line.size()) return {};
-  std::string_view body = line.substr(kStart.size(), end - kStart.size());
-  if (!escaped) return std::string(body);
-  try {   // a key with escapes (a host_id with quotes or non-ASCII): let JSON decode it
-    auto v = boost::json::parse(line.substr(kStart.size() - 1, end - kStart.size() + 2));
-    return std::string(v.as_string().c_str(), v.as_string().size());
-  } catch (const std::exception&) {
-    return {};
-  }
-}
-
 // "<host>/<uid>/<offset>" -> ("<host>/<uid>", offset); false if it does not parse.
 bool split_key(std::string_view key, std::string_view& file, int64_t& offset) {
-  size_t slash = key.rfind('/');
-  if (slash == std::string_view::npos || slash == 0) return false;
-  file = key.substr(0, slash);
-  const char* first = key.data() + slash + 1;
-  const char* last = key.data() + key.size();
-  auto [ptr, ec] = std::from_chars(first, last, offset);
-  return ec == std::errc() && ptr == last && first != last;
+  const std::optional<RecordKey> k = parse_record_key(key);
+  if (!k) return false;
+  file = key.substr(0, k->host.size() + 1 + k->uid.size());
+  offset = k->offset;
+  return true;
 }
 
 }  // namespace
@@ -152,7 +123,7 @@ void FileSink::load_existing_keys(int64_t size, bool first_time) {
     carry.append(chunk.data(), static_cast<size_t>(n));
     size_t start = 0;
     for (size_t nl; (nl = carry.find('\n', start)) != std::string::npos; start = nl + 1) {
-      std::string key = key_of_line(std::string_view(carry).substr(start, nl - start));
+      std::string key = ndjson_record_key(std::string_view(carry).substr(start, nl - start));
       std::string_view file;
       int64_t offset = 0;
       if (!key.empty() && split_key(key, file, offset)) {

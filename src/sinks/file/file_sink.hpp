@@ -1,24 +1,9 @@
 // FileSink (type = "file"): appends records to a local file, as NDJSON or raw lines.
 //
-// Exactly-once by fsync-then-record: a batch is written at the file's committed
-// size and fdatasync'ed; its new size is then committed in the outbox in the
-// same transaction that deletes the batch's rows (Delivery::state). At start,
-// bytes past the committed size (a batch written but never confirmed, or torn
-// by a crash) are cut off, and those rows are delivered again. Deliveries are
-// serial. State format: "<dev>:<inode>:<size>[:<known>]".
-//
-// Without a committed state for the output file (a fresh or restored outbox,
-// a new output path) but with records already in it, an NDJSON output is read
-// once at open(): records whose idempotency key ("_id") is already there are
-// not written again. Exact keys only (no hashing, so no collision can drop a
-// line): about 8 bytes per existing record plus one entry per file uid, for
-// the life of the process. The size read is kept in the state (<known>) and
-// read again at every start, so a restart before the new outbox has delivered
-// everything again still recognises those records. This finds lines read again under the *same* keys
-// (an outbox restored or .recover'ed without its sink state); a new outbox
-// whose uids differ (salted) gives the same lines new keys, and those are
-// written again: a duplicate, never a loss. Raw output has no keys: nothing
-// can be deduplicated, and open() says so loudly.
+// Exactly-once by fsync-then-record (the committed size is stored with the outbox
+// ack; an unconfirmed tail is cut at open()); an NDJSON output without committed
+// state is read once for the keys it holds. The argument: docs/sinks/file.md.
+// Deliveries are serial. State format: "<dev>:<inode>:<size>[:<known>]".
 // Thread-safety: serial() is true, so deliver() is never called concurrently.
 #pragma once
 

@@ -1,10 +1,8 @@
 // HttpSink (type = "http"): POSTs each batch to an HTTP(S) endpoint, as NDJSON
 // (one object per line, sinks/ndjson.hpp) or as a JSON array of the same
-// objects. Every object carries the record's idempotency key in `id_field`, and
-// every request an `Idempotency-Key` header derived from the batch's keys, so a
-// receiver that upserts by that field (tools/receiver, any service that dedups
-// on the key; an Elasticsearch _bulk body is not implemented yet) makes a
-// redelivered record a no-op: exactly-once. Otherwise at-least-once.
+// objects, each carrying its idempotency key in `id_field`. Exactly-once with a
+// receiver that upserts by that field, at-least-once otherwise: see
+// docs/sinks/http.md.
 //
 // HTTP/1.1 keep-alive over Boost.Beast, TLS with OpenSSL (certificates and the
 // host name verified unless tls_verify = false), optional gzip bodies. At most

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include "core/secret.hpp"
 #include "sinks/kafka/kafka_sink.hpp"
@@ -67,11 +68,11 @@ Client Clients::make(rd_kafka_type_t type, Conf conf) {
 }
 
 // Partition count of `t`, or throws naming what is wrong.
-int32_t Clients::partitions_of(const std::string& t) {
-  Topic rkt(rd_kafka_topic_new(producer_.get(), t.c_str(), nullptr));
+int32_t Clients::partitions_of(rd_kafka_t* rk, const std::string& t) {
+  Topic rkt(rd_kafka_topic_new(rk, t.c_str(), nullptr));
   const rd_kafka_metadata_t* raw = nullptr;
   rd_kafka_resp_err_t e =
-      rd_kafka_metadata(producer_.get(), 0, rkt.get(), &raw, static_cast<int>(o_.timeout.count()));
+      rd_kafka_metadata(rk, 0, rkt.get(), &raw, static_cast<int>(o_.timeout.count()));
   Metadata md(raw);
   rkt.reset();
   if (e) throw std::runtime_error("cannot read metadata of topic " + t + ": " + rd_kafka_err2str(e));
@@ -101,9 +102,9 @@ void Clients::start_producer() {
   destroy_producer();
   reset_ = false;
   producer_ = make(RD_KAFKA_PRODUCER, base_conf(true));
-  partitions_of(o_.topic);
+  partitions_of(producer_.get(), o_.topic);
   if (!o_.transactional) return;
-  progress_partitions_ = partitions_of(o_.progress_topic);
+  progress_partitions_ = partitions_of(producer_.get(), o_.progress_topic);
   if (rd_kafka_error_t* e = rd_kafka_init_transactions(producer_.get(), static_cast<int>(o_.timeout.count()))) {
     std::string why = rd_kafka_error_string(e);
     rd_kafka_error_destroy(e);
@@ -186,6 +187,67 @@ std::string Clients::read_progress() {
   c.reset();
   if (!failure.empty()) throw std::runtime_error(failure);
   return latest;
+}
+
+void Clients::read_topic(const OnRecord& on_record) {
+  Conf conf = base_conf(false);
+  char err[512];
+  for (auto [k, v] : {std::pair{"group.id", "tailbox-audit"},   // never joined: assign() only
+                      std::pair{"enable.auto.commit", "false"},
+                      std::pair{"enable.auto.offset.store", "false"},
+                      std::pair{"enable.partition.eof", "true"},
+                      std::pair{"isolation.level", "read_committed"}})
+    if (rd_kafka_conf_set(conf.get(), k, v, err, sizeof err) != RD_KAFKA_CONF_OK)
+      throw std::runtime_error(std::string("librdkafka property ") + k + ": " + err);
+  Client c = make(RD_KAFKA_CONSUMER, std::move(conf));
+  const int32_t partitions = partitions_of(c.get(), o_.topic);
+  PartitionList list(rd_kafka_topic_partition_list_new(partitions));
+  int32_t left = 0;
+  for (int32_t p = 0; p < partitions; ++p) {
+    int64_t lo = 0, hi = 0;
+    if (rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
+            c.get(), o_.topic.c_str(), p, &lo, &hi, static_cast<int>(o_.timeout.count())))
+      throw std::runtime_error("cannot read the offsets of " + o_.topic + " [" + std::to_string(p) +
+                               "]: " + rd_kafka_err2str(e));
+    if (hi <= lo) continue;   // empty: no end-of-partition event to wait for
+    rd_kafka_topic_partition_list_add(list.get(), o_.topic.c_str(), p)->offset =
+        RD_KAFKA_OFFSET_BEGINNING;
+    ++left;
+  }
+  if (left == 0) return;
+  if (rd_kafka_resp_err_t e = rd_kafka_assign(c.get(), list.get()))
+    throw std::runtime_error("cannot read topic " + o_.topic + ": " + rd_kafka_err2str(e));
+  std::vector<bool> ended(static_cast<size_t>(partitions), false);
+  auto deadline = std::chrono::steady_clock::now() + o_.timeout;   // from the last progress
+  std::string failure;
+  while (left > 0 && failure.empty()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      failure = "reading topic " + o_.topic + ": nothing for " +
+                std::to_string(o_.timeout.count()) + " ms before the end of " +
+                std::to_string(left) + " partitions (an open transaction holds read_committed "
+                "back, or the brokers are away)";
+      break;
+    }
+    Message owned(rd_kafka_consumer_poll(c.get(), 200));
+    const rd_kafka_message_t* m = owned.get();
+    if (!m) continue;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      if (m->partition >= 0 && m->partition < partitions && !ended[m->partition]) {
+        ended[m->partition] = true;
+        --left;
+      }
+    } else if (m->err) {
+      // Brokers away: librdkafka reconnects (bounded by the deadline). Anything else ends it.
+      if (m->err != RD_KAFKA_RESP_ERR__TRANSPORT && m->err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        failure = "reading topic " + o_.topic + ": " + rd_kafka_message_errstr(m);
+      continue;
+    } else {
+      on_record(*m);
+    }
+    deadline = std::chrono::steady_clock::now() + o_.timeout;
+  }
+  rd_kafka_consumer_close(c.get());
+  if (!failure.empty()) throw std::runtime_error(failure);
 }
 
 }  // namespace tailbox::sinks::kafka

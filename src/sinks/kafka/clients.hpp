@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "core/log_limit.hpp"
@@ -44,10 +45,18 @@ class Clients {
   // clients.cpp). Throws when it cannot finish.
   std::string read_progress();
 
+  // Reads every partition of the data topic from its start to its end as a
+  // read_committed consumer sees it (up to the last stable offset), and hands
+  // each record to `on_record`. Read-only: partitions assigned, no group
+  // joined, no offset committed. Throws when a partition gives nothing for
+  // `timeout` before its end. Needs no producer (`tailbox audit`).
+  using OnRecord = std::function<void(const rd_kafka_message_t&)>;
+  void read_topic(const OnRecord& on_record);
+
  private:
   Conf base_conf(bool for_producer);
   Client make(rd_kafka_type_t type, Conf conf);
-  int32_t partitions_of(const std::string& t);
+  int32_t partitions_of(rd_kafka_t* rk, const std::string& t);
 
   const Options& o_;
   const std::string name_;

@@ -1,20 +1,11 @@
 // KafkaSink (type = "kafka"): produces each record to a Kafka topic with
 // librdkafka (acks=all, enable.idempotence=true).
 //
-// mode = "transactional" (default), exactly-once for read_committed consumers,
-// in the spirit of Kafka Connect's exactly-once sources (KIP-618): each batch
-// is one Kafka transaction (transactional.id "tailbox-<host_id>") holding the
-// batch's records AND one progress record, keyed by the transactional id, in a
-// compacted progress topic. The progress record names, per file of the batch,
-// the highest offset delivered, and lists the exact offsets of every
-// transaction whose outbox ack has not committed yet (including its own). After
-// a crash, open() fences the previous producer (its open transaction is
-// aborted) and reads the latest committed progress record back; deliver() then
-// acknowledges the rows it lists without sending them again. Deliveries are
-// serial (one transaction at a time).
-//
-// mode = "idempotent": no transactions; no duplicates within a producer
-// session, at-least-once across relay crashes.
+// mode = "transactional" (default): exactly-once for read_committed consumers;
+// each batch and a progress record commit in one Kafka transaction, and after a
+// crash open() reads the progress back so that deliver() acknowledges those rows
+// without sending them again. Deliveries are serial. mode = "idempotent":
+// at-least-once across relay crashes. The argument: docs/sinks/kafka.md.
 //
 // Thread-safety: deliver() is never called concurrently (serial()); the
 // blocking librdkafka calls run on a thread the sink owns; committed() may be
@@ -37,7 +28,7 @@ int32_t kafka_progress_partition(std::string_view key, int32_t partitions);
 
 class KafkaSink : public Sink {
  public:
-  // Settings: see README "Kafka sink". Throws config::ConfigError naming the key.
+  // Settings: see docs/sinks/kafka.md. Throws config::ConfigError naming the key.
   KafkaSink(config::Settings& settings, const std::string& host_id,
             boost::asio::any_io_executor executor);
   ~KafkaSink() override;

@@ -3,24 +3,12 @@
 // with the idempotency key as the Nats-Msg-Id header, and waits for every
 // PubAck of the batch before it reports the batch delivered.
 //
-// Exactly-once, in two parts. Inside the stream's duplicate window the server
-// drops a redelivered message by its Nats-Msg-Id. Beyond it (tailbox was down
-// longer than the window) the sink relies on its state: every delivered batch
-// commits "<stream>:<sequence>" in the outbox together with the deletion of its
-// rows, where no message of ours still pending in the outbox lies at or below
-// that sequence. At open() the stream is read back after that sequence (our
-// subjects only, when the template names {host}); of the Nats-Msg-Ids of this
-// host found there, those whose rows are still in the outbox (pending or dead:
-// asked through set_outbox_lookup()) were published but never confirmed:
-// deliver() acknowledges those records without publishing them again, and
-// the state stays below them until then (a dead row holds it until it is
-// replayed and delivered, or purged). The others were confirmed and are
-// forgotten. While running, a record sent in a failed attempt without an
-// answer is published again only while less than half of the window has
-// passed since then; later the stream is read back the same way first, and
-// those found there are acknowledged without being published (a failed
-// read-back is a retry). This needs serial deliveries (serial() is true) and
-// a stream that keeps its messages at least as long as tailbox may be down.
+// Exactly-once: Nats-Msg-Id dedup inside the stream's duplicate window; beyond
+// it, the stream is read back from the sequence committed with the last ack, and
+// records found there whose rows are still in the outbox (set_outbox_lookup())
+// are acknowledged without being published again. Needs serial deliveries and a
+// stream that keeps its messages as long as tailbox may be down. The argument:
+// docs/sinks/nats.md.
 //
 // libnats blocks (connect, publish when its buffer is full, the wait for
 // PubAcks): deliver() runs that part on a thread the sink owns, never on the

@@ -1,9 +1,7 @@
 // PostgresSink (type = "postgres"): delivers records into a PostgreSQL table
 // whose PRIMARY KEY (or UNIQUE) column `key` holds the idempotency key. Each
-// batch is one statement, so one transaction:
-// INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT (key) DO NOTHING with the
-// batch as one binary array parameter per column. A redelivered record is a
-// no-op and one already-delivered row never fails the others: exactly-once.
+// batch is one INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT (key) DO NOTHING,
+// one binary array parameter per column: exactly-once, see docs/sinks/postgres.md.
 //
 // libpq runs in non-blocking mode, driven by Asio: the connection's socket is
 // watched through a posix::stream_descriptor and every step (connect, send,

@@ -285,7 +285,8 @@ void Connection::start_read(const std::string& queue, int64_t from, int prefetch
   check_reply("channel.open (read-back)");
   amqp_basic_qos(h_->conn, 2, 0, static_cast<uint16_t>(std::clamp(prefetch, 1, 65535)), 0);
   check_reply("basic.qos (read-back)");
-  amqp_table_entry_t args[] = {long_entry("x-stream-offset", from)};
+  amqp_table_entry_t args[] = {from < 0 ? utf8_entry("x-stream-offset", "first")
+                                        : long_entry("x-stream-offset", from)};
   amqp_basic_consume(h_->conn, 2, bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_table_t{1, args});
   check_reply("basic.consume (read-back)");
   reading_ = true;

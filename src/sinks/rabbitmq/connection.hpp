@@ -76,7 +76,8 @@ class Connection {
   // The next event, or Event::Type::timeout at `deadline`.
   Event next(std::chrono::steady_clock::time_point deadline);
   // Channel 2: basic.qos(prefetch) and basic.consume of `queue` from stream
-  // offset `from` (manual acks). end_read() closes channel 2.
+  // offset `from`, or from "first" when `from` < 0 (manual acks: credit for
+  // more, a stream keeps its messages). end_read() closes channel 2.
   void start_read(const std::string& queue, int64_t from, int prefetch);
   void ack_delivery(uint64_t tag);
   void end_read();

@@ -6,22 +6,11 @@
 // message no queue takes comes back (basic.return) and its row is
 // dead-lettered; no confirm within `timeout` is a retry.
 //
-// Into a stream queue (queue_type = "stream"): exactly-once, the NATS sink's
-// read-back argument without a duplicate window. AMQP 0-9-1 publishing has no
-// broker-side dedup, so the sink never publishes a message that may be stored
-// without first reading the stream back: the state committed with each ack is
-// a stream offset S such that every message of this host whose row is still
-// to be delivered lies at or after S. At open() and before a batch whose
-// messages were sent without an answer is sent again, the sink publishes a
-// marker message, reads the stream from S up to the marker (basic.consume
-// with x-stream-offset), and acknowledges, without publishing them again, the
-// records of this host found there whose rows are still in the outbox.
-// A connection holds an exclusive queue ("tailbox.lock.<host>.<queue>") for
-// its life, so a new connection of this relay can only start after the broker
-// has closed the old one, and with it every message the old one sent: a
-// message can not land after the marker that was meant to find it.
-//
-// Into a classic or quorum queue: at-least-once (message_id for consumers).
+// Into a stream queue (queue_type = "stream"): exactly-once by reading the
+// stream back (from the offset committed with the last ack up to a marker)
+// before anything that may be stored is published again, under a per-relay
+// lock queue ("tailbox.lock.<host>.<queue>"). Into a classic or quorum queue:
+// at-least-once (message_id for consumers). The argument: docs/sinks/rabbitmq.md.
 //
 // rabbitmq-c blocks: deliver() runs on a thread the sink owns; every wait is
 // bounded by `timeout`. Thread-safety: open() completes before the first

@@ -1,10 +1,7 @@
 // SqliteSink (type = "sqlite"): the embedded default destination. Appends
 // records to a table in a separate SQLite database (the "inbox") whose PRIMARY
-// KEY is the record's idempotency key; rows are written with INSERT OR IGNORE,
-// so a redelivered record is a no-op: exactly-once.
-//
-// Each batch is one transaction with synchronous = FULL by default, so that a
-// batch the outbox forgets after confirmation survives power loss too.
+// KEY is the record's idempotency key, with INSERT OR IGNORE, one transaction
+// per batch (synchronous = FULL by default): exactly-once, see docs/sinks/sqlite.md.
 // Thread-safety: deliver() may be called from several workers; the database
 // is used on the sink's own strand.
 #pragma once
