@@ -521,6 +521,80 @@ TEST_SUITE("outbox") {
     REQUIRE(rows.size() == 1);
     CHECK(rows[0].payload == "abcdefghi");
   }
+
+  TEST_CASE("a v2 outbox becomes one B-tree per line: every row kept, as it was") {
+    testing::TempDir dir;
+    const std::string path = dir / "outbox.db";
+    {
+      sqlite3* db = nullptr;
+      REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+      for (int v = 0; v < 2; ++v) {
+        std::string m(outbox::kSchemaMigrations[static_cast<size_t>(v)]);
+        REQUIRE(sqlite3_exec(db, m.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+      }
+      // Ids out of key order, a dead row, counted attempts: the v2 shape.
+      REQUIRE(sqlite3_exec(db,
+                           "INSERT INTO files (id, source, path, dev, inode, fingerprint, "
+                           "fingerprint_len, uid, read_offset, first_seen, last_seen) VALUES "
+                           "(1, 'app', '/a', 3, 4, '0000000000000005', 16, 'uid-a', 30, 0, 0),"
+                           "(2, 'app', '/b', 3, 9, '0000000000000006', 16, 'uid-b', 5, 0, 0);"
+                           "INSERT INTO outbox (id, file, inode, offset, length, ingest_time, "
+                           "payload, attempts, last_error, state) VALUES "
+                           "(7, 1, 4, 20, 10, 3, 'third', 0, NULL, 'pending'),"
+                           "(5, 1, 4, 0, 10, 1, 'first', 2, 'HTTP 503', 'pending'),"
+                           "(6, 1, 4, 10, 10, 2, 'second', 5, 'rejected', 'dead'),"
+                           "(9, 2, 9, 0, 5, 4, 'other', 0, NULL, 'pending');"
+                           "PRAGMA user_version = 2;",
+                           nullptr, nullptr, nullptr) == SQLITE_OK);
+      sqlite3_close(db);
+    }
+    {
+      auto ob = Outbox::open({path, config::Synchronous::normal, false});
+      CHECK(ob->backlog().rows == 4);
+      auto sum = testing::ok(ob->summary());
+      CHECK(sum.pending == 3);
+      CHECK(sum.dead == 1);
+      CHECK(sum.oldest_pending_ms == 1);
+      outbox::LeaseCursor cursor;
+      auto rows = testing::ok(ob->lease(cursor, 0, 1, 100, 1 << 20));
+      REQUIRE(rows.size() == 3);
+      CHECK(rows[0].payload == "first");
+      CHECK(rows[0].attempts == 2);
+      CHECK(rows[1].payload == "third");
+      CHECK_FALSE(rows[1].joins_previous);   // the dead row lies between them
+      CHECK(rows[2].payload == "other");
+      // A second copy of a migrated line is still refused.
+      std::string text = "first\n";
+      Chunk c;
+      c.file_id = 1;
+      c.inode = 4;
+      tail::split_lines(text, 0, 100, false, c.lines);
+      c.next_offset = 30;
+      const Chunk* one[] = {&c};
+      REQUIRE(ob->append(one).is_ok());
+      CHECK(ob->backlog().rows == 4);
+    }
+    // What the sqlite3 CLI sees: the new table, no id column, the views work.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    auto one_int = [db](const char* q) {
+      sqlite3_stmt* st = nullptr;
+      REQUIRE(sqlite3_prepare_v2(db, q, -1, &st, nullptr) == SQLITE_OK);
+      REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+      int64_t v = sqlite3_column_int64(st, 0);
+      sqlite3_finalize(st);
+      return v;
+    };
+    CHECK(one_int("PRAGMA user_version") == 3);
+    CHECK(one_int("SELECT count(*) FROM pragma_table_info('outbox') WHERE name = 'id'") == 0);
+    CHECK(one_int("SELECT count(*) FROM sqlite_master WHERE name = 'outbox' "
+                  "AND sql LIKE '%WITHOUT ROWID%'") == 1);
+    CHECK(one_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' "
+                  "AND tbl_name = 'outbox' AND name NOT LIKE 'sqlite_autoindex%'") == 0);
+    CHECK(one_int("SELECT sum(rows) FROM backlog") == 4);
+    CHECK(one_int("SELECT rows FROM dead_by_error WHERE last_error = 'rejected'") == 1);
+    sqlite3_close(db);
+  }
 }
 
 #include <atomic>
