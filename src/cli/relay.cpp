@@ -166,13 +166,13 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
   // open() may ask which keys still have a row in the outbox: on a read-only
   // connection of its own, opened per call on the opener's thread (the
   // writer's connection belongs to the outbox strand).
-  sink.set_outbox_lookup([path = cfg.outbox.path](const std::vector<std::string>& keys) {
+  sinks::KeysInOutbox lookup = [path = cfg.outbox.path](const std::vector<std::string>& keys) {
     auto reader = outbox::Outbox::open({path, config::Synchronous::normal, true});
     auto found = reader->rows_exist(keys);
     if (!found)
       throw std::runtime_error("cannot look keys up in the outbox: " + found.error().message());
     return std::move(*found);
-  });
+  };
   auto delay = cfg.delivery.backoff_min;
   for (int attempt = 1; !stopping.load(); ++attempt) {
     std::string error;
@@ -182,7 +182,7 @@ asio::awaitable<void> open_sink_then_deliver(sinks::Sink& sink, outbox::AsyncOut
         throw std::runtime_error("cannot read the sink's state from the outbox: " +
                                  stored.error().message());
       const std::optional<std::string>& state = *stored;
-      auto open = [&sink, &state] { return sink.open(state); };
+      auto open = [&sink, &state, &lookup] { return sink.open({state, lookup}); };
       std::optional<std::string> initial = co_await run_blocking(opener, open);
       if (initial) {
         Status st = co_await outbox.run(

@@ -53,6 +53,20 @@ struct Delivery {
 // cannot be read.
 using KeysInOutbox = std::function<std::vector<bool>(const std::vector<std::string>& keys)>;
 
+// What a sink is opened with.
+struct OpenContext {
+  OpenContext(std::optional<std::string> state = std::nullopt, KeysInOutbox keys = {})
+      : committed_state(std::move(state)), keys_in_outbox(std::move(keys)) {}
+  // The state committed by the last ack (nullopt on first use).
+  std::optional<std::string> committed_state;
+  // Which keys still have a row in the outbox, for sinks that read their
+  // destination back (it opens a read-only connection of its own per call:
+  // any thread; a sink may keep a copy for later read-backs). Empty when
+  // there is no outbox to ask (tests): such a sink then holds every key it
+  // reads back as still to be delivered.
+  KeysInOutbox keys_in_outbox;
+};
+
 class Sink {
  public:
   virtual ~Sink() = default;
@@ -62,16 +76,12 @@ class Sink {
   virtual std::string guarantee() const = 0;
   // Deliveries must run one at a time, and their acks commit in order.
   virtual bool serial() const { return false; }
-  // Called once before the first open() by the relay: lets open() ask which
-  // keys still have a row in the outbox. Valid for the sink's life; call it
-  // from open() only (it reads the outbox on a connection of its own).
-  virtual void set_outbox_lookup(KeysInOutbox lookup) { (void)lookup; }
-  // Called once before any deliver(), with the state committed by the last ack
-  // (nullopt on first use). Returns a state to commit before the first
-  // delivery (e.g. the starting size of a fresh output file), or nullopt.
-  // Throws std::runtime_error when it cannot start.
-  virtual std::optional<std::string> open(const std::optional<std::string>& committed_state) {
-    (void)committed_state;
+  // Called before any deliver() (again after a failed open()), with the state
+  // committed by the last ack and the outbox lookup. Returns a state to commit
+  // before the first delivery (e.g. the starting size of a fresh output
+  // file), or nullopt. Throws std::runtime_error when it cannot start.
+  virtual std::optional<std::string> open(const OpenContext& context) {
+    (void)context;
     return std::nullopt;
   }
   virtual boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) = 0;

@@ -36,11 +36,10 @@ HOST = "edge1"
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
-    wd = h.Workdir("tailbox-e2e-")
-    tb = h.Tailbox(wd)
-    src = h.SourceFiles([wd.log_path(n) for n in FILES])
-    passed = False
-    try:
+    with h.case("e2e_sqlite", seed, prefix="tailbox-e2e-") as c:
+        wd = c.wd
+        tb = c.tailbox()
+        src = c.add(h.SourceFiles([wd.log_path(n) for n in FILES]))
         h.write_config(wd, sink="sqlite", host_id=HOST)
         r = h.run_cli(["check", "-c", wd.config])
         if r.returncode != 0:
@@ -174,14 +173,6 @@ def test():
             h.fail("every line arrived exactly once, but the inbox stores values with the "
                    "wrong SQLite type (lookups by key/path as TEXT find nothing):\n  - "
                    + "\n  - ".join(types))
-        passed = True
-    except h.TestFailure:
-        h.report_failure_context(wd, seed)
-        raise
-    finally:
-        src.close()
-        tb.close()
-        wd.cleanup(passed)
 
 
 def check_outbox_at_end(wd, paths):

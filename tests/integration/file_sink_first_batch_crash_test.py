@@ -29,15 +29,14 @@ HOST = "edge1"
 
 def crash_between_write_and_ack(first_batch):
     label = "first batch" if first_batch else "later batch (control)"
-    wd = h.Workdir("tailbox-fsfirst-")
-    tb = h.Tailbox(wd)
-    passed = False
-    lock = None
-    try:
+    name = "crash_after_first_batch" if first_batch else "crash_after_later_batch"
+    with h.case(name, None, prefix="tailbox-fsfirst-") as c:
+        wd = c.wd
+        tb = c.tailbox()
         h.write_config(wd, sink="file", host_id=HOST,
                        delivery={"linger": "2s", "batch_rows": 1000})
         path = wd.log_path("a.log")
-        src = h.SourceFiles([path])
+        src = c.add(h.SourceFiles([path]))
         written = 0
 
         def lines(n):
@@ -54,7 +53,7 @@ def crash_between_write_and_ack(first_batch):
             lines(10)
         h.wait_until(lambda: h.outbox_count(wd.outbox) == 10, 20, "10 rows in the outbox",
                      interval=0.02, tailbox=tb)
-        lock = sqlite3.connect(wd.outbox, timeout=10, isolation_level=None)
+        lock = c.add(sqlite3.connect(wd.outbox, timeout=10, isolation_level=None))
         lock.execute("BEGIN IMMEDIATE")   # the ack now waits for this lock
         h.wait_until(lambda: ndjson.poll() == written, 20,
                      f"{written} lines in the NDJSON file (batch written, ack blocked)",
@@ -80,15 +79,6 @@ def crash_between_write_and_ack(first_batch):
             h.fail("malformed NDJSON: " + "; ".join(problems[:5]))
         expected = h.expected_from_files([path])
         h.log(h.check_exact(expected, delivered, HOST, f"NDJSON file, crash after the {label}"))
-        passed = True
-    except h.TestFailure as e:
-        h.report_failure_context(wd)
-        raise h.TestFailure(f"[{label}] {e}")
-    finally:
-        if lock is not None:
-            lock.close()
-        tb.close()
-        wd.cleanup(passed)
 
 
 def test():

@@ -39,10 +39,8 @@ def check_self_test(fleet):
     early lines under its old name) pass; a copy, a loss, changed bytes, a second key for
     one line, and another host's line are each reported. No servers."""
     import random
-    import shutil
-    import tempfile
-    root = tempfile.mkdtemp(prefix="tailbox-fleet-check-", dir="/tmp")
-    try:
+    with h.case("fleet_check", None, prefix="tailbox-fleet-check-") as c:
+        root = c.wd.root
         host = fleet.Host(root, 0, random.Random(1), rate=1000, rotate_every=1e9)
         now = 0.0
         host.write(0.1, now)                       # 100 lines into app.log (gen 0)
@@ -75,8 +73,6 @@ def check_self_test(fleet):
             if not fleet.check_destination("t", [host], expected, got, {}):
                 h.fail(f"the fleet's check does not see {what}")
         h.log(f"the fleet's check: a correct delivery passes; {', '.join(bad_cases)} are seen")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test():

@@ -43,10 +43,9 @@ def remove_outbox(wd):
 
 
 def case_file_sink_fresh_outbox():
-    wd = h.Workdir("tailbox-fresh-file-")
-    tb = h.Tailbox(wd)
-    passed = False
-    try:
+    with h.case("file_sink_fresh_outbox", None, prefix="tailbox-fresh-file-") as c:
+        wd = c.wd
+        tb = c.tailbox()
         h.write_config(wd, sink="file")
         w = h.Writer(wd, random.Random(16), files=("a.log", "b.log"))
         w.spread(10000, 10)
@@ -78,19 +77,12 @@ def case_file_sink_fresh_outbox():
         log_text = open(wd.tailbox_log, errors="replace").read()
         if "already holds" not in log_text:
             h.fail("the file sink did not say that its output already held records")
-        passed = True
-    finally:
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_outbox_deleted_while_running():
-    wd = h.Workdir("tailbox-fresh-deleted-")
-    tb = h.Tailbox(wd)
-    passed = False
-    try:
+    with h.case("outbox_deleted_while_running", None, prefix="tailbox-fresh-deleted-") as c:
+        wd = c.wd
+        tb = c.tailbox()
         h.write_config(wd)
         w = h.Writer(wd, random.Random(17), files=("a.log",))
         w.burst(2000)
@@ -117,12 +109,6 @@ def case_outbox_deleted_while_running():
         missing = [k for k in h.expected_from_files(w.paths) if k not in got]
         if missing:
             h.fail(f"{len(missing)} lines lost, e.g. {missing[:3]}")
-        passed = True
-    finally:
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def test():

@@ -10,19 +10,17 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/hostile_input_integra
 """
 
 import hashlib
-import json
 import os
 import resource
 import socket
 import sqlite3
-import stat
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
-from ops_integration_test import InboxLock, free_port, http_get, metric, parse_metrics  # noqa: E402
+from ops_integration_test import metric, parse_metrics  # noqa: E402
 
 NOBODY = 65534
 
@@ -81,18 +79,11 @@ class LimitedTailbox(h.Tailbox):
 
 
 def case(fn):
-    """Runs one case in its own work directory; keeps it when the case fails."""
-    wd = h.Workdir(f"tailbox-hostile-{fn.__name__}-")
-    tb = h.Tailbox(wd)
-    passed = False
-    try:
+    """Runs one case (harness.case: its own work directory, kept when the case fails)."""
+    with h.case(fn.__name__, None, prefix=f"tailbox-hostile-{fn.__name__}-") as c:
+        wd = c.wd
+        tb = c.tailbox()
         fn(wd, tb)
-        passed = True
-    finally:
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 # --------------------------------------------------------------------------- 11
@@ -100,7 +91,7 @@ def case(fn):
 def multiline_undecidable(wd, tb):
     """A line on which ^(a+)+$ gives up (complexity exceeded) used to stop the
     file's reader for good, on every restart, with /readyz ready."""
-    port = free_port()
+    port = h.free_port()
     h.write_config(wd, source={"multiline.start_pattern": "^(a+)+$", "multiline.timeout": "200ms"},
                    metrics={"listen": f"127.0.0.1:{port}"})
     path = wd.log_path("hostile.log")
@@ -115,10 +106,10 @@ def multiline_undecidable(wd, tb):
     want = sorted([b"aaa\n" + hostile] + starts, key=len)
     if [bytes(x) for x in lines] != want:
         h.fail("the records are not the hostile line joined to the one before it plus one per start line")
-    m = parse_metrics(http_get(f"http://127.0.0.1:{port}/metrics")[1])
+    m = parse_metrics(h.http_get(f"http://127.0.0.1:{port}/metrics")[1])
     if metric(m, "tailbox_multiline_pattern_errors_total", source="app") < 1:
         h.fail("tailbox_multiline_pattern_errors_total did not count the undecidable line")
-    code, body = http_get(f"http://127.0.0.1:{port}/readyz")
+    code, body = h.http_get(f"http://127.0.0.1:{port}/readyz")
     if code != 200:
         h.fail(f"/readyz: {code} {body}")
     text = log_text(wd)
@@ -135,7 +126,7 @@ def reader_stops_not_ready(wd, tb):
     """A reader that stops on an error must make /readyz fail. The fault is
     real: under RLIMIT_AS, the 64 MiB read buffer of a big file cannot be
     allocated (std::bad_alloc) while everything else still fits."""
-    port = free_port()
+    port = h.free_port()
     h.write_config(wd, tail={"read_chunk_bytes": "64MiB"}, metrics={"listen": f"127.0.0.1:{port}"})
     with open(wd.log_path("small.log"), "wb") as f:
         f.write(b"small\n")
@@ -154,10 +145,10 @@ def reader_stops_not_ready(wd, tb):
         if proc.poll() is not None:
             h.fail(f"tailbox exited ({proc.returncode}) instead of losing one reader")
         h.wait_until(lambda: h.inbox_count(wd.inbox) == 1, 30, "the small file's line")
-        code, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        code, body = h.http_get(f"http://127.0.0.1:{port}/readyz")
         if code != 503 or "reader" not in body:
             h.fail(f"/readyz with a stopped reader: {code} {body}")
-        m = parse_metrics(http_get(f"http://127.0.0.1:{port}/metrics")[1])
+        m = parse_metrics(h.http_get(f"http://127.0.0.1:{port}/metrics")[1])
         if metric(m, "tailbox_readers_failed") != 1:
             h.fail("tailbox_readers_failed is not 1")
     finally:
@@ -171,7 +162,7 @@ def reader_stops_not_ready(wd, tb):
 def metrics_emfile(wd, tb):
     """Out of descriptors, accept() fails at once while a connection waits:
     the old loop logged it tens of thousands of times a second."""
-    port = free_port()
+    port = h.free_port()
     h.write_config(wd, metrics={"listen": f"127.0.0.1:{port}"})
     path = wd.log_path("a.log")
     with open(path, "wb") as f:
@@ -199,7 +190,7 @@ def metrics_emfile(wd, tb):
         for s in clients:
             s.close()
         clients = []
-        h.wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 30,
+        h.wait_until(lambda: h.http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 30,
                      "the endpoint to answer again once descriptors are free", tailbox=tb)
         if tb.stop() != 0:
             h.fail("tailbox did not exit 0")
@@ -327,7 +318,7 @@ def stop_line_counts_the_outbox(wd, tb):
         f.write(b"first\n")
     tb.start()
     h.wait_until(lambda: h.inbox_count(wd.inbox) == 1, 30, "the sink to open", tailbox=tb)
-    lock = InboxLock(wd.inbox)
+    lock = h.InboxLock(wd.inbox)
     try:
         with open(path, "ab") as f:
             f.write(b"".join(b"doomed %d\n" % i for i in range(500)))

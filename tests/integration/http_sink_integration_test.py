@@ -132,15 +132,15 @@ def redeliveries(records):
 
 def case_failures(seed):
     """1. 100k lines, 20% 503 with Retry-After."""
-    rng = random.Random(seed)
-    wd = h.Workdir("tailbox-http1-")
-    tb = h.Tailbox(wd)
-    lines = Lines(wd, rng, "f")
-    rx = ReceiverProcess(os.path.join(wd.root, "recv.db"),
-                         ["--fail-rate", "0.2", "--fail-status", "503", "--retry-after", "1",
-                          "--seed", str(seed), "--verbose"])
-    passed = False
-    try:
+    with h.case("failures", seed, prefix="tailbox-http1-") as c:
+        rng = random.Random(seed)
+        wd = c.wd
+        tb = c.tailbox()
+        lines = c.add(Lines(wd, rng, "f"))
+        rx = ReceiverProcess(os.path.join(wd.root, "recv.db"),
+                             ["--fail-rate", "0.2", "--fail-status", "503", "--retry-after", "1",
+                              "--seed", str(seed), "--verbose"])
+        c.add(rx, close=rx.stop)
         rx.start()
         write_http_config(wd, rx.url("/bulk?pipeline=test"))
         lines.spread(60_000)
@@ -163,27 +163,19 @@ def case_failures(seed):
             h.fail(f"case 1: not every request had an Idempotency-Key: {stats}")
         h.log(f"case 1: ok ({stats['failed_injected']} injected 503s, "
               f"{redeliveries(records)} records delivered more than once)")
-        passed = True
-    finally:
-        tb.close()
-        rx.stop()
-        lines.close()
-        if not passed:
-            h.report_failure_context(wd, seed)
-        wd.cleanup(passed)
 
 
 def case_stalls(seed):
     """2. Stored, then answered after the sink's timeout."""
-    rng = random.Random(seed + 1)
-    wd = h.Workdir("tailbox-http2-")
-    tb = h.Tailbox(wd)
-    lines = Lines(wd, rng, "s")
-    rx = ReceiverProcess(os.path.join(wd.root, "recv.db"),
-                         ["--stall-rate", "0.05", "--stall-seconds", "3", "--seed", str(seed),
-                          "--verbose"])
-    passed = False
-    try:
+    with h.case("stalls", seed, prefix="tailbox-http2-") as c:
+        rng = random.Random(seed + 1)
+        wd = c.wd
+        tb = c.tailbox()
+        lines = c.add(Lines(wd, rng, "s"))
+        rx = ReceiverProcess(os.path.join(wd.root, "recv.db"),
+                             ["--stall-rate", "0.05", "--stall-seconds", "3", "--seed", str(seed),
+                              "--verbose"])
+        c.add(rx, close=rx.stop)
         rx.start()
         write_http_config(wd, rx.url("/"), {"timeout": "1s"}, delivery={"batch_rows": 200})
         lines.spread(20_000)
@@ -201,25 +193,17 @@ def case_stalls(seed):
             h.fail("case 2: the log does not mention the timeout")
         h.log(f"case 2: ok ({stats['stalled']} stalls, {redeliveries(records)} records stored "
               f"twice and kept once)")
-        passed = True
-    finally:
-        tb.close()
-        rx.stop()
-        lines.close()
-        if not passed:
-            h.report_failure_context(wd, seed)
-        wd.cleanup(passed)
 
 
 def case_reject(seed):
     """3. One poisoned line is dead-lettered; the rest arrives."""
-    rng = random.Random(seed + 2)
-    wd = h.Workdir("tailbox-http3-")
-    tb = h.Tailbox(wd)
-    lines = Lines(wd, rng, "r")
-    rx = ReceiverProcess(os.path.join(wd.root, "recv.db"), ["--reject-substring", "POISON"])
-    passed = False
-    try:
+    with h.case("reject", seed, prefix="tailbox-http3-") as c:
+        rng = random.Random(seed + 2)
+        wd = c.wd
+        tb = c.tailbox()
+        lines = c.add(Lines(wd, rng, "r"))
+        rx = ReceiverProcess(os.path.join(wd.root, "recv.db"), ["--reject-substring", "POISON"])
+        c.add(rx, close=rx.stop)
         rx.start()
         write_http_config(wd, rx.url("/"))
         poison_at = rng.randrange(1000, 4000)
@@ -245,29 +229,21 @@ def case_reject(seed):
         if (path, offset) != poisoned[0] or state != "dead" or "400" not in (error or ""):
             h.fail(f"case 3: expected {poisoned[0]} dead with HTTP 400, got {rows[0]}")
         h.log(f"case 3: ok (the POISON line is dead: {error!r})")
-        passed = True
-    finally:
-        tb.close()
-        rx.stop()
-        lines.close()
-        if not passed:
-            h.report_failure_context(wd, seed)
-        wd.cleanup(passed)
 
 
 def case_tls(seed):
     """4. TLS: wrong CA and wrong name retry (pending, logged); right CA delivers."""
-    rng = random.Random(seed + 3)
-    wd = h.Workdir("tailbox-http4-")
-    tb = h.Tailbox(wd)
-    lines = Lines(wd, rng, "t")
-    certs = make_certs(wd.root)
-    rx = ReceiverProcess(os.path.join(wd.root, "recv.db"),
-                         ["--tls-cert", certs["server.pem"], "--tls-key", certs["server.key"],
-                          "--tls-client-ca", certs["ca.pem"], "--verbose"], tls=True)
-    client = {"tls_cert_file": certs["client.pem"], "tls_key_file": certs["client.key"]}
-    passed = False
-    try:
+    with h.case("tls", seed, prefix="tailbox-http4-") as c:
+        rng = random.Random(seed + 3)
+        wd = c.wd
+        tb = c.tailbox()
+        lines = c.add(Lines(wd, rng, "t"))
+        certs = make_certs(wd.root)
+        rx = ReceiverProcess(os.path.join(wd.root, "recv.db"),
+                             ["--tls-cert", certs["server.pem"], "--tls-key", certs["server.key"],
+                              "--tls-client-ca", certs["ca.pem"], "--verbose"], tls=True)
+        client = {"tls_cert_file": certs["client.pem"], "tls_key_file": certs["client.key"]}
+        c.add(rx, close=rx.stop)
         rx.start()
         lines.spread(2_000, burst=(400, 800))
         expected = lines.expected()
@@ -309,26 +285,18 @@ def case_tls(seed):
         stop_ok(tb)
         h.log("case 4: " + h.check_exact(expected, recs_of(rx.records()), HOST, "receiver"))
         h.log("case 4: ok (right CA, IP and DNS names, mutual TLS)")
-        passed = True
-    finally:
-        tb.close()
-        rx.stop()
-        lines.close()
-        if not passed:
-            h.report_failure_context(wd, seed)
-        wd.cleanup(passed)
 
 
 def case_gzip(seed):
     """5. gzip'd JSON arrays with another id field."""
-    rng = random.Random(seed + 4)
-    wd = h.Workdir("tailbox-http5-")
-    tb = h.Tailbox(wd)
-    lines = Lines(wd, rng, "g")
-    rx = ReceiverProcess(os.path.join(wd.root, "recv.db"), ["--id-field", "doc_id",
-                                                            "--idle-timeout", "0.5", "--verbose"])
-    passed = False
-    try:
+    with h.case("gzip", seed, prefix="tailbox-http5-") as c:
+        rng = random.Random(seed + 4)
+        wd = c.wd
+        tb = c.tailbox()
+        lines = c.add(Lines(wd, rng, "g"))
+        rx = ReceiverProcess(os.path.join(wd.root, "recv.db"), ["--id-field", "doc_id",
+                                                                "--idle-timeout", "0.5", "--verbose"])
+        c.add(rx, close=rx.stop)
         rx.start()
         write_http_config(wd, rx.url("/"), {"compression": "gzip", "format": "json_array",
                                             "id_field": "doc_id", "connections": 4})
@@ -353,14 +321,6 @@ def case_gzip(seed):
             h.fail(f"case 5: the receiver closed no idle connection; the case tested nothing: {stats}")
         h.log(f"case 5: ok ({stats['requests']} gzip'd requests, {stats['idle_closed']} idle "
               f"connections closed by the receiver)")
-        passed = True
-    finally:
-        tb.close()
-        rx.stop()
-        lines.close()
-        if not passed:
-            h.report_failure_context(wd, seed)
-        wd.cleanup(passed)
 
 
 def test():

@@ -20,7 +20,6 @@ The mock ignores isolation.level; kafka_mock.py emulates read_committed (see the
 """
 
 import os
-import random
 import sqlite3
 import sys
 import time
@@ -148,12 +147,8 @@ def case_gap_idempotent(wd, cluster, tb, rng):
 
 def main():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
-    only = os.environ.get("TAILBOX_CASE")
-    for name, body in (("random_kills", case_random_kills), ("gap", case_gap_transactional),
-                       ("gap_idempotent", case_gap_idempotent)):
-        if not only or only == name:
-            km.run_case(name, body, rng)
+    h.run_cases((("random_kills", case_random_kills), ("gap", case_gap_transactional),
+                 ("gap_idempotent", case_gap_idempotent)), seed, km.case_args())
 
 
 if __name__ == "__main__":

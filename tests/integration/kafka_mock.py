@@ -169,22 +169,14 @@ def check_exact(cluster, paths, drop=()):
     return recs
 
 
-def run_case(name, body, rng, cluster_kwargs=None):
-    h.log(f"--- {name} ---")
-    wd = h.Workdir(f"tailbox-kafka-{name}-")
-    cluster = MockCluster(log_path=os.path.join(wd.root, "mock.log"), **(cluster_kwargs or {}))
-    tb = h.Tailbox(wd)
-    passed = False
-    try:
-        body(wd, cluster, tb, rng)
-        passed = True
-    except h.TestFailure:
-        h.report_failure_context(wd)
-        raise
-    finally:
-        tb.close()
-        cluster.close()
-        wd.cleanup(passed)
+def case_args(cluster_kwargs=None):
+    """harness.run_cases() arguments of a kafka case: body(wd, cluster, tb, rng), with a
+    fresh MockCluster logging to <wd>/mock.log, closed after the tailbox, and the case's rng."""
+    def args(c):
+        cluster = c.add(MockCluster(log_path=os.path.join(c.wd.root, "mock.log"),
+                                    **(cluster_kwargs or {})))
+        return c.wd, cluster, c.tailbox(), c.rng
+    return args
 
 
 def wait_drained(wd, w, tb, timeout=120, paths=None):

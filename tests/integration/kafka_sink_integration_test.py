@@ -28,9 +28,7 @@ Usage: TAILBOX_BIN=build/tailbox KAFKA_MOCK_BIN=build/tests/kafka_mock \\
 
 import json
 import os
-import random
 import re
-import socket
 import sys
 import time
 import urllib.request
@@ -88,14 +86,8 @@ def scrape(port):
     return out
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def case_outage(wd, cluster, tb, rng):
-    port = free_port()
+    port = h.free_port()
     km.write_kafka_config(wd, cluster.bootstrap, sink_extra={"timeout": "3s"},
                           delivery={"backoff_min": "100ms", "backoff_max": "1s"},
                           metrics={"listen": f"127.0.0.1:{port}"})
@@ -226,14 +218,10 @@ def case_key_file_ndjson(wd, cluster, tb, rng):
 
 def main():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
-    only = os.environ.get("TAILBOX_CASE")
-    for name, body in (("errors", case_broker_errors), ("outage", case_outage),
-                       ("too_large", case_too_large), ("commit_timeout", case_commit_timeout),
-                       ("idempotent", case_idempotent),
-                       ("key_file", case_key_file_ndjson)):
-        if not only or only == name:
-            km.run_case(name, body, rng)
+    h.run_cases((("errors", case_broker_errors), ("outage", case_outage),
+                 ("too_large", case_too_large), ("commit_timeout", case_commit_timeout),
+                 ("idempotent", case_idempotent), ("key_file", case_key_file_ndjson)),
+                seed, km.case_args())
     h.log("PASS")
 
 

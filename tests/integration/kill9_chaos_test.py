@@ -75,17 +75,22 @@ class Writer(threading.Thread):
 
 
 def scenario(sink, seed):
-    rng = random.Random(seed)
-    wd = h.Workdir(f"tailbox-chaos-{sink}-")
-    tb = h.Tailbox(wd)
-    writer = Writer(wd, seed * 7919 + 1)
-    passed = False
-    h.log(f"--- sink = {sink}: {TOTAL_LINES} lines, {KILLS} x SIGKILL, dir {wd.root}")
-    try:
+    with h.case(f"kill9_{sink}", seed, prefix=f"tailbox-chaos-{sink}-") as c:
+        rng = random.Random(seed)
+        wd = c.wd
+        tb = c.tailbox()
+        writer = Writer(wd, seed * 7919 + 1)
+        h.log(f"--- sink = {sink}: {TOTAL_LINES} lines, {KILLS} x SIGKILL, dir {wd.root}")
         h.write_config(wd, sink=sink, host_id=HOST)
         writer.prefill(500)
         tb.start()
         writer.start()
+
+        def stop_writer():
+            writer.stop_flag.set()
+            if writer.is_alive():
+                writer.join(timeout=30)
+        c.defer(stop_writer)
 
         # SIGKILL at random moments, restart after a random pause.
         t0 = time.monotonic()
@@ -160,16 +165,6 @@ def scenario(sink, seed):
             if types:
                 h.fail("every line arrived exactly once, but the inbox stores values with the "
                        "wrong SQLite type:\n  - " + "\n  - ".join(types))
-        passed = True
-    except h.TestFailure:
-        h.report_failure_context(wd, seed)
-        raise
-    finally:
-        writer.stop_flag.set()
-        tb.close()
-        if writer.is_alive():
-            writer.join(timeout=30)
-        wd.cleanup(passed)
 
 
 def test():

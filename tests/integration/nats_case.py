@@ -4,7 +4,6 @@ and the exactness check that reads the STREAM back (nats_server.NatsClient)."""
 
 import base64
 import json
-import os
 import re
 import time
 
@@ -110,27 +109,14 @@ def read_backs(wd):
     return [tuple(int(x) for x in m.groups()) for m in READ_BACK.finditer(text)]
 
 
-def run_cases(ns, cases, rng, seed):
-    """Runs each (name, body(ns, wd, tb, rng)) (ns: a NatsServer or NatsCluster) in a fresh work directory with its
-    own tailbox; TAILBOX_CASE=<name> runs one. On failure prints the context."""
-    only = os.environ.get("TAILBOX_CASE")
-    for name, body in cases:
-        if only and only != name:
-            continue
-        t0 = time.monotonic()
-        h.log(f"--- {name} ---")
-        wd = h.Workdir(f"tailbox-{name}-")
-        tb = h.Tailbox(wd)
-        passed = False
-        try:
-            body(ns, wd, tb, rng)
-            passed = True
-        except h.TestFailure:
-            h.report_failure_context(wd, seed)
-            tails = ns.log_tails() if hasattr(ns, "log_tails") else ns.log_tail()
-            h.log(f"nats-server log:\n{tails}")
-            raise
-        finally:
-            tb.close()
-            wd.cleanup(passed)
-        h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")
+def run(make_server, cases):
+    """Runs `cases` ((name, body(server, wd, tb, rng)), TAILBOX_CASE selects one) as
+    harness cases against the server make_server() returns (a NatsServer or a
+    NatsCluster), up for the whole run."""
+    seed = h.seed_from_env()
+    h.tailbox_bin()
+    with make_server() as ns:
+        h.log(f"nats-server on {ns.url} ({ns.root})")
+        logs = ns.log_tails if hasattr(ns, "log_tails") else ns.log_tail
+        h.run_cases(cases, seed, lambda c: (ns, c.wd, c.tailbox(), c.rng),
+                    context=[("nats-server log", logs)])

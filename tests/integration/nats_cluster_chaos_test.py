@@ -14,7 +14,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_cluster_chaos_te
 """
 
 import os
-import random
 import sys
 import time
 
@@ -94,12 +93,8 @@ def case_cluster(cl, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    rng = random.Random(seed)
-    h.tailbox_bin()
-    with nats_server.NatsCluster(3) as cl:
-        h.log(f"nats-server cluster on {cl.url} ({cl.root})")
-        nc.run_cases(cl, (("nats_cluster", case_cluster),), rng, seed)
+    nc.run(lambda: nats_server.NatsCluster(3), (("nats_cluster", case_cluster),))
+
 
 if __name__ == "__main__":
     nats_server.require_nats_server()

@@ -37,8 +37,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_kill9_chaos_test
 """
 
 import os
-import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -123,6 +121,7 @@ REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "t
 
 
 def outbox_ids(wd, state):
+    """The rows in `state`, each by its key in the outbox: (file, inode, offset)."""
     conn = h.sqlite_connect(wd.outbox)
     try:
         return set(conn.execute("SELECT file, inode, offset FROM outbox WHERE state = ?", (state,)))
@@ -245,41 +244,26 @@ def case_dead_replayed(ns, wd, tb, rng):
     nc.delete_stream(ns.port, stream)
 
 
-class AnswerDropProxy:
+class AnswerDropProxy(h.TcpProxy):
     """A TCP proxy to a nats-server. drop(True): what the server sends is read
     and thrown away (the client's messages still reach it, their PubAcks never
     come back). drop(False): the open connections are cut (their byte streams
     are no longer whole) and answers pass again for the next ones."""
 
     def __init__(self, target_port):
-        self.target = target_port
         self.dropping = False
-        self.lock = threading.Lock()
         self.socks = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
     @property
     def url(self):
         return f"nats://127.0.0.1:{self.port}"
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+    def connected(self, client, server):
+        with self.lock:
+            self.socks += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, src, dst, answers):
         while True:
@@ -295,11 +279,7 @@ class AnswerDropProxy:
                 dst.sendall(data)
             except OSError:
                 break
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.shut(src, dst)
 
     def drop(self, on):
         self.dropping = on
@@ -307,10 +287,7 @@ class AnswerDropProxy:
             with self.lock:
                 socks, self.socks = self.socks, []
             for s in socks:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self.shut(s)
                 s.close()
 
     def close(self):
@@ -367,14 +344,10 @@ def case_outage_beyond_window(ns, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    rng = random.Random(seed)
-    h.tailbox_bin()
-    with nats_server.NatsServer() as ns:
-        h.log(f"nats-server on {ns.url} ({ns.root})")
-        nc.run_cases(ns, (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
-                     ("nats_dead_replayed", case_dead_replayed),
-                     ("nats_outage_beyond_window", case_outage_beyond_window)), rng, seed)
+    nc.run(nats_server.NatsServer,
+           (("nats_kill9", case_kill9), ("nats_beyond_window", case_beyond_window),
+            ("nats_dead_replayed", case_dead_replayed),
+            ("nats_outage_beyond_window", case_outage_beyond_window)))
 
 
 if __name__ == "__main__":

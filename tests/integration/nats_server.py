@@ -30,6 +30,8 @@ import tempfile
 import time
 import uuid
 
+from harness import free_port, wait_server_ready
+
 SKIP = 77
 BINARY = os.environ.get("TAILBOX_NATS_SERVER", "nats-server")
 
@@ -39,12 +41,6 @@ def require_nats_server():
         print(f"SKIP: {BINARY} not found (install the Debian package nats-server)", flush=True)
         # In CI the server is installed by tools/install-deps: missing is a failure.
         sys.exit(1 if os.environ.get("CI") == "true" else SKIP)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NatsServer:
@@ -103,21 +99,8 @@ class NatsServer:
 
     def wait_ready(self, timeout=30):
         """Until the server accepts a client connection (INFO received)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server {self.name} exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    if s.recv(4096).startswith(b"INFO "):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server {self.name} not ready after {timeout}s:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.05)
+        wait_server_ready(self.proc, self.port, lambda s: s.recv(4096).startswith(b"INFO "),
+                          f"nats-server {self.name}", self.log_tail, timeout)
 
     def stop(self, timeout=30):
         """SIGTERM (a clean shutdown, the store is flushed)."""

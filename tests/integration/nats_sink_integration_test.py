@@ -26,7 +26,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/nats_sink_integration
 """
 
 import os
-import random
 import sys
 import time
 
@@ -138,14 +137,10 @@ def case_closed_connection(_ns, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    rng = random.Random(seed)
-    h.tailbox_bin()
-    with nats_server.NatsServer(config="max_payload: 65536") as ns:
-        h.log(f"nats-server on {ns.url} ({ns.root})")
-        nc.run_cases(ns, (("nats_120k_outage", case_120k_with_outage),
-                     ("nats_too_large", case_too_large),
-                     ("nats_closed_connection", case_closed_connection)), rng, seed)
+    nc.run(lambda: nats_server.NatsServer(config="max_payload: 65536"),
+           (("nats_120k_outage", case_120k_with_outage),
+            ("nats_too_large", case_too_large),
+            ("nats_closed_connection", case_closed_connection)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,22 +35,6 @@ DASHBOARD = os.path.join(h.REPO_ROOT, "examples", "grafana-dashboard.json")
 LINES = 6000
 # Series Prometheus makes itself for every target (not in the relay's scrape).
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, ""
 
 
 def tool(name):
@@ -159,7 +142,7 @@ class PrometheusServer:
     def __init__(self, root, target, rules):
         self.dir = os.path.join(root, "prometheus")
         os.makedirs(os.path.join(self.dir, "data"))
-        self.port = free_port()
+        self.port = h.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = os.path.join(self.dir, "prometheus.yml")
         with open(self.config, "w") as f:
@@ -180,7 +163,7 @@ class PrometheusServer:
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
             start_new_session=True)
         t0 = time.monotonic()
-        h.wait_until(lambda: self.proc.poll() is not None or http_get(self.base + "/-/ready")[0] == 200,
+        h.wait_until(lambda: self.proc.poll() is not None or h.http_get(self.base + "/-/ready")[0] == 200,
                      60, "Prometheus to be ready")
         if self.proc.poll() is not None:
             h.fail(f"prometheus exited {self.proc.returncode}:\n{h.tail_of_file(self.log_path)}")
@@ -188,7 +171,7 @@ class PrometheusServer:
 
     def api(self, path, **params):
         url = f"{self.base}/api/v1/{path}?" + urllib.parse.urlencode(params)
-        code, body = http_get(url, timeout=10)
+        code, body = h.http_get(url, timeout=10)
         try:
             return code, json.loads(body)
         except ValueError:
@@ -289,12 +272,10 @@ def test():
         h.fail(f"promtool test rules {ALERT_TESTS}:\n{out}")
     h.log(f"promtool: the alerts check and their unit tests pass ({time.monotonic() - t0:.1f}s)")
 
-    wd = h.Workdir("tailbox-observability-")
-    tb = h.Tailbox(wd)
-    prom = None
-    passed = False
-    port = free_port()
-    try:
+    with h.case("observability", None, prefix="tailbox-observability-") as c:
+        wd = c.wd
+        tb = c.tailbox()
+        port = h.free_port()
         h.write_config(wd, metrics={"listen": f"127.0.0.1:{port}"})
         rng = random.Random(13)
         paths = [wd.log_path("a.log"), wd.log_path("b.log")]
@@ -306,10 +287,10 @@ def test():
         tb.start()
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         h.wait_until(lambda: h.inbox_count(wd.inbox) == LINES, 60, f"{LINES} lines delivered", tailbox=tb)
-        h.wait_until(lambda: scrape_value(http_get(metrics_url)[1], "tailbox_sink_delivered_rows_total")
+        h.wait_until(lambda: scrape_value(h.http_get(metrics_url)[1], "tailbox_sink_delivered_rows_total")
                      == LINES, 15, f"the scrape to show {LINES} delivered rows")
 
-        code, scrape = http_get(metrics_url)
+        code, scrape = h.http_get(metrics_url)
         if code != 200:
             h.fail(f"/metrics answered {code}")
         rc, out = run([promtool, "check", "metrics"], stdin_text=scrape)
@@ -318,7 +299,8 @@ def test():
         exposed = scrape_names(scrape)
         h.log(f"promtool check metrics: a live scrape of {len(exposed)} series names is clean")
 
-        prom = PrometheusServer(wd.root, f"127.0.0.1:{port}", ALERTS)
+        prom = c.add(PrometheusServer(wd.root, f"127.0.0.1:{port}", ALERTS))
+        c.on_failure("prometheus log", lambda: h.tail_of_file(prom.log_path))
         prom.start()
 
         def delivered():
@@ -371,16 +353,6 @@ def test():
 
         if tb.stop() != 0:
             h.fail("tailbox did not exit 0 on SIGTERM")
-        passed = True
-    finally:
-        if prom:
-            prom.close()
-            if not passed:
-                h.log(f"prometheus log:\n{h.tail_of_file(prom.log_path)}")
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 if __name__ == "__main__":

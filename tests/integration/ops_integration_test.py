@@ -11,34 +11,14 @@ import hashlib
 import json
 import os
 import random
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 HOST = "edge1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, ""        # not listening (yet)
 
 
 def parse_metrics(text):
@@ -75,29 +55,13 @@ def write_lines(src, path, rng, tag, n, start=0):
     src.write(path, data, n)
 
 
-class InboxLock:
-    """Holds the sqlite inbox's write lock, so the sink fails (busy) until released."""
-
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS tailbox_test_lock (x)")
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("INSERT INTO tailbox_test_lock VALUES (1)")
-
-    def release(self):
-        if self.conn is not None:
-            self.conn.execute("ROLLBACK")
-            self.conn.close()
-            self.conn = None
 
 
 def case_metrics():
-    wd = h.Workdir("tailbox-ops-metrics-")
-    tb = h.Tailbox(wd)
-    passed = False
-    port = free_port()
-    try:
+    with h.case("metrics", None, prefix="tailbox-ops-metrics-") as c:
+        wd = c.wd
+        tb = c.tailbox()
+        port = h.free_port()
         h.write_config(wd, metrics={"listen": f"127.0.0.1:{port}"})
         rng = random.Random(1)
         paths = [wd.log_path(f"m{i}.log") for i in range(2)]
@@ -109,11 +73,11 @@ def case_metrics():
         base = f"http://127.0.0.1:{port}"
         # Counters are updated after the commit that made rows visible: poll briefly.
         def settled():
-            m = parse_metrics(http_get(base + "/metrics")[1])
+            m = parse_metrics(h.http_get(base + "/metrics")[1])
             return metric(m, "tailbox_sink_delivered_rows_total") == 20000 and \
                 metric(m, "tailbox_outbox_rows") == 0
         h.wait_until(settled, 15, "metrics to show 20000 delivered rows and an empty outbox")
-        status, text = http_get(base + "/metrics")
+        status, text = h.http_get(base + "/metrics")
         if status != 200:
             h.fail(f"/metrics answered {status}")
         m = parse_metrics(text)
@@ -139,47 +103,39 @@ def case_metrics():
         for line in text.splitlines():
             if line.startswith("# TYPE") and line.split()[3] == "counter" and not line.split()[2].endswith("_total"):
                 h.fail(f"counter without _total: {line}")
-        code, body = http_get(base + "/healthz")
+        code, body = h.http_get(base + "/healthz")
         if code != 200 or json.loads(body).get("alive") is not True:
             h.fail(f"/healthz: {code} {body}")
-        code, body = http_get(base + "/readyz")
+        code, body = h.http_get(base + "/readyz")
         if code != 200 or json.loads(body).get("ready") is not True:
             h.fail(f"/readyz: {code} {body}")
-        code, _ = http_get(base + "/nope")
+        code, _ = h.http_get(base + "/nope")
         if code != 404:
             h.fail(f"unknown path answered {code}")
         if tb.stop() != 0:
             h.fail("tailbox did not exit 0 on SIGTERM")
         h.log("metrics: a real scrape matches what was delivered; healthz/readyz answer")
-        passed = True
-    finally:
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_backpressure():
-    wd = h.Workdir("tailbox-ops-full-")
-    tb = h.Tailbox(wd)
-    passed = False
-    lock = None
-    port = free_port()
-    max_rows = 500
-    try:
+    with h.case("backpressure", None, prefix="tailbox-ops-full-") as c:
+        wd = c.wd
+        tb = c.tailbox()
+        port = h.free_port()
+        max_rows = 500
         h.write_config(wd, outbox={"max_rows": max_rows},
                        tail={"read_chunk_bytes": 4096},
                        delivery={"backoff_min": "50ms", "backoff_max": "200ms"},
                        metrics={"listen": f"127.0.0.1:{port}"})
         # The sink's database exists and is locked before tailbox starts.
-        lock = InboxLock(wd.inbox)
+        lock = c.add(h.InboxLock(wd.inbox))
         rng = random.Random(2)
         path = wd.log_path("bp.log")
         src = h.SourceFiles([path])
         write_lines(src, path, rng, "bp", 5000)
         tb.start()
         base = f"http://127.0.0.1:{port}/metrics"
-        h.wait_until(lambda: parse_metrics(http_get(base)[1]).get(("tailbox_reader_paused", frozenset())) == 1,
+        h.wait_until(lambda: parse_metrics(h.http_get(base)[1]).get(("tailbox_reader_paused", frozenset())) == 1,
                      30, "reading to pause at max_rows", tailbox=tb)
         peak = 0
         for _ in range(20):
@@ -193,89 +149,66 @@ def case_backpressure():
             h.fail("everything was read although the outbox was full")
         h.log(f"backpressure: paused with {peak} rows in the outbox (max_rows {max_rows})")
         lock.release()
-        lock = None
         h.wait_until(lambda: h.inbox_count(wd.inbox) == 5000, 90, "all 5000 lines after release",
                      tailbox=tb)
-        h.wait_until(lambda: parse_metrics(http_get(base)[1]).get(("tailbox_reader_paused", frozenset())) == 0,
+        h.wait_until(lambda: parse_metrics(h.http_get(base)[1]).get(("tailbox_reader_paused", frozenset())) == 0,
                      10, "reading to resume")
         if tb.stop() != 0:
             h.fail("tailbox did not exit 0")
         h.check_exact(h.expected_from_files([path]), h.read_inbox(wd.inbox), host_id=HOST,
                       label="inbox after backpressure")
-        passed = True
-    finally:
-        if lock:
-            lock.release()
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_disk_full():
     if os.geteuid() != 0:
         h.log("disk full: SKIPPED (needs root to mount a small tmpfs)")
         return
-    wd = h.Workdir("tailbox-ops-disk-")
-    tb = h.Tailbox(wd)
-    passed = False
-    lock = None
-    mnt = os.path.join(wd.root, "small")
-    os.mkdir(mnt)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
-                             capture_output=True).returncode == 0
-    if not mounted:
-        h.log("disk full: SKIPPED (mount -t tmpfs failed here)")
-        wd.cleanup(True)
-        return
-    port = free_port()
-    try:
+    with h.case("disk_full", None, prefix="tailbox-ops-disk-") as c:
+        wd = c.wd
+        mnt = os.path.join(wd.root, "small")
+        os.mkdir(mnt)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            h.log("disk full: SKIPPED (mount -t tmpfs failed here)")
+            return
+        c.defer(subprocess.run, ["umount", "-l", mnt], capture_output=True)
+        tb = c.tailbox()
+        port = h.free_port()
         outbox = os.path.join(mnt, "outbox.db")
         # No headroom (min_free_bytes = 0): appends themselves meet the full
         # disk. With headroom, see outbox_disk_full_integration_test.py.
         h.write_config(wd, outbox={"path": outbox, "min_free_bytes": 0, "reserve_bytes": 0},
                        delivery={"backoff_min": "50ms", "backoff_max": "300ms"},
                        metrics={"listen": f"127.0.0.1:{port}"})
-        lock = InboxLock(wd.inbox)
+        lock = c.add(h.InboxLock(wd.inbox))
         rng = random.Random(3)
         path = wd.log_path("full.log")
         src = h.SourceFiles([path])
         write_lines(src, path, rng, "df", 30000)     # ~3 MB: cannot fit in 1 MiB
         tb.start()
         base = f"http://127.0.0.1:{port}/metrics"
-        h.wait_until(lambda: parse_metrics(http_get(base)[1]).get(("tailbox_outbox_errors_total", frozenset()), 0) > 0,
+        h.wait_until(lambda: parse_metrics(h.http_get(base)[1]).get(("tailbox_outbox_errors_total", frozenset()), 0) > 0,
                      60, "the outbox's file system to fill up (SQLITE_FULL)", tailbox=tb)
         tb.assert_alive("the disk was full")
-        code, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        code, body = h.http_get(f"http://127.0.0.1:{port}/readyz")
         if code != 503 or "not writable" not in body:
             h.fail(f"/readyz should say the outbox is not writable: {code} {body}")
         h.log("disk full: SQLITE_FULL seen, relay alive, /readyz says why; giving space back")
         subprocess.run(["mount", "-o", "remount,size=256m", mnt], check=True)
         lock.release()
-        lock = None
         h.wait_until(lambda: h.inbox_count(wd.inbox) == 30000, 120, "all 30000 lines after space returned",
                      tailbox=tb)
         if tb.stop() != 0:
             h.fail("tailbox did not exit 0")
         h.check_exact(h.expected_from_files([path]), h.read_inbox(wd.inbox), host_id=HOST,
                       label="inbox after disk full")
-        passed = True
-    finally:
-        if lock:
-            lock.release()
-        tb.close()
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_damaged_outbox_and_second_relay():
-    wd = h.Workdir("tailbox-ops-damaged-")
-    tb = h.Tailbox(wd)
-    tb2 = None
-    passed = False
-    try:
+    with h.case("damaged_outbox_and_second_relay", None, prefix="tailbox-ops-damaged-") as c:
+        wd = c.wd
+        tb = c.tailbox()
         h.write_config(wd)
         with open(wd.outbox, "wb") as f:
             f.write(b"SQLite format 3\x00" + os.urandom(8192))
@@ -315,12 +248,6 @@ def case_damaged_outbox_and_second_relay():
         r = h.run_cli(["check", "-c", wd.config])
         if r.returncode != 2 or "bogus" not in r.stderr:
             h.fail(f"unknown table: exit {r.returncode}: {r.stderr}")
-        passed = True
-    finally:
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def test():

@@ -21,7 +21,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/outbox_disk_full_inte
 
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import time
@@ -57,18 +56,6 @@ def fill(path):
     return written
 
 
-class InboxLock:
-    """Holds the sqlite inbox's write lock, so the sink fails (busy) until released."""
-
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def release(self):
-        if self.conn is not None:
-            self.conn.execute("ROLLBACK")
-            self.conn.close()
-            self.conn = None
 
 
 def free_bytes(path):
@@ -85,19 +72,17 @@ def test():
     if os.geteuid() != 0:
         print("SKIP: needs root to mount a 2 MiB tmpfs for the outbox", flush=True)
         sys.exit(77)
-    wd = h.Workdir("tailbox-diskfull-")
-    mnt = os.path.join(wd.root, "small")
-    os.mkdir(mnt)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        print(f"SKIP: mount -t tmpfs failed here: {r.stderr.strip()}", flush=True)
-        wd.cleanup(True)
-        sys.exit(77)
-    tb = h.Tailbox(wd)
-    passed = False
-    lock = None
-    try:
+    with h.case("outbox_disk_full", None, prefix="tailbox-diskfull-") as c:
+        wd = c.wd
+        mnt = os.path.join(wd.root, "small")
+        os.mkdir(mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            print(f"SKIP: mount -t tmpfs failed here: {r.stderr.strip()}", flush=True)
+            sys.exit(77)
+        c.defer(subprocess.run, ["umount", "-l", mnt], capture_output=True)
+        tb = c.tailbox()
         wd.outbox = os.path.join(mnt, "outbox.db")
         h.write_config(wd, outbox={"path": wd.outbox, "min_free_bytes": 512 * 1024,
                                    "reserve_bytes": 256 * 1024},
@@ -129,7 +114,7 @@ def test():
         for phase, restart in ((2, False), (3, True)):
             deleted_before = count_in_log(wd, "cannot delete")
             gave_before = count_in_log(wd, "gave back the")
-            lock = InboxLock(wd.inbox)
+            lock = c.add(h.InboxLock(wd.inbox, mark=False))
             more = b"".join(h.make_line(rng, "e", seq + i, variety=False) for i in range(MORE))
             seq += MORE
             src.write(path, more, MORE)
@@ -177,15 +162,6 @@ def test():
             h.fail(f"tailbox exited {rc}")
         h.check_exact(h.expected_from_files([path]), h.read_inbox(wd.inbox), label="inbox, end")
         src.close()
-        passed = True
-    finally:
-        if lock:
-            lock.release()
-        tb.close()
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,18 @@ def run_installed_relay(user_uid):
             os.unlink(logfile)
 
 
+def undo_install(had_user, had_group, had_state):
+    """Purges the package and removes the user, group and state it made (not what was there)."""
+    if installed() or run(["dpkg-query", "-W", "tailbox"], check=False).returncode == 0:
+        run(["dpkg", "--purge", "tailbox"], check=False)
+    if not had_user and user_exists("tailbox"):
+        run(["deluser", "--system", "--quiet", "tailbox"], check=False)
+    if not had_group and group_exists("tailbox"):
+        run(["delgroup", "--system", "--quiet", "tailbox"], check=False)
+    if not had_state and os.path.exists(STATE):
+        shutil.rmtree(STATE, ignore_errors=True)
+
+
 def test():
     if os.geteuid() != 0:
         print("SKIP: installing a package needs root")
@@ -185,9 +197,9 @@ def test():
     if had_state:
         h.fail(f"{STATE} exists although no tailbox package is installed; not touching it")
 
-    out = tempfile.mkdtemp(prefix="tailbox-package-")
-    passed = False
-    try:
+    with h.case("package", None, prefix="tailbox-package-") as c:
+        c.defer(undo_install, had_user, had_group, had_state)
+        out = c.wd.root
         t0 = time.monotonic()
         r = run([os.path.join(h.REPO_ROOT, "tools", "package"), "--out", out], timeout=300,
                 env=dict(os.environ, TAILBOX_BIN=binary))
@@ -260,21 +272,6 @@ def test():
         if not user_exists("tailbox"):
             h.fail("the tailbox system user was removed on purge (Debian keeps system users)")
         h.log("dpkg --purge removed the files, the config and /var/lib/tailbox; the system user is kept")
-        passed = True
-    finally:
-        if installed() or run(["dpkg-query", "-W", "tailbox"], check=False).returncode == 0:
-            run(["dpkg", "--purge", "tailbox"], check=False)
-        if not had_user and user_exists("tailbox"):
-            run(["deluser", "--system", "--quiet", "tailbox"], check=False)
-        if not had_group and group_exists("tailbox"):
-            run(["delgroup", "--system", "--quiet", "tailbox"], check=False)
-        if not had_state and os.path.exists(STATE):
-            shutil.rmtree(STATE, ignore_errors=True)
-        if passed:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            h.log(f"package kept in {out}")
-
 
 if __name__ == "__main__":
     h.main(test, "integration_package")

@@ -19,11 +19,12 @@ a skipped test.
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from harness import free_port
 
 BIN = os.environ.get("TAILBOX_PG_BIN", "/usr/lib/postgresql/15/bin")
 PASSWORD_USER = "tailbox_pw"
@@ -52,12 +53,6 @@ def require_postgres():
         print(f"SKIP: cannot start a PostgreSQL 15 server: {why}", flush=True)
         # In CI the server is installed by tools/install-deps: missing is a failure.
         sys.exit(1 if os.environ.get("CI") == "true" else SKIP)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:

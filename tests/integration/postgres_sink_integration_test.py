@@ -32,7 +32,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/postgres_sink_integra
 
 import json
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -113,29 +112,15 @@ def check_exact(pg, db, paths, drop=()):
     h.log(h.check_exact(expected, read_table(pg, db), host_id=HOST, label=f"table {db}.tailbox_logs"))
 
 
-class Case:
-    """One case: its database, work directory and tailbox; context on failure."""
+class PgCase:
+    """What a case body gets: the server, the case's own database, and the work
+    directory and tailbox of its harness.case."""
 
-    def __init__(self, pg, name):
-        self.pg, self.db = pg, name
-        pg.psql(f"CREATE DATABASE {name}")
-        self.wd = h.Workdir(f"tailbox-pg-{name}-")
-        self.tb = h.Tailbox(self.wd)
-        self.conninfo = pg.conninfo(name)
-
-    def run(self, body, seed=None):
-        h.log(f"--- {self.db} ---")
-        passed = False
-        try:
-            body(self)
-            passed = True
-        except h.TestFailure:
-            h.report_failure_context(self.wd, seed)
-            h.log(f"PostgreSQL server log:\n{self.pg.server_log_tail()}")
-            raise
-        finally:
-            self.tb.close()
-            self.wd.cleanup(passed)
+    def __init__(self, pg, c):
+        self.pg, self.db = pg, c.name
+        pg.psql(f"CREATE DATABASE {c.name}")
+        self.wd, self.tb = c.wd, c.tailbox()
+        self.conninfo = pg.conninfo(c.name)
 
 
 # ---------------------------------------------------------------------------
@@ -393,17 +378,15 @@ def case_stall(c, rng):
 
 def test():
     seed = h.seed_from_env()
-    rng = random.Random(seed)
     h.tailbox_bin()
     with pg_server.PgServer() as pg:
         h.log(f"PostgreSQL 15 on 127.0.0.1:{pg.port} ({pg.root})")
-        for name, body in (("pg_200k", case_200k), ("pg_outage", case_outage),
-                           ("pg_kill9", case_kill9), ("pg_poison", case_poison),
-                           ("pg_password", case_password), ("pg_json", case_json),
-                           ("pg_stall", case_stall)):
-            t0 = time.monotonic()
-            Case(pg, name).run(lambda c, body=body: body(c, rng), seed)
-            h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")
+        h.run_cases((("pg_200k", case_200k), ("pg_outage", case_outage),
+                     ("pg_kill9", case_kill9), ("pg_poison", case_poison),
+                     ("pg_password", case_password), ("pg_json", case_json),
+                     ("pg_stall", case_stall)),
+                    seed, lambda c: (PgCase(pg, c), c.rng),
+                    context=[("PostgreSQL server log", pg.server_log_tail)])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ and rolls those files back as a power loss could (see powercut.py for the
 model and its limits). The log files are written by the test process, not
 through the shim: they are assumed durable.
 
-Environment (besides harness.py's):
+Environment (besides the harness package's):
   POWERCUT_CUTS   cuts per scenario (default: the scenario's own, 5-8)
   TAILBOX_CASE    run only the scenario of this name
 """
@@ -323,18 +323,20 @@ class Scenario:
         self.cuts, self.gap, self.down = cuts_from_env(cuts), gap, down
         self.settle, self.drain_timeout = settle, drain_timeout
 
-    def run(self, seed):
+    def run(self, seed, run_seed=None):
+        """One scenario with its seed; `run_seed` (the run's TAILBOX_SEED, from which
+        `seed` derives) is what a failure says to rerun with."""
         rng = random.Random(seed)
-        wd = h.Workdir(f"tailbox-powercut-{self.name}-")
-        pc = powercut.PowerCut(wd.root)
-        tb = h.Tailbox(wd, env=pc.env())
-        writers = []
-        passed = False
-        t0 = time.monotonic()
-        h.log(f"--- {self.name} (seed {seed}): {self.cuts} power cuts, dir {wd.root}")
-        try:
+        with h.case(self.name, seed if run_seed is None else run_seed,
+                    prefix=f"tailbox-powercut-{self.name}-") as c:
+            wd = c.wd
+            pc = powercut.PowerCut(wd.root)
+            tb = c.tailbox(env=pc.env())
+            t0 = time.monotonic()
+            h.log(f"--- {self.name} (seed {seed}): {self.cuts} power cuts, dir {wd.root}")
             self.configure(wd)
             writers = self.writers(wd, rng)
+            c.defer(stop_writers, writers)
             for w in writers:
                 w.start()
             time.sleep(0.2)
@@ -387,18 +389,13 @@ class Scenario:
             left = h.outbox_count(wd.outbox)
             if left:
                 h.fail(f"{left} rows left in the outbox after draining ({h.outbox_states(wd.outbox)})")
-            passed = True
-        except h.TestFailure:
-            h.report_failure_context(wd, seed)
-            raise
-        finally:
-            for w in writers:
-                w.stop_flag.set()
-            tb.close()
-            for w in writers:
-                if w.is_alive():
-                    w.join(timeout=30)
-            wd.cleanup(passed)
+
+def stop_writers(writers):
+    for w in writers:
+        w.stop_flag.set()
+    for w in writers:
+        if w.is_alive():
+            w.join(timeout=30)
 
 
 def check_exact_lines(wd, delivered):
@@ -428,7 +425,7 @@ def run_scenarios(scenarios, name):
         if only and only != sc.name:
             continue
         try:
-            sc.run(seed + i)
+            sc.run(seed + i, seed)
         except h.TestFailure as e:
             failures.append(f"[{sc.name}, seed {seed + i}] {e}")
             h.log(f"{sc.name}: FAILED")

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import harness as h
+import rabbitmq_server
 
 HOST = "edge1"
 
@@ -157,26 +158,13 @@ def wait_all(port, queue, wd, tb, paths, timeout, what):
                                   f"{h.pending_rows(wd)} pending in the outbox")
 
 
-def run_cases(rs, cases, rng, seed):
-    """Runs each (name, body(rs, wd, tb, rng)) in a fresh work directory with its
-    own tailbox; TAILBOX_CASE=<name> runs one. On failure prints the context."""
-    only = os.environ.get("TAILBOX_CASE")
-    for name, body in cases:
-        if only and only != name:
-            continue
-        t0 = time.monotonic()
-        h.log(f"--- {name} ---")
-        wd = h.Workdir(f"tailbox-{name}-")
-        tb = h.Tailbox(wd)
-        passed = False
-        try:
-            body(rs, wd, tb, rng)
-            passed = True
-        except h.TestFailure:
-            h.report_failure_context(wd, seed)
-            h.log(f"rabbitmq-server log:\n{rs.log_tail()}")
-            raise
-        finally:
-            tb.close()
-            wd.cleanup(passed)
-        h.log(f"{name} passed in {time.monotonic() - t0:.1f}s")
+def run(cases):
+    """Runs `cases` ((name, body(rs, wd, tb, rng)), TAILBOX_CASE selects one) as
+    harness cases against one rabbitmq-server, up for the whole run."""
+    seed = h.seed_from_env()
+    h.tailbox_bin()
+    tool_bin()
+    with rabbitmq_server.RabbitServer() as rs:
+        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
+        h.run_cases(cases, seed, lambda c: (rs, c.wd, c.tailbox(), c.rng),
+                    context=[("rabbitmq-server log", rs.log_tail)])

@@ -43,9 +43,7 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_kill9_chaos_
 """
 
 import os
-import random
 import re
-import socket
 import sys
 import threading
 import time
@@ -76,6 +74,13 @@ def write_for(w, rng, seconds, big=(50, 1500)):
         time.sleep(rng.uniform(0, 0.05))
 
 
+def write_and_kill(w, wd, tb, rng, k, seconds):
+    """Kill #k + 1: lines for `seconds`, then kill -9."""
+    write_for(w, rng, seconds)
+    tb.kill9()
+    h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+
+
 def case_stream_kill9(rs, wd, tb, rng):
     queue = "kill9-stream"
     rc.write_rabbitmq_config(wd, rs.port, queue, "stream")
@@ -83,9 +88,7 @@ def case_stream_kill9(rs, wd, tb, rng):
     w.spread(5_000, 4)
     tb.start()
     for k in range(5):
-        write_for(w, rng, rng.uniform(0.3, 2.0))
-        tb.kill9()
-        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+        write_and_kill(w, wd, tb, rng, k, rng.uniform(0.3, 2.0))
         if k == 1:
             t0 = time.monotonic()
             rs.stop()
@@ -129,9 +132,7 @@ def case_classic_kill9(rs, wd, tb, rng):
     w.spread(3_000, 4)
     tb.start()
     for k in range(3):
-        write_for(w, rng, rng.uniform(0.3, 1.5))
-        tb.kill9()
-        h.log(f"kill -9 #{k + 1}: {w.seq} lines written, {h.pending_rows(wd)} pending")
+        write_and_kill(w, wd, tb, rng, k, rng.uniform(0.3, 1.5))
         tb.start()
     w.burst(1_000)
     rc.wait_all(rs.port, queue, wd, tb, w.paths, 120, "every line after the kills")
@@ -210,36 +211,21 @@ def case_confirm_timeout(rs, wd, tb, rng):
         proxy.close()
 
 
-class StallProxy:
+class StallProxy(h.TcpProxy):
     """A TCP proxy. stall(): the connections open now stop forwarding what the
     client sends (it is kept); new connections are not affected. release():
     the kept bytes are sent to the broker, then those connections are closed."""
 
     def __init__(self, target_port):
-        self.target = target_port
-        self.lock = threading.Lock()
         self.conns = []     # [client, server, held (bytearray or None), client_gone]
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            c = [client, server, None, False]
-            with self.lock:
-                self.conns.append(c)
-            threading.Thread(target=self._up, args=(c,), daemon=True).start()
-            threading.Thread(target=self._down, args=(c,), daemon=True).start()
+    def connected(self, client, server):
+        c = [client, server, None, False]
+        with self.lock:
+            self.conns.append(c)
+        threading.Thread(target=self._up, args=(c,), daemon=True).start()
+        threading.Thread(target=self._down, args=(c,), daemon=True).start()
 
     def _up(self, c):
         client, server = c[0], c[1]
@@ -261,11 +247,7 @@ class StallProxy:
                 server.sendall(data)
             except OSError:
                 break
-        for s in (client, server):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.shut(client, server)
 
     def _down(self, c):
         client, server = c[0], c[1]
@@ -280,10 +262,7 @@ class StallProxy:
                 client.sendall(data)
             except OSError:
                 pass        # the client is gone; keep reading what the broker says
-        try:
-            client.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.shut(client)
 
     def stall(self):
         with self.lock:
@@ -305,11 +284,7 @@ class StallProxy:
                 pass
         time.sleep(0.5)     # let the broker read them before the connection ends
         for c in stalled:
-            for s in (c[0], c[1]):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self.shut(c[0], c[1])
         return sent
 
     def close(self):
@@ -359,17 +334,11 @@ def case_lock(rs, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    rng = random.Random(seed)
-    h.tailbox_bin()
-    rc.tool_bin()
-    with rabbitmq_server.RabbitServer() as rs:
-        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
-        rc.run_cases(rs, (("rabbitmq_stream_kill9", case_stream_kill9),
-                          ("rabbitmq_classic_kill9", case_classic_kill9),
-                          ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
-                          ("rabbitmq_confirm_timeout", case_confirm_timeout),
-                          ("rabbitmq_lock", case_lock)), rng, seed)
+    rc.run((("rabbitmq_stream_kill9", case_stream_kill9),
+            ("rabbitmq_classic_kill9", case_classic_kill9),
+            ("rabbitmq_unroutable_kill9", case_unroutable_kill9),
+            ("rabbitmq_confirm_timeout", case_confirm_timeout),
+            ("rabbitmq_lock", case_lock)))
 
 
 if __name__ == "__main__":

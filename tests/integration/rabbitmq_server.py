@@ -23,11 +23,12 @@ exits 1 under CI=true (tools/install-deps installs it), 77 (skip) otherwise.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from harness import free_port, wait_server_ready
 
 SKIP = 77
 BINARY = os.environ.get("TAILBOX_RABBITMQ_SERVER", "/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -37,12 +38,6 @@ def require_rabbitmq_server():
     if not os.access(BINARY, os.X_OK):
         print(f"SKIP: {BINARY} not found (install the Debian package rabbitmq-server)", flush=True)
         sys.exit(1 if os.environ.get("CI") == "true" else SKIP)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RabbitServer:
@@ -119,22 +114,11 @@ class RabbitServer:
 
     def wait_ready(self, timeout=120):
         """Until the AMQP listener answers the protocol header with a frame."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    s.sendall(b"AMQP\x00\x00\x09\x01")
-                    if s.recv(7)[:1] == b"\x01":    # a method frame: connection.start
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"rabbitmq-server not ready after {timeout}s:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.2)
+        def greet(s):
+            s.sendall(b"AMQP\x00\x00\x09\x01")
+            return s.recv(7)[:1] == b"\x01"    # a method frame: connection.start
+        wait_server_ready(self.proc, self.port, greet, "rabbitmq-server", self.log_tail, timeout,
+                          connect_timeout=2, interval=0.2)
 
     def _group_signal(self, sig):
         try:

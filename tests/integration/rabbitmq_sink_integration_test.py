@@ -32,7 +32,6 @@ Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/rabbitmq_sink_integra
 """
 
 import os
-import random
 import sys
 import time
 
@@ -156,17 +155,11 @@ def case_quorum(rs, wd, tb, rng):
 
 
 def test():
-    seed = h.seed_from_env()
-    rng = random.Random(seed)
-    h.tailbox_bin()
-    rc.tool_bin()
-    with rabbitmq_server.RabbitServer() as rs:
-        h.log(f"rabbitmq-server on {rs.url} ({rs.root}) ready after {rs.start_seconds:.1f}s")
-        rc.run_cases(rs, (("rabbitmq_stream_outage", case_stream_outage),
-                          ("rabbitmq_classic_outage", case_classic_outage),
-                          ("rabbitmq_unroutable", case_unroutable),
-                          ("rabbitmq_idle", case_idle),
-                          ("rabbitmq_quorum", case_quorum)), rng, seed)
+    rc.run((("rabbitmq_stream_outage", case_stream_outage),
+            ("rabbitmq_classic_outage", case_classic_outage),
+            ("rabbitmq_unroutable", case_unroutable),
+            ("rabbitmq_idle", case_idle),
+            ("rabbitmq_quorum", case_quorum)))
 
 
 if __name__ == "__main__":

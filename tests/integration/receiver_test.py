@@ -53,9 +53,8 @@ def expect(cond, what):
 
 
 def test():
-    wd = h.Workdir("tailbox-receiver-")
-    passed = False
-    try:
+    with h.case("receiver", None, prefix="tailbox-receiver-") as c:
+        wd = c.wd
         # 1 + 2: storing, dedup, bad bodies.
         with ReceiverProcess(os.path.join(wd.root, "plain.db"), ["--verbose"]) as rx:
             st, _, body = post(rx.url("/ingest"), ndjson([rec(1), rec(2), rec(3)]),
@@ -119,9 +118,6 @@ def test():
                            timeout=30)
         expect(r.returncode == 0 and "--fail-rate" in r.stdout and "ON CONFLICT" in r.stdout,
                f"--help: {r.returncode} {r.stdout[:200]}")
-        passed = True
-    finally:
-        wd.cleanup(passed)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,9 @@ def vm_size(pid):
 
 
 def test():
-    wd = h.Workdir("tailbox-rlimit-")
-    tb = h.Tailbox(wd)
-    passed = False
-    try:
+    with h.case("relay_failure", None, prefix="tailbox-rlimit-") as c:
+        wd = c.wd
+        tb = c.tailbox()
         h.write_config(wd)
         w = h.Writer(wd, random.Random(17), files=("a.log", "b.log"))
         w.spread(2000, 4)
@@ -78,7 +77,7 @@ def test():
 
         limited = None
         for extra in range(3, 60, 4):
-            limited = LimitedTailbox(wd, idle + (extra << 20))
+            limited = c.add(LimitedTailbox(wd, idle + (extra << 20)))
             limited.start()
             w.spread(1000, 2)
             try:
@@ -109,7 +108,7 @@ def test():
         h.log(f"SIGTERM under the limit (no thread for the shutdown timer): orderly stop in "
               f"{took:.1f}s, exit {rc}")
         limited.close()
-        tb = h.Tailbox(wd)
+        tb = c.tailbox()
         w.spread(500, 1)   # something to read, so the stop below finds it running
         tb.start()
         h.wait_until(lambda: h.caught_up(wd, w.paths), 60, "a normal restart to catch up", tailbox=tb)
@@ -117,12 +116,6 @@ def test():
         h.check_exact(h.expected_from_files(w.paths), h.read_inbox(wd.inbox),
                       label="inbox after runs under RLIMIT_AS")
         w.close()
-        passed = True
-    finally:
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 if __name__ == "__main__":

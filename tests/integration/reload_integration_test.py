@@ -52,18 +52,15 @@ def reloads(wd):
 def test():
     seed = h.seed_from_env()
     rng = random.Random(seed)
-    wd = h.Workdir("tailbox-reload-")
-    passed = False
-    tb = None
-    w = None
-    try:
+    with h.case("reload", seed, prefix="tailbox-reload-") as c:
+        wd = c.wd
         logs = wd.logs
         g_log, g_txt, g_a = (os.path.join(logs, "*.log"), os.path.join(logs, "*.txt"),
                              os.path.join(logs, "a.log"))
         configure(wd, [("app", [g_log])])
         w = h.Writer(wd, rng, files=("a.log", "b.log", "c.txt"))
         w.spread(600, 6)
-        tb = h.Tailbox(wd)
+        tb = c.tailbox()
         tb.start()
         pid = tb.pid
         read = [w.paths[0], w.paths[1]]
@@ -119,7 +116,7 @@ def test():
         h.stop_clean(tb)
 
         # --watch-config: a change of the file is enough.
-        tb = h.Tailbox(wd, run_args=["--watch-config"])
+        tb = c.tailbox(run_args=["--watch-config"])
         tb.start()
         h.wait_until(lambda: open(wd.tailbox_log).read().count(" starting: ") == 2, 30,
                      "tailbox started with --watch-config", tailbox=tb)
@@ -135,13 +132,6 @@ def test():
         summary = h.check_exact(h.expected_from_files(read), h.read_inbox(wd.inbox),
                                 host_id=HOST, label="inbox after the reloads")
         h.log(summary)
-        passed = True
-    finally:
-        if tb is not None:
-            tb.close()
-        if not passed:
-            h.report_failure_context(wd, seed)
-        wd.cleanup(passed)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """tools/replay: moves dead outbox rows back to pending, or purges them.
 
-Part 1 (no relay): outboxes built with the real schema (schema/001_initial.sql,
-user_version 1, WAL) holding pending and dead rows of several files, sources,
+Part 1 (no relay): outboxes built with the real schema (every schema/*.sql in
+order, as tailbox applies them; WAL) holding pending and dead rows of several files, sources,
 errors and ingest times. Each filter (--error, --source, --since, --until and
 combinations) must move exactly the matching dead rows to pending with
 attempts = 0 and last_error = NULL, and leave every other row (pending rows
@@ -30,28 +30,23 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
 
 REPO = os.path.abspath(os.environ.get("TAILBOX_REPO") or
                        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 REPLAY = os.path.join(REPO, "tools", "replay")
-SCHEMA = os.path.join(REPO, "schema", "001_initial.sql")
-TAILBOX = os.path.abspath(os.environ.get("TAILBOX_BIN") or os.path.join(REPO, "build", "tailbox"))
 
 CHECKS = 0
 
 
-class Failure(Exception):
-    pass
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+Failure = h.TestFailure
+log = h.log
 
 
 def check(cond, msg):
@@ -95,7 +90,9 @@ ERRORS = [
 
 
 def make_rows():
-    rows = []   # id, file, inode, offset, length, ingest_time, payload, attempts, last_error, state
+    # A row is (file, inode, offset, length, ingest_time, payload, attempts, last_error,
+    # state); (file, inode, offset) identifies it (the outbox's unique key).
+    rows = []
     for i in range(36):
         fid = FILES[i % 4][0]
         err = ERRORS[i % 6]
@@ -103,34 +100,36 @@ def make_rows():
         attempts = 0 if (state == "pending" and err is None) else 1 + i % 7
         ingest = (T0 + i * 60) * 1000 + 250   # minutes apart, off the whole second
         payload = f"line {i} from {fid}".encode()
-        rows.append((i + 1, fid, 1000 + fid, i * 100, len(payload) + 1, ingest, payload,
+        rows.append((fid, 1000 + fid, i * 100, len(payload) + 1, ingest, payload,
                      attempts, err, state))
     # Two recent rows (for "1 hour ago"), one dead, one pending.
     for k, state in enumerate(("dead", "pending")):
         ingest = (NOW - 600) * 1000
         payload = f"recent {k}".encode()
-        rows.append((100 + k, 1, 1001, 10_000 + k * 100, len(payload) + 1, ingest, payload,
+        rows.append((1, 1001, 10_000 + k * 100, len(payload) + 1, ingest, payload,
                      3, "connection refused", state))
-    return rows
+    return sorted(rows)   # in the order snapshot() reads them
 
 
 ROWS = make_rows()
 
 
-def build_outbox(path, user_version=1, rows=ROWS):
+OUTBOX_COLUMNS = ("file, inode, offset, length, ingest_time, payload, attempts, last_error,"
+                  " state")
+
+
+def build_outbox(path, user_version=None, rows=ROWS):
+    """An outbox with the schema of schema/*.sql (user_version: as applied, unless given)."""
     db = sqlite3.connect(path)
     try:
-        with open(SCHEMA) as f:
-            db.executescript(f.read())
+        h.create_outbox_schema(db, user_version)
         db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA user_version = {int(user_version)}")
         for fid, source, p in FILES:
             db.execute("INSERT INTO files (id, source, path, dev, inode, fingerprint, fingerprint_len,"
                        " uid, read_offset, first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                        (fid, source, p, 64769, 1000 + fid, "cbf29ce484222325", 64,
                         f"uid-{fid}", 4096, T0 * 1000, T0 * 1000))
-        db.executemany("INSERT INTO outbox (id, file, inode, offset, length, ingest_time, payload,"
-                       " attempts, last_error, state) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        db.executemany(f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
         db.commit()
     finally:
         db.close()
@@ -139,8 +138,8 @@ def build_outbox(path, user_version=1, rows=ROWS):
 def snapshot(path):
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        out = db.execute("SELECT id, file, inode, offset, length, ingest_time, payload, attempts,"
-                         " last_error, state FROM outbox ORDER BY id").fetchall()
+        out = db.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY file, inode, offset"
+                         ).fetchall()
         files = db.execute("SELECT * FROM files ORDER BY id").fetchall()
         return out, files
     finally:
@@ -155,22 +154,23 @@ def expect_replay(rows, pred):
     """rows after replaying the dead rows that satisfy pred."""
     out = []
     for r in rows:
-        if r[9] == "dead" and pred(r):
-            r = r[:7] + (0, None, "pending")
+        if r[8] == "dead" and pred(r):
+            r = r[:6] + (0, None, "pending")
         out.append(r)
     return out
 
 
 def expect_purge(rows, pred):
-    return [r for r in rows if not (r[9] == "dead" and pred(r))]
+    return [r for r in rows if not (r[8] == "dead" and pred(r))]
 
 
 def diff(got, want):
-    g, w = dict((r[0], r) for r in got), dict((r[0], r) for r in want)
+    g, w = dict((r[:3], r) for r in got), dict((r[:3], r) for r in want)
     lines = []
     for i in sorted(set(g) | set(w)):
         if g.get(i) != w.get(i):
-            lines.append(f"  id {i}: got {g.get(i)}\n         want {w.get(i)}")
+            lines.append(f"  (file, inode, offset) {i}: got {g.get(i)}\n"
+                         f"         want {w.get(i)}")
     return "\n".join(lines[:10]) + (f"\n  ... {len(lines) - 10} more" if len(lines) > 10 else "")
 
 
@@ -196,7 +196,7 @@ def part1(tmp):
         return p
 
     def err_has(s):
-        return lambda r: r[8] is not None and s in r[8]
+        return lambda r: r[7] is not None and s in r[7]
 
     since_s, until_s = T0 + 10 * 60, T0 + 25 * 60
     cases = [
@@ -208,18 +208,18 @@ def part1(tmp):
         ("--error=VALUE form", ["--error=HTTP 413"], err_has("HTTP 413")),
         ("--error injection attempt", ["--error", "x'); DELETE FROM outbox; --"], lambda r: False),
         ("--error case-sensitive", ["--error", "CONNECTION"], lambda r: False),
-        ("--source web", ["--source", "web"], lambda r: source_of(r[1]) == "web"),
-        ("--source with a quote", ["--source", "db's"], lambda r: source_of(r[1]) == "db's"),
+        ("--source web", ["--source", "web"], lambda r: source_of(r[0]) == "web"),
+        ("--source with a quote", ["--source", "db's"], lambda r: source_of(r[0]) == "db's"),
         ("--source unknown", ["--source", "nope"], lambda r: False),
-        ("--since unix seconds", ["--since", str(since_s)], lambda r: r[5] >= since_s * 1000),
-        ("--until date string", ["--until", local_time(until_s)], lambda r: r[5] < until_s * 1000),
+        ("--since unix seconds", ["--since", str(since_s)], lambda r: r[4] >= since_s * 1000),
+        ("--until date string", ["--until", local_time(until_s)], lambda r: r[4] < until_s * 1000),
         ("--since/--until window", ["--since", local_time(since_s), "--until", str(until_s)],
-         lambda r: since_s * 1000 <= r[5] < until_s * 1000),
-        ("--since relative", ["--since", "1 hour ago"], lambda r: r[5] >= (NOW - 3600) * 1000),
+         lambda r: since_s * 1000 <= r[4] < until_s * 1000),
+        ("--since relative", ["--since", "1 hour ago"], lambda r: r[4] >= (NOW - 3600) * 1000),
         ("all filters", ["--source", "web", "--error", "refused", "--since", str(T0),
                          "--until", str(T0 + 30 * 60)],
-         lambda r: source_of(r[1]) == "web" and r[8] is not None and "refused" in r[8]
-         and T0 * 1000 <= r[5] < (T0 + 30 * 60) * 1000),
+         lambda r: source_of(r[0]) == "web" and r[7] is not None and "refused" in r[7]
+         and T0 * 1000 <= r[4] < (T0 + 30 * 60) * 1000),
     ]
     for name, args, pred in cases:
         db = fresh()
@@ -240,22 +240,22 @@ def part1(tmp):
         check(snapshot(db)[0] == want, f"{name}: a second replay changed rows")
 
     # Some filters must actually select something, or the cases prove little.
-    dead = [r for r in base_rows if r[9] == "dead"]
+    dead = [r for r in base_rows if r[8] == "dead"]
     for s in ("connection refused", "50%", "d_u", "can't parse"):
-        k = sum(1 for r in dead if r[8] and s in r[8])
+        k = sum(1 for r in dead if r[7] and s in r[7])
         check(0 < k < len(dead), f"test bug: --error {s!r} selects {k} of {len(dead)} dead rows")
-    check(any(r[9] == "pending" and r[8] == "connection refused" for r in base_rows),
+    check(any(r[8] == "pending" and r[7] == "connection refused" for r in base_rows),
           "test bug: no pending row shares an error with dead rows")
 
     # --dry-run: counts and groups by error, changes nothing.
     db = fresh()
     r = replay("--db", db, "--dry-run", "--source", "web")
     check(r.returncode == 0, f"dry run failed\n{show(r)}")
-    web_dead = [x for x in dead if source_of(x[1]) == "web"]
+    web_dead = [x for x in dead if source_of(x[0]) == "web"]
     check(re.search(rf"\b{len(web_dead)} dead rows\b.*\bmatch", r.stdout) is not None,
           f"dry run: expected the count {len(web_dead)}\n{show(r)}")
-    for e in set(x[8] for x in web_dead):
-        k = sum(1 for x in web_dead if x[8] == e)
+    for e in set(x[7] for x in web_dead):
+        k = sum(1 for x in web_dead if x[7] == e)
         label = re.escape(e if e is not None else "(no error recorded)")
         check(re.search(rf"^\s*{k}\s+{label}\s*$", r.stdout, re.M) is not None,
               f"dry run: expected a preview line '{k}  {e}'\n{show(r)}")
@@ -270,7 +270,7 @@ def part1(tmp):
     for name, args, pred in [
         ("--error", ["--error", "HTTP 413"], err_has("HTTP 413")),
         ("--source + --until", ["--source", "app", "--until", str(until_s)],
-         lambda r: source_of(r[1]) == "app" and r[5] < until_s * 1000),
+         lambda r: source_of(r[0]) == "app" and r[4] < until_s * 1000),
         ("quote in --error", ["--error", "can't"], err_has("can't")),
         ("no filter", [], lambda r: True),
     ]:
@@ -368,19 +368,6 @@ def part1(tmp):
 # Part 2: end to end with the running relay
 # ---------------------------------------------------------------------------
 
-def wait_until(cond, timeout, what, proc=None, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if proc is not None and proc.poll() is not None:
-            raise Failure(f"tailbox exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() >= deadline:
-            raise Failure(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 def delivered_messages(path):
     out = []
     try:
@@ -407,15 +394,22 @@ def cli_sql(db, sql):
     return r.stdout
 
 
-def part2(tmp):
-    if not (os.path.isfile(TAILBOX) and os.access(TAILBOX, os.X_OK)):
-        raise Failure(f"tailbox binary not found: {TAILBOX} (build it or set TAILBOX_BIN)")
-    logs = os.path.join(tmp, "logs")
-    os.mkdir(logs)
-    outbox = os.path.join(tmp, "outbox.db")
-    out = os.path.join(tmp, "out.ndjson")
-    cfg = os.path.join(tmp, "tailbox.toml")
-    relay_log = os.path.join(tmp, "tailbox.log")
+def insert_outbox_sql(outbox, rows):
+    """INSERT INTO outbox for rows [(row id, "values of OUTBOX_COLUMNS")]. The row id is
+    written only while the schema has an id column (the order in which the relay's lease
+    cursor and its rescan meet rows); otherwise (file, inode, offset) orders the rows."""
+    conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    try:
+        with_id = "id" in [r[1] for r in conn.execute("PRAGMA table_info(outbox)")]
+    finally:
+        conn.close()
+    return (f"INSERT INTO outbox ({'id, ' if with_id else ''}{OUTBOX_COLUMNS}) VALUES "
+            + ", ".join(f"({row_id}, {v})" if with_id else f"({v})" for row_id, v in rows) + ";")
+
+
+def part2(c):
+    wd = c.wd
+    logs, outbox, out, cfg = wd.logs, wd.outbox, wd.ndjson, wd.config
     with open(cfg, "w") as f:
         f.write(f"""host_id = "replay-e2e"
 
@@ -439,125 +433,88 @@ type = "file"
 path = {json.dumps(out)}
 format = "ndjson"
 """)
-    proc = None
-    logf = open(relay_log, "ab")
-    try:
-        proc = subprocess.Popen([TAILBOX, "run", "-c", cfg], stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        # 0. The relay works: one real line arrives.
-        with open(os.path.join(logs, "a.log"), "ab") as f:
-            f.write(b"first real line\n")
-        wait_until(lambda: "first real line" in delivered_messages(out), 30,
-                   "the first real line in the output", proc)
-        log("ok  relay running; a real line was delivered")
+    tb = c.tailbox()
+    tb.start()
+    # 0. The relay works: one real line arrives.
+    with open(os.path.join(logs, "a.log"), "ab") as f:
+        f.write(b"first real line\n")
+    h.wait_until(lambda: "first real line" in delivered_messages(out), 30,
+                 "the first real line in the output", tailbox=tb)
+    log("ok  relay running; a real line was delivered")
 
-        # 1. Dead rows inserted beside the running relay (a file of their own).
-        fid = 900001
-        cli_sql(outbox, f"""
-            INSERT INTO files (id, source, path, dev, inode, fingerprint, fingerprint_len, uid,
-                               read_offset, first_seen, last_seen, state)
-              VALUES ({fid}, 'app', '/nonexistent/replay-test.log', 1, 424242,
-                      'cbf29ce484222325', 0, 'replay-test-uid', 0, {NOW * 1000}, {NOW * 1000},
-                      'released');
-            INSERT INTO outbox (file, inode, offset, length, ingest_time, payload, attempts,
-                                last_error, state) VALUES
-              ({fid}, 424242, 0, 20, {NOW * 1000}, CAST('replayed line one' AS BLOB),
-               5, 'HTTP 503: it''s down', 'dead'),
-              ({fid}, 424242, 20, 20, {NOW * 1000}, CAST('replayed line two' AS BLOB),
-               5, 'HTTP 503: it''s down', 'dead');""")
-        wanted = {"replayed line one", "replayed line two"}
-        time.sleep(6.5)   # longer than the relay's rescan period: dead rows stay put
-        check(proc.poll() is None, "tailbox exited")
-        check(not wanted & set(delivered_messages(out)), "the relay delivered dead rows")
-        r = replay("--db", outbox, "--error", "it's down", "--dry-run")
-        check(r.returncode == 0 and "2 dead rows" in r.stdout, f"e2e dry run\n{show(r)}")
+    # 1. Dead rows inserted beside the running relay (a file of their own).
+    fid = 900001
+    cli_sql(outbox, f"""
+        INSERT INTO files (id, source, path, dev, inode, fingerprint, fingerprint_len, uid,
+                           read_offset, first_seen, last_seen, state)
+          VALUES ({fid}, 'app', '/nonexistent/replay-test.log', 1, 424242,
+                  'cbf29ce484222325', 0, 'replay-test-uid', 0, {NOW * 1000}, {NOW * 1000},
+                  'released');
+        """ + insert_outbox_sql(outbox, [
+        (1000001, f"{fid}, 424242, 0, 20, {NOW * 1000}, CAST('replayed line one' AS BLOB), "
+                  "5, 'HTTP 503: it''s down', 'dead'"),
+        (1000002, f"{fid}, 424242, 20, 20, {NOW * 1000}, CAST('replayed line two' AS BLOB), "
+                  "5, 'HTTP 503: it''s down', 'dead'")]))
+    wanted = {"replayed line one", "replayed line two"}
+    time.sleep(6.5)   # longer than the relay's rescan period: dead rows stay put
+    tb.assert_alive("dead rows were in the outbox")
+    check(not wanted & set(delivered_messages(out)), "the relay delivered dead rows")
+    r = replay("--db", outbox, "--error", "it's down", "--dry-run")
+    check(r.returncode == 0 and "2 dead rows" in r.stdout, f"e2e dry run\n{show(r)}")
 
-        t = time.monotonic()
-        r = replay("--db", outbox, "--yes")
-        check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
-              f"e2e replay while tailbox runs\n{show(r)}")
-        wait_until(lambda: wanted <= set(delivered_messages(out)), 30,
-                   "the 2 replayed rows (after the lease cursor) in the output", proc)
-        log(f"ok  relay delivered 2 replayed rows (after its cursor) "
-            f"{time.monotonic() - t:.1f}s after the replay")
+    t = time.monotonic()
+    r = replay("--db", outbox, "--yes")
+    check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
+          f"e2e replay while tailbox runs\n{show(r)}")
+    h.wait_until(lambda: wanted <= set(delivered_messages(out)), 30,
+                 "the 2 replayed rows (after the lease cursor) in the output", tailbox=tb)
+    log(f"ok  relay delivered 2 replayed rows (after its cursor) "
+        f"{time.monotonic() - t:.1f}s after the replay")
 
-        # 2. Dead rows *behind* the relay's lease cursor (which is now past offset 20
-        #    of that file): only the periodic rescan from the start finds them.
-        cli_sql(outbox, f"""
-            INSERT INTO outbox (file, inode, offset, length, ingest_time, payload, attempts,
-                                last_error, state) VALUES
-              ({fid}, 424242, 5, 20, {NOW * 1000}, CAST('behind cursor one' AS BLOB),
-               2, 'timeout', 'dead'),
-              ({fid}, 424242, 10, 20, {NOW * 1000}, CAST('behind cursor two' AS BLOB),
-               2, 'timeout', 'dead');""")
-        wanted2 = {"behind cursor one", "behind cursor two"}
-        t = time.monotonic()
-        r = replay("--db", outbox, "--error", "timeout", "--source", "app", "--since", "1 hour ago")
-        check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
-              f"e2e replay (behind the cursor)\n{show(r)}")
-        wait_until(lambda: wanted2 <= set(delivered_messages(out)), 30,
-                   "the 2 replayed rows (behind the lease cursor) in the output", proc)
-        log(f"ok  relay delivered 2 replayed rows (behind its cursor) "
-            f"{time.monotonic() - t:.1f}s after the replay")
+    # 2. Dead rows *behind* the relay's lease cursor (now past offset 20 of that
+    #    file): only the periodic rescan from the start of the outbox finds them.
+    cli_sql(outbox, insert_outbox_sql(outbox, [
+        (500001, f"{fid}, 424242, 5, 20, {NOW * 1000}, CAST('behind cursor one' AS BLOB), "
+                 "2, 'timeout', 'dead'"),
+        (500002, f"{fid}, 424242, 10, 20, {NOW * 1000}, CAST('behind cursor two' AS BLOB), "
+                 "2, 'timeout', 'dead'")]))
+    wanted2 = {"behind cursor one", "behind cursor two"}
+    t = time.monotonic()
+    r = replay("--db", outbox, "--error", "timeout", "--source", "app", "--since", "1 hour ago")
+    check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
+          f"e2e replay (behind the cursor)\n{show(r)}")
+    h.wait_until(lambda: wanted2 <= set(delivered_messages(out)), 30,
+                 "the 2 replayed rows (behind the lease cursor) in the output", tailbox=tb)
+    log(f"ok  relay delivered 2 replayed rows (behind its cursor) "
+        f"{time.monotonic() - t:.1f}s after the replay")
 
-        # Delivered exactly once, and acked (deleted from the outbox).
-        msgs = delivered_messages(out)
-        for m in wanted | wanted2 | {"first real line"}:
-            check(msgs.count(m) == 1, f"{m!r} delivered {msgs.count(m)} times")
-        wait_until(lambda: cli_sql(outbox, "SELECT count(*) FROM outbox;").strip() == "0", 15,
-                   "the outbox to be empty after delivery", proc)
-        check(cli_sql(outbox, f"SELECT count(*) FROM files WHERE id = {fid};").strip() == "1",
-              "the files row vanished")
-        log("ok  each line delivered exactly once; outbox empty")
+    # Delivered exactly once, and acked (deleted from the outbox).
+    msgs = delivered_messages(out)
+    for m in wanted | wanted2 | {"first real line"}:
+        check(msgs.count(m) == 1, f"{m!r} delivered {msgs.count(m)} times")
+    h.wait_until(lambda: cli_sql(outbox, "SELECT count(*) FROM outbox;").strip() == "0", 15,
+                 "the outbox to be empty after delivery", tailbox=tb)
+    check(cli_sql(outbox, f"SELECT count(*) FROM files WHERE id = {fid};").strip() == "1",
+          "the files row vanished")
+    log("ok  each line delivered exactly once; outbox empty")
 
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise Failure("tailbox did not stop within 30 s of SIGTERM")
-        check(rc == 0, f"tailbox exited {rc} after SIGTERM")
-        log("ok  tailbox stopped cleanly")
-    except Failure:
-        try:
-            with open(relay_log, "rb") as f:
-                tail = f.read()[-4000:].decode(errors="replace")
-            print(f"--- end of tailbox log ({relay_log})\n{tail}", flush=True)
-        except OSError:
-            pass
-        raise
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        logf.close()
+    rc = tb.stop(timeout=30)
+    check(rc == 0, f"tailbox exited {rc} after SIGTERM")
+    log("ok  tailbox stopped cleanly")
 
 
-def main():
-    for p, what in ((REPLAY, "tools/replay"), (SCHEMA, "the schema")):
-        if not os.path.exists(p):
-            print(f"FAIL: {what} not found at {p}", flush=True)
-            return 1
+def test():
+    if not os.path.exists(REPLAY):
+        h.fail(f"tools/replay not found at {REPLAY}")
     if not os.access(REPLAY, os.X_OK):
-        print(f"FAIL: {REPLAY} is not executable", flush=True)
-        return 1
-    tmp = os.path.realpath(tempfile.mkdtemp(prefix="tailbox-replay-", dir="/tmp"))
-    ok = False
-    try:
-        log(f"repo {REPO}; work dir {tmp}")
-        os.mkdir(os.path.join(tmp, "p1"))
-        os.mkdir(os.path.join(tmp, "p2"))
-        part1(os.path.join(tmp, "p1"))
-        part2(os.path.join(tmp, "p2"))
-        ok = True
-        log(f"PASS ({CHECKS} checks)")
-        return 0
-    except (Failure, subprocess.TimeoutExpired) as e:
-        print(f"FAIL: {e}\n(work dir kept: {tmp})", flush=True)
-        return 1
-    finally:
-        if ok and os.environ.get("TAILBOX_KEEP") != "1":
-            shutil.rmtree(tmp, ignore_errors=True)
+        h.fail(f"{REPLAY} is not executable")
+    log(f"repo {REPO}")
+    with h.case("replay_tool", None, prefix="tailbox-replay-") as c:
+        part1(c.wd.root)
+    with h.case("replay_e2e", None, prefix="tailbox-replay-e2e-") as c:
+        part2(c)
+    log(f"{CHECKS} checks passed")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    h.main(test, "replay_integration_test")

@@ -54,10 +54,8 @@ def write_lines(paths, tag, n):
 
 
 def run_case(name, files, unreachable, reachable, preexec=None, logs_dir=None):
-    wd = h.Workdir(f"tailbox-races-{name}-")
-    passed = False
-    tb = None
-    try:
+    with h.case(name, None, prefix=f"tailbox-races-{name}-") as c:
+        wd = c.wd
         if logs_dir:
             wd.logs = logs_dir(wd)
         h.write_config(wd, sink="sqlite", host_id=HOST,
@@ -68,7 +66,7 @@ def run_case(name, files, unreachable, reachable, preexec=None, logs_dir=None):
         write_lines(paths, b"before", 50)
         if preexec is as_nobody:
             chown_tree(wd.root, NOBODY)
-        tb = h.Tailbox(wd, preexec_fn=preexec)
+        tb = c.tailbox(preexec_fn=preexec)
         tb.start()
         h.wait_until(lambda: h.caught_up(wd, paths), 60, "everything read and delivered",
                      tailbox=tb)
@@ -93,13 +91,6 @@ def run_case(name, files, unreachable, reachable, preexec=None, logs_dir=None):
         summary = h.check_exact(expected, h.read_inbox(wd.inbox),
                                 host_id=HOST, label=f"inbox ({name})")
         h.log(summary)
-        passed = True
-    finally:
-        if tb is not None:
-            tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def case_eacces():
@@ -184,16 +175,14 @@ def case_emfile_followed():
     followed files must arrive although every scan fails to open the others
     (and even to list their directory); the log must not grow per scan.
     """
-    wd = h.Workdir("tailbox-races-emfile-followed-")
-    passed = False
-    tb = None
-    try:
+    with h.case("emfile_followed", None, prefix="tailbox-races-emfile-followed-") as c:
+        wd = c.wd
         h.write_config(wd, sink="sqlite", host_id=HOST,
                        tail={"poll_interval": "200ms", "read_interval": "50ms",
                              "recheck_interval": "1s"})
         paths = [os.path.join(wd.logs, f"f{i:03d}.log") for i in range(200)]
         write_lines(paths, b"first", 1)
-        tb = h.Tailbox(wd, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+        tb = c.tailbox(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
         tb.start()
         h.wait_until(lambda: h.inbox_count(wd.inbox) >= 30, 30, "the files that fit followed",
                      tailbox=tb)
@@ -217,13 +206,6 @@ def case_emfile_followed():
         summary = h.check_exact(h.expected_from_files(followed), h.read_inbox(wd.inbox),
                                 host_id=HOST, label="inbox (emfile, followed files)")
         h.log(summary)
-        passed = True
-    finally:
-        if tb is not None:
-            tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 def test():

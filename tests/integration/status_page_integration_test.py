@@ -22,7 +22,6 @@ import html.parser
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,15 +31,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
-from ops_integration_test import InboxLock  # noqa: E402
 
 HOSTILE = "<img src=x onerror=alert(1)>.log"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url, method="GET", timeout=5):
@@ -181,14 +173,12 @@ def write(path, lines):
 
 
 def test():
-    wd = h.Workdir("tailbox-statuspage-")
-    tb = h.Tailbox(wd)
-    passed = False
-    lock = None
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    plain, hostile, other = wd.log_path("a.log"), wd.log_path(HOSTILE), wd.log_path("b.log")
-    try:
+    with h.case("status_page", None, prefix="tailbox-statuspage-") as c:
+        wd = c.wd
+        tb = c.tailbox()
+        port = h.free_port()
+        base = f"http://127.0.0.1:{port}"
+        plain, hostile, other = wd.log_path("a.log"), wd.log_path(HOSTILE), wd.log_path("b.log")
         # Run 1: rows that fail once are dead.
         delivery = {"backoff_min": "50ms", "backoff_max": "200ms"}
         h.write_config(wd, delivery=dict(delivery, max_attempts=1),
@@ -197,12 +187,11 @@ def test():
         write(hostile, [b"hostile %d\n" % i for i in range(100)])
         tb.start()
         h.wait_until(lambda: h.inbox_count(wd.inbox) == 300, 60, "300 lines delivered", tailbox=tb)
-        lock = InboxLock(wd.inbox)
+        lock = c.add(h.InboxLock(wd.inbox))
         write(plain, [b"doomed %d\n" % i for i in range(40)])
         h.wait_until(lambda: len(h.dead_rows(wd)) == 40, 60, "40 dead rows (inbox locked)", tailbox=tb)
         h.stop_clean(tb)
         lock.release()
-        lock = None
 
         # Run 2: lines delivered, then lines pending while the sink retries.
         h.write_config(wd, delivery=delivery, metrics={"listen": f"127.0.0.1:{port}"})
@@ -211,7 +200,7 @@ def test():
                      30, "the sink to be connected (status.json)", tailbox=tb)
         write(other, [b"more %d\n" % i for i in range(100)])
         h.wait_until(lambda: h.inbox_count(wd.inbox) == 400, 60, "400 lines delivered", tailbox=tb)
-        lock = InboxLock(wd.inbox)
+        lock = c.add(h.InboxLock(wd.inbox))
         write(hostile, [b"waiting %d\n" % i for i in range(25)])
         h.wait_until(lambda: h.pending_rows(wd) == 25 and h.caught_up_reading(wd, [plain, hostile, other]),
                      30, "25 pending rows, every file read", tailbox=tb)
@@ -316,18 +305,9 @@ def test():
         h.log("status.json matches tailbox status --json; POST/PUT/DELETE/PATCH get 405; no external asset")
 
         lock.release()
-        lock = None
         h.wait_until(lambda: h.inbox_count(wd.inbox) == 425, 60, "the 25 pending lines after release",
                      tailbox=tb)
         h.stop_clean(tb)
-        passed = True
-    finally:
-        if lock is not None:
-            lock.release()
-        tb.close()
-        if not passed:
-            h.report_failure_context(wd)
-        wd.cleanup(passed)
 
 
 if __name__ == "__main__":

@@ -490,17 +490,16 @@ class Model:
 
 
 def run_seed(seed):
-    rng = random.Random(seed)
-    inotify = seed % 2 == 0
-    wd = h.Workdir("tailbox-model-")
-    tb = h.Tailbox(wd)
-    passed = False
-    h.log(f"--- seed {seed} ({'inotify' if inotify else 'polling'}"
-          f"{', close_inactive ' + CLOSE_INACTIVE if CLOSE_INACTIVE else ''}), dir {wd.root}")
-    tail = {"rotate_wait": "1s", "inotify": inotify}
-    if CLOSE_INACTIVE:
-        tail["close_inactive"] = CLOSE_INACTIVE
-    try:
+    with h.case("tail_model", seed, prefix="tailbox-model-") as c:
+        rng = random.Random(seed)
+        inotify = seed % 2 == 0
+        wd = c.wd
+        tb = c.tailbox()
+        h.log(f"--- seed {seed} ({'inotify' if inotify else 'polling'}"
+              f"{', close_inactive ' + CLOSE_INACTIVE if CLOSE_INACTIVE else ''}), dir {wd.root}")
+        tail = {"rotate_wait": "1s", "inotify": inotify}
+        if CLOSE_INACTIVE:
+            tail["close_inactive"] = CLOSE_INACTIVE
         h.write_config(wd, host_id=HOST,
                        source={"paths": [wd.log_path("app.log*")], "exclude": ["*.copy"]},
                        tail=tail,
@@ -548,13 +547,6 @@ def run_seed(seed):
             h.fail(f"seed {seed}: the inbox does not match the model:\n  - "
                    + "\n  - ".join(problems[:20]))
         h.log(f"seed {seed}: {summary}")
-        passed = True
-    except h.TestFailure:
-        h.report_failure_context(wd, seed)
-        raise
-    finally:
-        tb.close()
-        wd.cleanup(passed)
 
 
 def test():

@@ -71,14 +71,14 @@ TEST_SUITE("sinks.file") {
     {
       auto s = settings(path, "ndjson");
       sinks::FileSink sink(s);
-      sink.open(std::nullopt);
+      sink.open({});
       CHECK(deliver_keys(sink, {"edge1/aa/0", "edge1/aa/10", "edge1/bb/0"}).outcome ==
             sinks::Delivery::Outcome::delivered);
     }
     // A new outbox (no sink state) delivers the same keys again, mixed with new ones.
     auto s = settings(path, "ndjson");
     sinks::FileSink sink(s);
-    CHECK(sink.open(std::nullopt));
+    CHECK(sink.open({}));
     auto d = deliver_keys(sink, {"edge1/aa/10", "edge1/cc/0", "edge1/bb/0", "edge1/aa/5", "edge2/aa/0"});
     CHECK(d.outcome == sinks::Delivery::Outcome::delivered);
     CHECK(sink.skipped() == 2);
@@ -98,14 +98,14 @@ TEST_SUITE("sinks.file") {
     {
       auto s = settings(path, "ndjson");
       sinks::FileSink sink(s);
-      sink.open(std::nullopt);
+      sink.open({});
       (void)deliver_keys(sink, {"edge1/aa/0", "edge1/aa/10", "edge1/aa/20"});
     }
     std::optional<std::string> state;
     {
       auto s = settings(path, "ndjson");
       sinks::FileSink sink(s);
-      state = sink.open(std::nullopt);                    // a new outbox: no state
+      state = sink.open({});                    // a new outbox: no state
       state = deliver_keys(sink, {"edge1/aa/0", "edge1/bb/0"}).state;   // acked
     }
     // The relay restarts with that state; the new outbox still holds aa/10, aa/20.
@@ -126,7 +126,7 @@ TEST_SUITE("sinks.file") {
     std::optional<std::string> state;
     {
       sinks::FileSink sink(s);
-      sink.open(std::nullopt);
+      sink.open({});
       state = deliver_keys(sink, {"edge1/aa/0"}).state;
     }
     auto s2 = settings(path, "ndjson");
@@ -140,7 +140,7 @@ TEST_SUITE("sinks.file") {
     testing::TempDir dir;
     auto s = settings(dir / "out.log");
     sinks::FileSink sink(s);
-    sink.open(std::nullopt);
+    sink.open({});
     std::vector<std::string> lines{"a", "bb"};
     auto d = deliver(sink, lines);
     CHECK(d.outcome == sinks::Delivery::Outcome::delivered);
@@ -157,7 +157,7 @@ TEST_SUITE("sinks.file") {
     {
       auto s = settings(path);
       sinks::FileSink sink(s);
-      sink.open(std::nullopt);
+      sink.open({});
       std::vector<std::string> first{"one"};
       committed = deliver(sink, first).state;      // acked
       std::vector<std::string> second{"two"};
@@ -182,7 +182,7 @@ TEST_SUITE("sinks.file") {
     {
       auto s = settings(path);
       sinks::FileSink sink(s);
-      initial = sink.open(std::nullopt);
+      initial = sink.open({});
       REQUIRE(initial);
       CHECK(initial->ends_with(":4"));
       std::vector<std::string> lines{"new"};
@@ -200,7 +200,7 @@ TEST_SUITE("sinks.file") {
     std::ofstream(path) << "someone else's\n";
     auto s = settings(path);
     sinks::FileSink sink(s);
-    auto fresh = sink.open(std::string("1:2:3"));   // state of another inode
+    auto fresh = sink.open({std::string("1:2:3")});   // state of another inode
     CHECK(fresh);
     std::vector<std::string> lines{"x"};
     deliver(sink, lines);

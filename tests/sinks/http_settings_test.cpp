@@ -11,13 +11,16 @@
 #include <boost/json.hpp>
 #include <vector>
 
+#include "support/sink_settings.hpp"
+
 using namespace tailbox;
 using sinks::Delivery;
 namespace http = sinks::http;
 
 namespace {
 
-using Values = std::map<std::string, config::SettingValue>;
+using Values = testing::SettingValues;
+using testing::has;
 
 Values base() {
   Values v;
@@ -25,20 +28,8 @@ Values base() {
   return v;
 }
 
-// Builds the sink the way the registry does: constructor, then finish().
-std::string build(const Values& v) {
-  boost::asio::io_context ioc;
-  config::Settings s("sink", v, 1);
-  try {
-    sinks::HttpSink sink(s, ioc.get_executor());
-    s.finish();
-    return "ok:" + sink.name();
-  } catch (const config::ConfigError& e) {
-    return e.what();
-  }
-}
+std::string build(const Values& v) { return testing::build_sink<sinks::HttpSink>(v, ""); }
 
-bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 Record record(std::string_view key, std::string_view line) {
   Record r;
@@ -248,17 +239,17 @@ TEST_SUITE("sinks.http") {
     config::Settings s("sink", v, 1);
     sinks::HttpSink sink(s, ioc.get_executor());
     unsetenv("TAILBOX_TEST_AUTH_HEADER");
-    CHECK_THROWS_WITH_AS(sink.open(std::nullopt), doctest::Contains("is not set"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(sink.open({}), doctest::Contains("is not set"), std::runtime_error);
     setenv("TAILBOX_TEST_AUTH_HEADER", "Bearer s3cret", 1);
     try {
-      sink.open(std::nullopt);
+      sink.open({});
       FAIL("a header line without a name was accepted");
     } catch (const std::runtime_error& e) {
       CHECK(has(e.what(), "must hold one header line"));
       CHECK_FALSE(has(e.what(), "s3cret"));
     }
     setenv("TAILBOX_TEST_AUTH_HEADER", "Authorization: Bearer s3cret\n", 1);
-    CHECK_NOTHROW(sink.open(std::nullopt));
+    CHECK_NOTHROW(sink.open({}));
     unsetenv("TAILBOX_TEST_AUTH_HEADER");
   }
 
@@ -269,7 +260,7 @@ TEST_SUITE("sinks.http") {
     v["tls_ca_file"] = {std::string("/nonexistent/ca.pem"), 3};
     config::Settings s("sink", v, 1);
     sinks::HttpSink sink(s, ioc.get_executor());
-    CHECK_THROWS_WITH_AS(sink.open(std::nullopt),
+    CHECK_THROWS_WITH_AS(sink.open({}),
                          doctest::Contains("cannot load tls_ca_file /nonexistent/ca.pem: no such file"),
                          std::runtime_error);
   }

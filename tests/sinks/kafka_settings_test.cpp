@@ -8,11 +8,14 @@
 #include <boost/asio/io_context.hpp>
 #include <set>
 
+#include "support/sink_settings.hpp"
+
 using namespace tailbox;
 
 namespace {
 
-using Values = std::map<std::string, config::SettingValue>;
+using Values = testing::SettingValues;
+using testing::has;
 
 Values base() {
   Values v;
@@ -21,20 +24,8 @@ Values base() {
   return v;
 }
 
-// Builds the sink the way the registry does: constructor, then finish().
-std::string build(const Values& v) {
-  boost::asio::io_context ioc;
-  config::Settings s("sink", v, 1);
-  try {
-    sinks::KafkaSink sink(s, "edge1", ioc.get_executor());
-    s.finish();
-    return "ok:" + sink.name() + ":" + sink.guarantee();
-  } catch (const config::ConfigError& e) {
-    return e.what();
-  }
-}
+std::string build(const Values& v) { return testing::build_sink<sinks::KafkaSink>(v, ":", "edge1"); }
 
-bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 }  // namespace
 

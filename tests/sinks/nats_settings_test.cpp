@@ -7,12 +7,15 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include "support/sink_settings.hpp"
+
 using namespace tailbox;
 namespace nats = sinks::nats;
 
 namespace {
 
-using Values = std::map<std::string, config::SettingValue>;
+using Values = testing::SettingValues;
+using testing::has;
 
 Values base() {
   Values v;
@@ -20,18 +23,7 @@ Values base() {
   return v;
 }
 
-// Builds the sink the way the registry does: constructor, then finish().
-std::string build(const Values& v) {
-  boost::asio::io_context ioc;
-  config::Settings s("sink", v, 1);
-  try {
-    sinks::NatsSink sink(s, "edge1", ioc.get_executor());
-    s.finish();
-    return "ok:" + sink.name();
-  } catch (const config::ConfigError& e) {
-    return e.what();
-  }
-}
+std::string build(const Values& v) { return testing::build_sink<sinks::NatsSink>(v, "", "edge1"); }
 
 bool says(const std::string& got, const std::string& want) {
   if (got.find(want) != std::string::npos) return true;

@@ -7,13 +7,16 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include "support/sink_settings.hpp"
+
 using namespace tailbox;
 using sinks::Delivery;
 namespace pg = sinks::postgres;
 
 namespace {
 
-using Values = std::map<std::string, config::SettingValue>;
+using Values = testing::SettingValues;
+using testing::has;
 
 Values base() {
   Values v;
@@ -21,18 +24,7 @@ Values base() {
   return v;
 }
 
-// Builds the sink the way the registry does: constructor, then finish().
-std::string build(const Values& v) {
-  boost::asio::io_context ioc;
-  config::Settings s("sink", v, 1);
-  try {
-    sinks::PostgresSink sink(s, ioc.get_executor());
-    s.finish();
-    return "ok:" + sink.name();
-  } catch (const config::ConfigError& e) {
-    return e.what();
-  }
-}
+std::string build(const Values& v) { return testing::build_sink<sinks::PostgresSink>(v, ""); }
 
 }  // namespace
 

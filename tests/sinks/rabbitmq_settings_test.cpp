@@ -9,12 +9,15 @@
 #include "sinks/rabbitmq/options.hpp"
 #include "sinks/rabbitmq/rabbitmq_sink.hpp"
 
+#include "support/sink_settings.hpp"
+
 using namespace tailbox;
 namespace rmq = sinks::rabbitmq;
 
 namespace {
 
-using Values = std::map<std::string, config::SettingValue>;
+using Values = testing::SettingValues;
+using testing::has;
 
 Values base() {
   Values v;
@@ -24,17 +27,7 @@ Values base() {
   return v;
 }
 
-std::string build(const Values& v) {
-  boost::asio::io_context ioc;
-  config::Settings s("sink", v, 1);
-  try {
-    sinks::RabbitmqSink sink(s, "edge1", ioc.get_executor());
-    s.finish();
-    return "ok:" + sink.name() + " " + sink.guarantee();
-  } catch (const config::ConfigError& e) {
-    return e.what();
-  }
-}
+std::string build(const Values& v) { return testing::build_sink<sinks::RabbitmqSink>(v, " ", "edge1"); }
 
 bool says(const std::string& got, const std::string& want) {
   if (got.find(want) != std::string::npos) return true;

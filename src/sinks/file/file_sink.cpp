@@ -33,7 +33,8 @@ std::string FileSink::guarantee() const {
                   "last batches on power loss";
 }
 
-std::optional<std::string> FileSink::open(const std::optional<std::string>& state) {
+std::optional<std::string> FileSink::open(const OpenContext& context) {
+  const std::optional<std::string>& state = context.committed_state;
   if (fd_ >= 0) ::close(fd_);   // open() is retried after failures
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);   // read: existing keys
   if (fd_ < 0) throw std::runtime_error("cannot open " + path_ + ": " + std::strerror(errno));

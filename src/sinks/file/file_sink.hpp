@@ -27,7 +27,7 @@ class FileSink : public Sink {
   const std::string& name() const override { return name_; }
   std::string guarantee() const override;
   bool serial() const override { return true; }
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
   // Records left out because the output already held their key (since open()).

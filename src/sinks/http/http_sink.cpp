@@ -301,7 +301,7 @@ std::string HttpSink::guarantee() const {
          "at-least-once otherwise";
 }
 
-std::optional<std::string> HttpSink::open(const std::optional<std::string>&) {
+std::optional<std::string> HttpSink::open(const OpenContext&) {
   const http::Options& o = impl_->opt;
   if (!o.auth_header_file.empty() || !o.auth_header_env.empty())
     impl_->auth = http::read_auth_header(o.auth_header_file, o.auth_header_env);

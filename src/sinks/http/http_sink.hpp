@@ -54,7 +54,7 @@ class HttpSink : public Sink {
   // nothing (an unreachable receiver is a retry, not a start-up failure).
   // Throws std::runtime_error when a file or the variable is missing or bad;
   // the message never holds the header's value.
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
  private:

@@ -79,7 +79,7 @@ struct KafkaSink::Impl {
   // sending; shared with committed() (another strand) under mu.
   std::mutex mu;
   kafka::Ledger ledger{""};  // host_id set by the constructor
-  KeysInOutbox lookup;     // set by the relay before open()
+  KeysInOutbox lookup;     // from open()
   std::list<std::unique_ptr<BatchReport>> reports;   // see BatchReport
 
   ~Impl() {
@@ -408,8 +408,10 @@ std::string KafkaSink::guarantee() const {
          "crash between the brokers' ack and the outbox ack sends the batch again";
 }
 
-std::optional<std::string> KafkaSink::open(const std::optional<std::string>& committed_state) {
+std::optional<std::string> KafkaSink::open(const OpenContext& context) {
   Impl& m = *impl_;
+  m.lookup = context.keys_in_outbox;
+  const std::optional<std::string>& committed_state = context.committed_state;
   std::random_device rd;
   m.session = fmt::format("{:08x}", rd());
   m.clients->start_producer();
@@ -454,6 +456,5 @@ void KafkaSink::committed(const std::string& state) noexcept {
   }
 }
 
-void KafkaSink::set_outbox_lookup(KeysInOutbox lookup) { impl_->lookup = std::move(lookup); }
 
 }  // namespace tailbox::sinks

@@ -36,10 +36,9 @@ class KafkaSink : public Sink {
   const std::string& name() const override;
   std::string guarantee() const override;
   bool serial() const override { return true; }
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
   void committed(const std::string& state) noexcept override;
-  void set_outbox_lookup(KeysInOutbox lookup) override;
 
  private:
   struct Impl;

@@ -45,7 +45,7 @@ struct NatsSink::Impl {
   nats::Options o;
   std::string host_id, name, display;
   std::string host_prefix;    // "<host_id>/": the keys this relay wrote
-  KeysInOutbox in_outbox;     // set by the relay; unset: every key read back holds
+  KeysInOutbox in_outbox;     // from open(); unset: every key read back holds
   asio::thread_pool pool{1};  // runs the blocking part of deliver()
 
   std::unique_ptr<nats::Connection> conn;
@@ -351,10 +351,10 @@ std::string NatsSink::guarantee() const {
          "stream is read back from the last acknowledged sequence at start";
 }
 
-void NatsSink::set_outbox_lookup(KeysInOutbox lookup) { impl_->in_outbox = std::move(lookup); }
 
-std::optional<std::string> NatsSink::open(const std::optional<std::string>& committed_state) {
-  return impl_->open(committed_state);
+std::optional<std::string> NatsSink::open(const OpenContext& context) {
+  impl_->in_outbox = context.keys_in_outbox;
+  return impl_->open(context.committed_state);
 }
 
 asio::awaitable<Delivery> NatsSink::deliver(std::span<const Record> batch) {

@@ -5,7 +5,7 @@
 //
 // Exactly-once: Nats-Msg-Id dedup inside the stream's duplicate window; beyond
 // it, the stream is read back from the sequence committed with the last ack, and
-// records found there whose rows are still in the outbox (set_outbox_lookup())
+// records found there whose rows are still in the outbox (OpenContext::keys_in_outbox)
 // are acknowledged without being published again. Needs serial deliveries and a
 // stream that keeps its messages as long as tailbox may be down. The argument:
 // docs/sinks/nats.md.
@@ -52,12 +52,11 @@ class NatsSink : public Sink {
   bool serial() const override { return true; }
   // open() asks it which of the keys read back still have a row in the
   // outbox: only those hold the state (the others were confirmed).
-  void set_outbox_lookup(KeysInOutbox lookup) override;
   // Reads the secrets, connects, finds (or creates) the stream and reads it
   // back after the committed sequence. Returns "<stream>:<last sequence>" on
   // first use (or when the stream was recreated). Throws std::runtime_error
   // when it cannot connect or the stream is missing.
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
  private:

@@ -346,7 +346,7 @@ std::string PostgresSink::guarantee() const {
          "INSERT ... ON CONFLICT (key) DO NOTHING";
 }
 
-std::optional<std::string> PostgresSink::open(const std::optional<std::string>&) {
+std::optional<std::string> PostgresSink::open(const OpenContext&) {
   Impl& m = *impl_;
   if (!m.o.password_file.empty() || !m.o.password_env.empty())
     m.password = read_secret("password", m.o.password_file, m.o.password_env);

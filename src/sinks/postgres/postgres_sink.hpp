@@ -52,7 +52,7 @@ class PostgresSink : public Sink {
   // their types and its unique key). Throws std::runtime_error, with PostgreSQL's
   // message, when any of it fails; the relay then retries open() with backoff
   // while lines wait in the outbox. Blocks for at most min(timeout, 10 s).
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
  private:

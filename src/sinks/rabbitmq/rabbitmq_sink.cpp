@@ -457,10 +457,10 @@ std::string RabbitmqSink::guarantee() const {
          " queue; a redelivered message has the same message_id (deduplicate on it)";
 }
 
-void RabbitmqSink::set_outbox_lookup(KeysInOutbox lookup) { impl_->in_outbox = std::move(lookup); }
 
-std::optional<std::string> RabbitmqSink::open(const std::optional<std::string>& committed_state) {
-  return impl_->open(committed_state);
+std::optional<std::string> RabbitmqSink::open(const OpenContext& context) {
+  impl_->in_outbox = context.keys_in_outbox;
+  return impl_->open(context.committed_state);
 }
 
 asio::awaitable<Delivery> RabbitmqSink::deliver(std::span<const Record> batch) {

@@ -36,10 +36,9 @@ class RabbitmqSink : public Sink {
   const std::string& name() const override;
   std::string guarantee() const override;
   bool serial() const override { return true; }
-  void set_outbox_lookup(KeysInOutbox lookup) override;
   // Reads the password, connects, declares or checks the queue; for a stream
   // reads it back from the committed offset. Throws std::runtime_error.
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
  private:

@@ -87,7 +87,7 @@ std::string SqliteSink::guarantee() const {
   return "exactly-once: the inbox's PRIMARY KEY is the idempotency key (INSERT OR IGNORE)";
 }
 
-std::optional<std::string> SqliteSink::open(const std::optional<std::string>&) {
+std::optional<std::string> SqliteSink::open(const OpenContext&) {
   // open() is retried after failures: drop what an earlier attempt left.
   sqlite3_finalize(impl_->insert);
   impl_->insert = nullptr;

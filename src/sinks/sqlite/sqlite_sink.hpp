@@ -23,7 +23,7 @@ class SqliteSink : public Sink {
 
   const std::string& name() const override;
   std::string guarantee() const override;
-  std::optional<std::string> open(const std::optional<std::string>& committed_state) override;
+  std::optional<std::string> open(const OpenContext& context) override;
   boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) override;
 
  private:

@@ -1,0 +1,1 @@
+"""Parts of tools/fleet: its destinations and its CPU sampling."""
