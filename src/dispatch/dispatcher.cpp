@@ -48,10 +48,18 @@ struct Worker {
         rng(std::random_device{}()) {}
 };
 
-std::vector<int64_t> ids_of(std::span<const outbox::LeasedRow> rows) {
-  std::vector<int64_t> ids;
+using outbox::RowKey;
+using KeySet = std::unordered_set<RowKey, outbox::RowKeyHash>;
+
+// The rows' keys in lease order: runs that joined their predecessor stay
+// runs, so the outbox deletes them as ranges.
+std::vector<RowKey> ids_of(std::span<const outbox::LeasedRow> rows) {
+  std::vector<RowKey> ids;
   ids.reserve(rows.size());
-  for (const auto& r : rows) ids.push_back(r.id);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ids.push_back(rows[i].key());
+    if (i == 0) ids.back().joins_previous = false;   // its predecessor is not acked with it
+  }
   return ids;
 }
 
@@ -81,9 +89,9 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // Lease bookkeeping, under lease_mu (leases happen on the lease strand, acks
   // on the outbox strand).
   std::mutex lease_mu;
-  std::vector<int64_t> cursor;                 // per lane: highest id handed out
+  std::vector<outbox::LeaseCursor> cursor;     // per lane
   std::vector<int64_t> last_rescan_ms;         // per lane
-  std::unordered_set<int64_t> leased;
+  KeySet leased;
 
   Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o, sinks::Sink& s)
       : executor(ex), cfg(c), outbox(o), sink(s), builder(c),
@@ -91,7 +99,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
     int n = sink.serial() ? 1 : cfg.delivery.workers;
     lanes = cfg.delivery.ordering == config::Ordering::per_file ? n : 1;
     for (int i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(i, ex));
-    cursor.assign(static_cast<size_t>(lanes), 0);
+    cursor.resize(static_cast<size_t>(lanes));
     last_rescan_ms.assign(static_cast<size_t>(lanes), unix_ms());
   }
 
@@ -109,23 +117,24 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       std::lock_guard lock(lease_mu);
       std::vector<outbox::LeasedRow> out;
       auto& cur = cursor[static_cast<size_t>(lane)];
+      auto in_flight = [this](const RowKey& k) { return leased.count(k) > 0; };
       for (int pass = 0; pass < 2 && out.empty(); ++pass) {
-        auto leased_now = o.lease(cur, lane, lanes, max_rows, max_bytes);
+        auto leased_now = o.lease(cur, lane, lanes, max_rows, max_bytes, in_flight);
         if (!leased_now) {
           spdlog::warn("cannot lease rows from the outbox: {}", leased_now.error().message());
           break;
         }
-        auto& rows = *leased_now;
-        if (!rows.empty()) cur = rows.back().id;
-        for (auto& r : rows)
-          if (leased.insert(r.id).second) out.push_back(std::move(r));
+        for (auto& r : *leased_now) {
+          leased.insert(r.key());
+          out.push_back(std::move(r));
+        }
         // Every 5 s look again from the start: rows replayed by hand (dead ->
         // pending) sit behind the cursor; everything else behind it is in flight.
         int64_t now = unix_ms();
         auto& last = last_rescan_ms[static_cast<size_t>(lane)];
         if (pass == 1 || now - last < 5000) break;
         last = now;
-        cur = 0;
+        cur.reset();
         if (lane == 0) o.recount();   // rows purged or added by hand (tools/replay)
         if (!out.empty()) break;      // the next lease starts from the front
       }
@@ -135,10 +144,10 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   }
 
   // Forgets leases (rows stay in the outbox, pending or dead).
-  void release(const std::vector<int64_t>& ids) {
+  void release(const std::vector<RowKey>& ids) {
     std::lock_guard lock(lease_mu);
     int64_t n = 0;
-    for (int64_t id : ids) n += static_cast<int64_t>(leased.erase(id));
+    for (const RowKey& id : ids) n += static_cast<int64_t>(leased.erase(id));
     stats.in_flight -= n;
   }
 
@@ -146,9 +155,9 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // retried: the rows are at the destination, and sending them again would only
   // add work (or, for a serial sink, a duplicate). Gives up only when stopping;
   // the rows then stay pending and are delivered again (and dropped by key).
-  asio::awaitable<bool> ack(std::vector<int64_t> ids, int64_t bytes, std::optional<std::string> state) {
+  asio::awaitable<bool> ack(std::vector<RowKey> ids, int64_t bytes, std::optional<std::string> state) {
     asio::steady_timer retry(co_await asio::this_coro::executor);
-    std::mt19937_64 rng(static_cast<uint64_t>(ids.empty() ? 0 : ids[0]));
+    std::mt19937_64 rng(static_cast<uint64_t>(ids.empty() ? 0 : ids[0].offset));
     for (int attempt = 1;; ++attempt) {
       Status st = co_await outbox.run([&](outbox::Outbox& o) {
         std::pair<std::string, std::string> s;
@@ -251,9 +260,11 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
           spdlog::warn("{} rejected the line at offset {} of {}: {}; the row is dead-lettered{}",
                        sink.name(), rows[0].offset, rows[0].info->path, d.detail,
                        *held ? " (" + std::to_string(*held) + " more rejections not logged)" : "");
-        std::vector<int64_t> ids = ids_of(rows);
+        std::vector<RowKey> ids = ids_of(rows);
         Status st = co_await outbox.run([&](outbox::Outbox& o) { return o.bury(ids, d.detail); });
-        if (!st) spdlog::error("cannot dead-letter row {}: {}", ids[0], st.message());
+        if (!st)
+          spdlog::error("cannot dead-letter the line at offset {} of {}: {}", rows[0].offset,
+                        rows[0].info->path, st.message());
         ++stats.dead;
         release(ids);
         co_return true;
@@ -262,7 +273,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       // Retry: count the attempt, dead-letter rows past max_attempts, back off.
       ++attempt;
       ++stats.retried;
-      std::vector<int64_t> ids = ids_of(rows), dead;
+      std::vector<RowKey> ids = ids_of(rows), dead;
       auto failed_rows = co_await outbox.run([&](outbox::Outbox& o) {
         return o.fail(ids, d.detail, cfg.delivery.max_attempts);
       });
@@ -289,16 +300,16 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         // Some rows are dead, some not (they had different attempt counts): go on
         // with each run of live rows. Indices are not moved, so a caller that is
         // splitting this batch keeps valid ranges.
-        std::unordered_set<int64_t> gone(dead.begin(), dead.end());
+        KeySet gone(dead.begin(), dead.end());
         if (stopping.load()) co_return false;
         co_await sleep(w, delay);
         for (size_t i = begin; i < end;) {
-          if (gone.count(batch.rows[i].id)) {
+          if (gone.count(batch.rows[i].key())) {
             ++i;
             continue;
           }
           size_t j = i;
-          while (j < end && !gone.count(batch.rows[j].id)) ++j;
+          while (j < end && !gone.count(batch.rows[j].key())) ++j;
           if (!co_await deliver(w, batch, i, j)) co_return false;
           i = j;
         }

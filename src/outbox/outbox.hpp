@@ -29,6 +29,8 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "config/config.hpp"
@@ -76,15 +78,52 @@ struct FileInfo {
   std::string uid;
 };
 
-struct LeasedRow {
-  int64_t id = 0;
+// A row's name: its primary key (file, inode, offset). `joins_previous`: the
+// row that came before it in the same lease() result is the row just before
+// it in the outbox (same file and inode, nothing between them, dead rows
+// included), so both are deleted by one range DELETE when acknowledged together.
+struct RowKey {
   int64_t file = 0;
+  int64_t inode = 0;
   int64_t offset = 0;
+  bool joins_previous = false;   // not part of the row's identity
+  friend bool operator==(const RowKey& a, const RowKey& b) {
+    return a.file == b.file && a.inode == b.inode && a.offset == b.offset;
+  }
+};
+struct RowKeyHash {
+  size_t operator()(const RowKey& k) const noexcept {
+    uint64_t h = static_cast<uint64_t>(k.file) * 0x9E3779B97F4A7C15ULL;
+    h ^= static_cast<uint64_t>(k.inode) + 0x632BE59BD9B4E019ULL + (h << 6) + (h >> 2);
+    h ^= static_cast<uint64_t>(k.offset) + 0x85EBCA77C2B2AE63ULL + (h << 6) + (h >> 2);
+    return static_cast<size_t>(h);
+  }
+};
+
+// Where leasing goes on from, for one lane: per file, the last key handed out
+// (rows at or before it are in flight or delivered), and the file to start at
+// next, so that files take turns. Kept by the caller (the dispatcher), one per
+// lane; reset() makes the next lease look at every row again.
+struct LeaseCursor {
+  std::unordered_map<int64_t, std::pair<int64_t, int64_t>> after;   // file -> (inode, offset)
+  int64_t next_file = 0;
+  void reset() {
+    after.clear();
+    next_file = 0;
+  }
+};
+
+struct LeasedRow {
+  int64_t file = 0;
+  int64_t inode = 0;
+  int64_t offset = 0;
+  bool joins_previous = false;   // see RowKey
   int64_t length = 0;
   int64_t ingest_ms = 0;
   int64_t attempts = 0;
   std::string payload;
   std::shared_ptr<const FileInfo> info;
+  RowKey key() const { return RowKey{file, inode, offset, joins_previous}; }
 };
 
 struct Backlog {
@@ -140,23 +179,32 @@ class Outbox {
   // Commits the chunks' rows and checkpoints in one transaction, or nothing.
   Status append(std::span<const Chunk* const> chunks);
 
-  // Up to max_rows pending rows (and about max_bytes) with id > after_id, in id
-  // order; with lanes > 1 only files with file % lanes == lane. May run beside
-  // the writer methods; sees every transaction committed before it starts.
-  Result<std::vector<LeasedRow>> lease(int64_t after_id, int lane, int lanes, int64_t max_rows,
-                                       int64_t max_bytes);
+  // Up to max_rows pending rows (and about max_bytes) after `cursor`, and
+  // moves the cursor past them. Files take turns: a lease starts at the file
+  // after the one the last lease ended in, takes that file's rows in key order
+  // (so each file's rows come in the order they were read), and goes on to
+  // the next files while there is room. With lanes > 1 only files with
+  // file % lanes == lane. Rows for which `skip` returns true (already in
+  // flight) are passed over. May run beside the writer methods; sees every
+  // transaction committed before it starts.
+  Result<std::vector<LeasedRow>> lease(LeaseCursor& cursor, int lane, int lanes, int64_t max_rows,
+                                       int64_t max_bytes,
+                                       const std::function<bool(const RowKey&)>& skip = {});
   // Deletes delivered rows; with `sink_state`, stores (sink, value) in the same
-  // transaction. `bytes` is the rows' payload size, for the backlog counter.
-  // A delete that finds the disk full gives the reserve file back, checkpoints
-  // the WAL, and tries once more.
-  Status ack(std::span<const int64_t> ids, int64_t bytes,
+  // transaction. Runs of rows that joined their predecessor (RowKey::
+  // joins_previous, as lease() returned them, in that order) go as one range
+  // DELETE each; a range that does not delete exactly its rows is rolled back
+  // and the rows are deleted one by one. `bytes` is the rows' payload size,
+  // for the backlog counter. A delete that finds the disk full gives the
+  // reserve file back, checkpoints the WAL, and tries once more.
+  Status ack(std::span<const RowKey> rows, int64_t bytes,
              const std::pair<std::string, std::string>* sink_state = nullptr);
   // Counts a failed attempt on each row and keeps `error`; rows that reach
-  // max_attempts (0: never) become dead: returns their ids.
-  Result<std::vector<int64_t>> fail(std::span<const int64_t> ids, std::string_view error,
-                                    int64_t max_attempts);
+  // max_attempts (0: never) become dead: returns them.
+  Result<std::vector<RowKey>> fail(std::span<const RowKey> rows, std::string_view error,
+                                   int64_t max_attempts);
   // Marks rows dead at once (the sink rejected them).
-  Status bury(std::span<const int64_t> ids, std::string_view error);
+  Status bury(std::span<const RowKey> rows, std::string_view error);
 
   // For each idempotency key "<host_id>/<file uid>/<offset>": whether its line
   // is still to be delivered from this outbox, read in one snapshot: its row

@@ -1,14 +1,13 @@
 // Every SQL statement the relay runs against the outbox, named, in one place.
-// The tables are described in schema/001_initial.sql.
+// The tables are described in schema/*.sql (the outbox table: 003_outbox_one_btree.sql).
 #pragma once
 
 namespace tailbox::outbox::sql {
 
-// Only the (file, inode, offset) key may swallow a row, silently: a clash on
-// the id (never expected) must fail loudly rather than drop a line.
+// The (file, inode, offset) primary key swallows a second copy of a line, silently.
 inline constexpr const char* kInsertRow =
-    "INSERT INTO outbox (id, file, inode, offset, length, ingest_time, payload) "
-    "VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (file, inode, offset) DO NOTHING";
+    "INSERT INTO outbox (file, inode, offset, length, ingest_time, payload) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (file, inode, offset) DO NOTHING";
 
 inline constexpr const char* kUpdateOffset =
     "UPDATE files SET read_offset = ?1, last_seen = ?2 WHERE id = ?3";
@@ -16,25 +15,32 @@ inline constexpr const char* kUpdateOffset =
 inline constexpr const char* kUpdateFingerprint =
     "UPDATE files SET fingerprint = ?1, fingerprint_len = ?2 WHERE id = ?3";
 
-// Leasing reads in id order from a cursor; leases themselves live in memory.
-inline constexpr const char* kLeaseAll =
-    "SELECT id, file, offset, length, ingest_time, attempts, payload FROM outbox "
-    "WHERE id > ?1 AND state = 'pending' ORDER BY id LIMIT ?2";
+// Leasing walks the files that have rows, in turn (the next file id after
+// ?1: one seek in the primary key per file), and reads each file's rows in key
+// order after a cursor. Dead rows are read too: they break a run of rows that
+// one range DELETE may remove. Leases themselves live in memory.
+inline constexpr const char* kNextFile =
+    "SELECT file FROM outbox WHERE file > ?1 ORDER BY file LIMIT 1";
 
-// ordering = "per_file": lane k takes the files with file % lanes == k.
-inline constexpr const char* kLeaseLane =
-    "SELECT id, file, offset, length, ingest_time, attempts, payload FROM outbox "
-    "WHERE id > ?1 AND state = 'pending' AND file % ?3 = ?4 ORDER BY id LIMIT ?2";
+inline constexpr const char* kLeaseFile =
+    "SELECT inode, offset, length, ingest_time, attempts, payload, state = 'dead' FROM outbox "
+    "WHERE file = ?1 AND (inode, offset) > (?2, ?3) ORDER BY inode, offset LIMIT ?4";
 
-inline constexpr const char* kDeleteRow = "DELETE FROM outbox WHERE id = ?1";
+// A run of consecutive rows of one file, delivered: one range.
+inline constexpr const char* kDeleteRange =
+    "DELETE FROM outbox WHERE file = ?1 AND inode = ?2 AND offset BETWEEN ?3 AND ?4";
+
+inline constexpr const char* kDeleteRow =
+    "DELETE FROM outbox WHERE file = ?1 AND inode = ?2 AND offset = ?3";
 
 inline constexpr const char* kFailRow =
-    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, "
-    "state = CASE WHEN ?3 > 0 AND attempts + 1 >= ?3 THEN 'dead' ELSE state END "
-    "WHERE id = ?1 RETURNING state";
+    "UPDATE outbox SET attempts = attempts + 1, last_error = ?4, "
+    "state = CASE WHEN ?5 > 0 AND attempts + 1 >= ?5 THEN 'dead' ELSE state END "
+    "WHERE file = ?1 AND inode = ?2 AND offset = ?3 RETURNING state";
 
 inline constexpr const char* kBuryRow =
-    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, state = 'dead' WHERE id = ?1";
+    "UPDATE outbox SET attempts = attempts + 1, last_error = ?4, state = 'dead' "
+    "WHERE file = ?1 AND inode = ?2 AND offset = ?3";
 
 inline constexpr const char* kPutSinkState =
     "INSERT INTO sink_state (sink, value, updated) VALUES (?1, ?2, ?3) "
@@ -43,11 +49,11 @@ inline constexpr const char* kPutSinkState =
 inline constexpr const char* kGetSinkState = "SELECT value FROM sink_state WHERE sink = ?1";
 
 inline constexpr const char* kBacklog =
-    "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM outbox";
+    "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox";
 
 // Whether a key's line ("<host>/<file uid>/<offset>") is still to be
 // delivered from this outbox: its row is there (pending or dead; through
-// files.uid, then the UNIQUE (file, inode, offset) index), or its file is
+// files.uid, then the (file, inode, offset) primary key), or its file is
 // followed and has not been read up to it (a power cut rolled back its row and
 // the checkpoint together: the line will be read again, under the same key).
 inline constexpr const char* kRowForKey =
@@ -84,8 +90,11 @@ inline constexpr const char* kReleaseFile =
 inline constexpr const char* kCountsByState =
     "SELECT state, count(*), coalesce(sum(length(payload)), 0) FROM outbox GROUP BY state";
 
+// Lines of a file are stored in the order they were read: the oldest pending
+// line is the first pending row of some file (one seek per file with rows).
 inline constexpr const char* kOldestPending =
-    "SELECT ingest_time FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1";
+    "SELECT min((SELECT o.ingest_time FROM outbox o WHERE o.file = f.id AND o.state = 'pending' "
+    "ORDER BY o.inode, o.offset LIMIT 1)) FROM files f";
 
 inline constexpr const char* kDeadByError =
     "SELECT coalesce(last_error, '(none)'), count(*) FROM outbox WHERE state = 'dead' "

@@ -224,10 +224,11 @@ TEST_SUITE("dispatch.dispatcher") {
     {
       // The first 50 rows already failed twice (e.g. replayed earlier).
       Status st;
-      auto rows = testing::ok(h.ob->unsafe_sync().lease(0, 0, 1, 50, 1 << 20));
+      outbox::LeaseCursor cursor;
+      auto rows = testing::ok(h.ob->unsafe_sync().lease(cursor, 0, 1, 50, 1 << 20));
       REQUIRE(rows.size() == 50);
-      std::vector<int64_t> ids;
-      for (const auto& r : rows) ids.push_back(r.id);
+      std::vector<outbox::RowKey> ids;
+      for (const auto& r : rows) ids.push_back(r.key());
       for (int i = 0; i < 2; ++i) (void)testing::ok(h.ob->unsafe_sync().fail(ids, "earlier", 0));
     }
     std::atomic<int> calls{0};

@@ -15,7 +15,7 @@ the stream must hold every line exactly once. Seeded (the seed is printed).
    dead-lettered while the server is down (max_attempts = 2); rows P are
    published and stored while another connection holds the outbox's write
    lock (so their rows stay pending), then kill -9. R is replayed with
-   tools/replay: R has the lower ids and is delivered first after the
+   tools/replay: R comes first in its file and is delivered first after the
    restart, past the window. Once some of R is confirmed the outbox is locked
    again and tailbox killed, with P still pending; after a second restart past
    the window the stream must hold every line exactly once. The committed
@@ -175,10 +175,11 @@ def case_dead_replayed(ns, wd, tb, rng):
     tb.kill9()
     dead = outbox_ids(wd, "dead")
 
-    # P: published and stored, never confirmed.
+    # P: published and stored, never confirmed. Same file as R, after it: a
+    # file's rows are leased in the order they were read.
     config(max_attempts=0)
     tb.start()
-    w.burst(n_stored, path=w.paths[2])
+    w.burst(n_stored, path=w.paths[1])
     h.wait_until(lambda: h.pending_rows(wd) == n_stored, 30, f"{n_stored} more lines in the outbox",
                  tailbox=tb)
     lock = OutboxLock(wd)
@@ -196,7 +197,7 @@ def case_dead_replayed(ns, wd, tb, rng):
         h.fail(f"{len(p_ids)} pending (expected {n_stored}), {len(outbox_ids(wd, 'dead'))} dead "
                f"(expected {n_dead}) after the kill: the lock did not hold the acks back")
     if max(dead) >= min(p_ids):
-        h.fail("test bug: the dead rows must have the lower ids")
+        h.fail("test bug: the dead rows must come first in the file")
     h.log(f"{stored} of {n_stored} lines stored in the stream but pending in the outbox; "
           f"{n_dead} dead rows; state {committed_state(wd, stream)}")
 
@@ -207,7 +208,7 @@ def case_dead_replayed(ns, wd, tb, rng):
                f"{r.stdout}{r.stderr}")
     h.log(f"replayed: {r.stdout.strip()}")
 
-    # Restart past the window: R (lower ids) goes first. Lock once some of R
+    # Restart past the window: R (earlier in the file) goes first. Lock once some of R
     # is confirmed, while P is still pending, and kill.
     time.sleep(2.5)
     config(max_attempts=0, batch_rows=50, linger="0ms")
@@ -239,7 +240,7 @@ def case_dead_replayed(ns, wd, tb, rng):
     nc.wait_all(ns.port, stream, wd, tb, w.seq, 60, "every line after the second restart")
     h.stop_clean(tb)
     w.close()
-    nc.check_exact(ns.port, stream, w.paths[:3])
+    nc.check_exact(ns.port, stream, w.paths[:2])
     nc.delete_stream(ns.port, stream)
 
 

@@ -442,7 +442,7 @@ format = "ndjson"
                  "the first real line in the output", tailbox=tb)
     log("ok  relay running; a real line was delivered")
 
-    # 1. Dead rows inserted beside the running relay (ids far above its own).
+    # 1. Dead rows inserted beside the running relay (a file of their own).
     fid = 900001
     cli_sql(outbox, f"""
         INSERT INTO files (id, source, path, dev, inode, fingerprint, fingerprint_len, uid,
@@ -467,16 +467,16 @@ format = "ndjson"
     check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
           f"e2e replay while tailbox runs\n{show(r)}")
     h.wait_until(lambda: wanted <= set(delivered_messages(out)), 30,
-                 "the 2 replayed rows (above the lease cursor) in the output", tailbox=tb)
-    log(f"ok  relay delivered 2 replayed rows (ids above its cursor) "
+                 "the 2 replayed rows (after the lease cursor) in the output", tailbox=tb)
+    log(f"ok  relay delivered 2 replayed rows (after its cursor) "
         f"{time.monotonic() - t:.1f}s after the replay")
 
-    # 2. Dead rows *behind* the relay's lease cursor (which is now past 1000002):
-    #    only the periodic rescan from the start of the outbox finds them.
+    # 2. Dead rows *behind* the relay's lease cursor (now past offset 20 of that
+    #    file): only the periodic rescan from the start of the outbox finds them.
     cli_sql(outbox, insert_outbox_sql(outbox, [
-        (500001, f"{fid}, 424242, 40, 20, {NOW * 1000}, CAST('behind cursor one' AS BLOB), "
+        (500001, f"{fid}, 424242, 5, 20, {NOW * 1000}, CAST('behind cursor one' AS BLOB), "
                  "2, 'timeout', 'dead'"),
-        (500002, f"{fid}, 424242, 60, 20, {NOW * 1000}, CAST('behind cursor two' AS BLOB), "
+        (500002, f"{fid}, 424242, 10, 20, {NOW * 1000}, CAST('behind cursor two' AS BLOB), "
                  "2, 'timeout', 'dead'")]))
     wanted2 = {"behind cursor one", "behind cursor two"}
     t = time.monotonic()
@@ -484,8 +484,8 @@ format = "ndjson"
     check(r.returncode == 0 and "replayed 2 dead rows to pending" in r.stdout,
           f"e2e replay (behind the cursor)\n{show(r)}")
     h.wait_until(lambda: wanted2 <= set(delivered_messages(out)), 30,
-                 "the 2 replayed rows (below the lease cursor) in the output", tailbox=tb)
-    log(f"ok  relay delivered 2 replayed rows (ids below its cursor) "
+                 "the 2 replayed rows (behind the lease cursor) in the output", tailbox=tb)
+    log(f"ok  relay delivered 2 replayed rows (behind its cursor) "
         f"{time.monotonic() - t:.1f}s after the replay")
 
     # Delivered exactly once, and acked (deleted from the outbox).

@@ -5,7 +5,9 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <stdexcept>
+#include <tuple>
 
 #include "schema_sql.hpp"
 #include "tail/line_splitter.hpp"
@@ -15,6 +17,7 @@
 using namespace tailbox;
 using outbox::Chunk;
 using outbox::Outbox;
+using outbox::RowKey;
 
 namespace {
 
@@ -52,11 +55,10 @@ struct Fixture {
     return ob->append(one);
   }
 
-  std::vector<outbox::LeasedRow> lease_all(int64_t after = 0) {
-    Status st;
-    auto rows = testing::ok(ob->lease(after, 0, 1, 1'000'000, 1LL << 40));
-    REQUIRE(st.is_ok());
-    return rows;
+  // Every pending row, from a fresh cursor.
+  std::vector<outbox::LeasedRow> lease_all() {
+    outbox::LeaseCursor cursor;
+    return testing::ok(ob->lease(cursor, 0, 1, 1'000'000, 1LL << 40));
   }
 
   int64_t offset_of(int64_t file) {
@@ -149,7 +151,7 @@ TEST_SUITE("outbox") {
     int64_t id = f.add("a.log");
     REQUIRE(f.append(f.chunk(id, "1\n2\n3\n", 0)).is_ok());
     auto rows = f.lease_all();
-    std::vector<int64_t> ids{rows[0].id, rows[1].id};
+    std::vector<RowKey> ids{rows[0].key(), rows[1].key()};
     std::pair<std::string, std::string> state{"file:/out", "1:2:300"};
     REQUIRE(f.ob->ack(ids, 2, &state).is_ok());
     CHECK(f.lease_all().size() == 1);
@@ -160,7 +162,7 @@ TEST_SUITE("outbox") {
     f.ob->set_fault_hook([](std::string_view at) {
       if (at == "rows-deleted") throw std::runtime_error("io");
     });
-    std::vector<int64_t> last{rows[2].id};
+    std::vector<RowKey> last{rows[2].key()};
     std::pair<std::string, std::string> state2{"file:/out", "1:2:400"};
     CHECK_FALSE(f.ob->ack(last, 1, &state2).is_ok());
     f.ob->set_fault_hook({});
@@ -182,7 +184,7 @@ TEST_SUITE("outbox") {
     c.inode = inode;
     REQUIRE(f.append(c).is_ok());
     auto rows = f.lease_all();
-    std::vector<int64_t> ids{rows[0].id, rows[1].id};
+    std::vector<RowKey> ids{rows[0].key(), rows[1].key()};
     REQUIRE(f.ob->ack(ids, 6, nullptr).is_ok());
     const std::string k = "edge1/" + uid + "/";
     Status st;
@@ -223,7 +225,7 @@ TEST_SUITE("outbox") {
     CHECK(testing::ok(f.ob->rows_exist({})).empty());
 
     // Acked: gone. Dead: still there (it may be replayed).
-    std::vector<int64_t> acked{rows[1].id}, buried{rows[2].id};
+    std::vector<RowKey> acked{rows[1].key()}, buried{rows[2].key()};
     REQUIRE(f.ob->ack(acked, 3, nullptr).is_ok());
     REQUIRE(f.ob->bury(buried, "rejected").is_ok());
     found = testing::ok(f.ob->rows_exist({k + "0", k + "4", k + "8"}));
@@ -235,28 +237,105 @@ TEST_SUITE("outbox") {
     found = testing::ok(reader->rows_exist({k + "0", k + "4", k + "8"}));
     REQUIRE(st.is_ok());
     CHECK(found == std::vector<bool>{true, false, true});
-    std::vector<int64_t> first{rows[0].id};
+    std::vector<RowKey> first{rows[0].key()};
     REQUIRE(f.ob->ack(first, 3, nullptr).is_ok());
     found = testing::ok(reader->rows_exist({k + "0", k + "8"}));
     REQUIRE(st.is_ok());
     CHECK(found == std::vector<bool>{false, true});
   }
 
-  TEST_CASE("lease reads in id order from the cursor, per lane") {
+  TEST_CASE("lease: files take turns, each file's rows in order, per lane") {
+    Fixture f;
+    int64_t a = f.add("a.log"), b = f.add("b.log"), c = f.add("c.log");
+    std::string text;
+    for (int i = 0; i < 10; ++i) text += "line" + std::to_string(i) + "\n";   // 6 bytes each
+    for (int64_t id : {a, b, c}) REQUIRE(f.append(f.chunk(id, text, 0)).is_ok());
+    outbox::LeaseCursor cur;
+    // Batches of 4: a's first 4, then b's, then c's, then a's next 4: no file
+    // waits behind another's whole backlog.
+    std::vector<std::pair<int64_t, int64_t>> got;   // (file, offset) in lease order
+    for (int i = 0; i < 4; ++i) {
+      auto rows = testing::ok(f.ob->lease(cur, 0, 1, 4, 1 << 20));
+      REQUIRE(rows.size() == 4);
+      for (const auto& r : rows) CHECK(r.file == rows[0].file);
+      for (const auto& r : rows) got.emplace_back(r.file, r.offset);
+    }
+    CHECK(got[0] == std::pair<int64_t, int64_t>{a, 0});
+    CHECK(got[4] == std::pair<int64_t, int64_t>{b, 0});
+    CHECK(got[8] == std::pair<int64_t, int64_t>{c, 0});
+    CHECK(got[12] == std::pair<int64_t, int64_t>{a, 24});
+    // Whatever the batch size, every row once, each file's rows in order.
+    outbox::LeaseCursor cur2;
+    std::map<int64_t, int64_t> last;
+    size_t n = 0;
+    for (;;) {
+      auto rows = testing::ok(f.ob->lease(cur2, 0, 1, 7, 1 << 20));
+      if (rows.empty()) break;
+      for (const auto& r : rows) {
+        auto it = last.find(r.file);
+        if (it != last.end()) CHECK(r.offset > it->second);
+        last[r.file] = r.offset;
+        ++n;
+      }
+    }
+    CHECK(n == 30);
+    // Lanes: only the files with file % lanes == lane.
+    outbox::LeaseCursor lane_cur;
+    auto lane = testing::ok(f.ob->lease(lane_cur, static_cast<int>(b % 2), 2, 100, 1 << 20));
+    for (const auto& r : lane) CHECK(r.file % 2 == b % 2);
+    CHECK(lane.size() == (b % 2 == a % 2 ? 20u : 10u));
+    outbox::LeaseCursor capped_cur;
+    auto capped = testing::ok(f.ob->lease(capped_cur, 0, 1, 100, 10));
+    CHECK(capped.size() == 2);   // stops once max_bytes is reached
+    // Rows the caller has in flight are passed over.
+    outbox::LeaseCursor skip_cur;
+    auto skipped = testing::ok(f.ob->lease(skip_cur, 0, 1, 100, 1 << 20, [&](const RowKey& k) {
+      return k.file == a;
+    }));
+    CHECK(skipped.size() == 20);
+  }
+
+  TEST_CASE("lease marks runs: a dead row or a row in flight starts a new one") {
     Fixture f;
     int64_t a = f.add("a.log"), b = f.add("b.log");
-    REQUIRE(f.append(f.chunk(a, "a1\na2\n", 0)).is_ok());
-    REQUIRE(f.append(f.chunk(b, "b1\nb2\n", 0)).is_ok());
-    auto all = f.lease_all();
-    REQUIRE(all.size() == 4);
-    for (size_t i = 1; i < all.size(); ++i) CHECK(all[i].id > all[i - 1].id);
-    CHECK(f.lease_all(all[1].id).size() == 2);
-    Status st;
-    auto lane = testing::ok(f.ob->lease(0, static_cast<int>(b % 2), 2, 100, 1 << 20));
-    REQUIRE(lane.size() == 2);
-    CHECK(lane[0].payload == "b1");
-    auto capped = testing::ok(f.ob->lease(0, 0, 1, 100, 3));
-    CHECK(capped.size() == 2);   // stops once max_bytes is reached
+    REQUIRE(f.append(f.chunk(a, "0\n1\n2\n3\n4\n", 0)).is_ok());   // offsets 0, 2, 4, 6, 8
+    REQUIRE(f.append(f.chunk(b, "x\ny\n", 0)).is_ok());
+    auto rows = f.lease_all();
+    REQUIRE(rows.size() == 7);
+    std::vector<RowKey> dead{rows[2].key()};   // a's offset 4
+    REQUIRE(f.ob->bury(dead, "rejected").is_ok());
+    outbox::LeaseCursor cur;
+    auto again = testing::ok(f.ob->lease(cur, 0, 1, 100, 1 << 20, [](const RowKey& k) {
+      return k.offset == 8;   // in flight
+    }));
+    std::vector<std::tuple<int64_t, int64_t, bool>> seen;
+    for (const auto& r : again) seen.emplace_back(r.file, r.offset, r.joins_previous);
+    CHECK(seen == std::vector<std::tuple<int64_t, int64_t, bool>>{
+                      {a, 0, false}, {a, 2, true}, {a, 6, false}, {b, 0, false}, {b, 2, true}});
+  }
+
+  TEST_CASE("ack deletes runs as ranges; a range holding other rows deletes row by row") {
+    Fixture f;
+    int64_t a = f.add("a.log");
+    REQUIRE(f.append(f.chunk(a, "0\n1\n2\n3\n", 0)).is_ok());   // offsets 0, 2, 4, 6
+    auto rows = f.lease_all();
+    REQUIRE(rows.size() == 4);
+    std::vector<RowKey> run{rows[0].key(), rows[1].key()};
+    REQUIRE(run[1].joins_previous);
+    REQUIRE(f.ob->ack(run, 2).is_ok());
+    CHECK(f.lease_all().size() == 2);
+    CHECK(f.ob->backlog().rows == 2);
+    // A caller that claims rows 4 and 8 are one run while row 6 lies between:
+    // the range would delete 6 too (a line never delivered). It is rolled back
+    // and only the rows named are deleted.
+    RowKey first = rows[2].key(), last{a, rows[3].inode, 8, true};
+    REQUIRE(f.append(f.chunk(a, "4\n", 8)).is_ok());
+    std::vector<RowKey> bad{first, last};
+    REQUIRE(f.ob->ack(bad, 2).is_ok());
+    auto left = f.lease_all();
+    REQUIRE(left.size() == 1);
+    CHECK(left[0].offset == 6);
+    CHECK(f.ob->backlog().rows == 1);
   }
 
   TEST_CASE("failed rows count attempts and become dead at max_attempts") {
@@ -264,13 +343,13 @@ TEST_SUITE("outbox") {
     int64_t id = f.add("a.log");
     REQUIRE(f.append(f.chunk(id, "x\ny\n", 0)).is_ok());
     auto rows = f.lease_all();
-    std::vector<int64_t> ids{rows[0].id, rows[1].id};
-    std::vector<int64_t> dead;
-    for (int64_t d : testing::ok(f.ob->fail(ids, "503 from downstream", 3))) dead.push_back(d);
-    for (int64_t d : testing::ok(f.ob->fail(ids, "503 from downstream", 3))) dead.push_back(d);
+    std::vector<RowKey> ids{rows[0].key(), rows[1].key()};
+    std::vector<RowKey> dead;
+    for (const RowKey& d : testing::ok(f.ob->fail(ids, "503 from downstream", 3))) dead.push_back(d);
+    for (const RowKey& d : testing::ok(f.ob->fail(ids, "503 from downstream", 3))) dead.push_back(d);
     CHECK(dead.empty());
     CHECK(f.lease_all()[0].attempts == 2);
-    for (int64_t d : testing::ok(f.ob->fail(ids, "503 from downstream", 3))) dead.push_back(d);
+    for (const RowKey& d : testing::ok(f.ob->fail(ids, "503 from downstream", 3))) dead.push_back(d);
     CHECK(dead.size() == 2);
     CHECK(f.lease_all().empty());
     auto s = testing::ok(f.ob->summary());
@@ -285,26 +364,13 @@ TEST_SUITE("outbox") {
     int64_t id = f.add("a.log");
     REQUIRE(f.append(f.chunk(id, "x\ny\n", 0)).is_ok());
     auto rows = f.lease_all();
-    std::vector<int64_t> one{rows[0].id}, two{rows[1].id}, dead;
-    for (int i = 0; i < 20; ++i) for (int64_t d : testing::ok(f.ob->fail(one, "timeout", 0))) dead.push_back(d);
+    std::vector<RowKey> one{rows[0].key()}, two{rows[1].key()}, dead;
+    for (int i = 0; i < 20; ++i) for (const RowKey& d : testing::ok(f.ob->fail(one, "timeout", 0))) dead.push_back(d);
     CHECK(dead.empty());
     REQUIRE(f.ob->bury(two, "400 bad record").is_ok());
     auto left = f.lease_all();
     REQUIRE(left.size() == 1);
     CHECK(left[0].attempts == 20);
-  }
-
-  TEST_CASE("row ids keep growing after every row was deleted") {
-    Fixture f;
-    int64_t id = f.add("a.log");
-    REQUIRE(f.append(f.chunk(id, "1\n2\n", 0)).is_ok());
-    auto rows = f.lease_all();
-    std::vector<int64_t> ids{rows[0].id, rows[1].id};
-    REQUIRE(f.ob->ack(ids, 2).is_ok());
-    REQUIRE(f.append(f.chunk(id, "3\n", 4)).is_ok());
-    auto next = f.lease_all(rows[1].id);
-    REQUIRE(next.size() == 1);
-    CHECK(next[0].id > rows[1].id);
   }
 
   TEST_CASE("a second relay on the same outbox is refused") {
@@ -450,9 +516,84 @@ TEST_SUITE("outbox") {
     CHECK(files[0].uid == "olduid");
     CHECK(files[0].read_offset == 10);
     Status st;
-    auto rows = testing::ok(ob->lease(0, 0, 1, 100, 1 << 20));
+    outbox::LeaseCursor cursor;
+    auto rows = testing::ok(ob->lease(cursor, 0, 1, 100, 1 << 20));
     REQUIRE(rows.size() == 1);
     CHECK(rows[0].payload == "abcdefghi");
+  }
+
+  TEST_CASE("a v2 outbox becomes one B-tree per line: every row kept, as it was") {
+    testing::TempDir dir;
+    const std::string path = dir / "outbox.db";
+    {
+      sqlite3* db = nullptr;
+      REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+      for (int v = 0; v < 2; ++v) {
+        std::string m(outbox::kSchemaMigrations[static_cast<size_t>(v)]);
+        REQUIRE(sqlite3_exec(db, m.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+      }
+      // Ids out of key order, a dead row, counted attempts: the v2 shape.
+      REQUIRE(sqlite3_exec(db,
+                           "INSERT INTO files (id, source, path, dev, inode, fingerprint, "
+                           "fingerprint_len, uid, read_offset, first_seen, last_seen) VALUES "
+                           "(1, 'app', '/a', 3, 4, '0000000000000005', 16, 'uid-a', 30, 0, 0),"
+                           "(2, 'app', '/b', 3, 9, '0000000000000006', 16, 'uid-b', 5, 0, 0);"
+                           "INSERT INTO outbox (id, file, inode, offset, length, ingest_time, "
+                           "payload, attempts, last_error, state) VALUES "
+                           "(7, 1, 4, 20, 10, 3, 'third', 0, NULL, 'pending'),"
+                           "(5, 1, 4, 0, 10, 1, 'first', 2, 'HTTP 503', 'pending'),"
+                           "(6, 1, 4, 10, 10, 2, 'second', 5, 'rejected', 'dead'),"
+                           "(9, 2, 9, 0, 5, 4, 'other', 0, NULL, 'pending');"
+                           "PRAGMA user_version = 2;",
+                           nullptr, nullptr, nullptr) == SQLITE_OK);
+      sqlite3_close(db);
+    }
+    {
+      auto ob = Outbox::open({path, config::Synchronous::normal, false});
+      CHECK(ob->backlog().rows == 4);
+      auto sum = testing::ok(ob->summary());
+      CHECK(sum.pending == 3);
+      CHECK(sum.dead == 1);
+      CHECK(sum.oldest_pending_ms == 1);
+      outbox::LeaseCursor cursor;
+      auto rows = testing::ok(ob->lease(cursor, 0, 1, 100, 1 << 20));
+      REQUIRE(rows.size() == 3);
+      CHECK(rows[0].payload == "first");
+      CHECK(rows[0].attempts == 2);
+      CHECK(rows[1].payload == "third");
+      CHECK_FALSE(rows[1].joins_previous);   // the dead row lies between them
+      CHECK(rows[2].payload == "other");
+      // A second copy of a migrated line is still refused.
+      std::string text = "first\n";
+      Chunk c;
+      c.file_id = 1;
+      c.inode = 4;
+      tail::split_lines(text, 0, 100, false, c.lines);
+      c.next_offset = 30;
+      const Chunk* one[] = {&c};
+      REQUIRE(ob->append(one).is_ok());
+      CHECK(ob->backlog().rows == 4);
+    }
+    // What the sqlite3 CLI sees: the new table, no id column, the views work.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    auto one_int = [db](const char* q) {
+      sqlite3_stmt* st = nullptr;
+      REQUIRE(sqlite3_prepare_v2(db, q, -1, &st, nullptr) == SQLITE_OK);
+      REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+      int64_t v = sqlite3_column_int64(st, 0);
+      sqlite3_finalize(st);
+      return v;
+    };
+    CHECK(one_int("PRAGMA user_version") == 3);
+    CHECK(one_int("SELECT count(*) FROM pragma_table_info('outbox') WHERE name = 'id'") == 0);
+    CHECK(one_int("SELECT count(*) FROM sqlite_master WHERE name = 'outbox' "
+                  "AND sql LIKE '%WITHOUT ROWID%'") == 1);
+    CHECK(one_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' "
+                  "AND tbl_name = 'outbox' AND name NOT LIKE 'sqlite_autoindex%'") == 0);
+    CHECK(one_int("SELECT sum(rows) FROM backlog") == 4);
+    CHECK(one_int("SELECT rows FROM dead_by_error WHERE last_error = 'rejected'") == 1);
+    sqlite3_close(db);
   }
 }
 

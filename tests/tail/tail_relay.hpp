@@ -114,10 +114,8 @@ struct Relay {
 
   // REQUIRES: stopped.
   std::vector<outbox::LeasedRow> all_rows() {
-    Status st;
-    auto rows = ok(ob->unsafe_sync().lease(0, 0, 1, 1'000'000, 1LL << 40));
-    REQUIRE(st.is_ok());
-    return rows;
+    outbox::LeaseCursor cursor;
+    return ok(ob->unsafe_sync().lease(cursor, 0, 1, 1'000'000, 1LL << 40));
   }
   std::vector<outbox::TrackedFile> files() { return ok(ob->unsafe_sync().tracked_files()); }
   std::vector<outbox::LeasedRow> stop_and_read() {
