@@ -16,6 +16,7 @@ namespace {
 
 using Values = testing::SettingValues;
 using testing::has;
+using testing::says;
 
 Values base() {
   Values v;
@@ -25,18 +26,7 @@ Values base() {
 
 std::string build(const Values& v) { return testing::build_sink<sinks::NatsSink>(v, "", "edge1"); }
 
-bool says(const std::string& got, const std::string& want) {
-  if (got.find(want) != std::string::npos) return true;
-  MESSAGE("got: " << got);
-  return false;
-}
-
-nats::Options options(const Values& v) {
-  config::Settings s("sink", v, 1);
-  nats::Options o = nats::parse_options(s);
-  s.finish();
-  return o;
-}
+nats::Options options(const Values& v) { return testing::parsed_options(v, nats::parse_options); }
 
 }  // namespace
 

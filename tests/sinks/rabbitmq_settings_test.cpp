@@ -18,6 +18,7 @@ namespace {
 
 using Values = testing::SettingValues;
 using testing::has;
+using testing::says;
 
 Values base() {
   Values v;
@@ -29,18 +30,7 @@ Values base() {
 
 std::string build(const Values& v) { return testing::build_sink<sinks::RabbitmqSink>(v, " ", "edge1"); }
 
-bool says(const std::string& got, const std::string& want) {
-  if (got.find(want) != std::string::npos) return true;
-  MESSAGE("got: " << got);
-  return false;
-}
-
-rmq::Options options(const Values& v) {
-  config::Settings s("sink", v, 1);
-  rmq::Options o = rmq::parse_options(s);
-  s.finish();
-  return o;
-}
+rmq::Options options(const Values& v) { return testing::parsed_options(v, rmq::parse_options); }
 
 }  // namespace
 

@@ -2,6 +2,8 @@
 // then Settings::finish()), for the sinks' settings tests.
 #pragma once
 
+#include <doctest/doctest.h>
+
 #include <boost/asio/io_context.hpp>
 #include <map>
 #include <string>
@@ -31,6 +33,23 @@ std::string build_sink(const SettingValues& values, const std::string& separator
 
 inline bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
+}
+
+// has(), and on a miss the text is printed beside the failed check.
+inline bool says(const std::string& got, const std::string& want) {
+  if (got.find(want) != std::string::npos) return true;
+  MESSAGE("got: " << got);
+  return false;
+}
+
+// A sink's options as its parse_options(Settings&) makes them; throws
+// config::ConfigError as it does, unknown keys included.
+template <typename Parse>
+auto parsed_options(const SettingValues& values, Parse parse) {
+  config::Settings s("sink", values, 1);
+  auto o = parse(s);
+  s.finish();
+  return o;
 }
 
 }  // namespace tailbox::testing
