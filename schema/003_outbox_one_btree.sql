@@ -41,8 +41,9 @@ CREATE VIEW backlog AS
   FROM outbox o JOIN files f ON f.id = o.file
   GROUP BY f.id, o.state;
 
--- Dead rows grouped by their error, with where the first and last of them were
--- read (file id and byte offset; see the files table for the path).
+-- Dead rows grouped by their error: how many, the lowest and highest file id
+-- they were read from (see the files table for the paths), and the ingest
+-- times of the oldest and the newest.
 CREATE VIEW dead_by_error AS
   SELECT last_error, count(*) AS rows,
          min(file) AS first_file, max(file) AS last_file,
