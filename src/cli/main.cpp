@@ -65,8 +65,8 @@ int usage(const std::string& message) {
 int main(int argc, char** argv) {
   // glibc gives each thread that allocates an arena of its own (up to 8 per
   // core); the relay's few threads hand batches to each other, so the extra
-  // arenas only hold freed memory. Two keep peak RSS down at no measurable cost.
-  mallopt(M_ARENA_MAX, 2);
+  // arenas only hold freed memory. One keeps peak RSS down at no measurable cost.
+  mallopt(M_ARENA_MAX, 1);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) return usage("no command given");
   if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {

@@ -492,9 +492,9 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     db.exec(sync_pragma(options.synchronous));
     db.exec("PRAGMA journal_size_limit = 67108864");
     db.exec("PRAGMA temp_store = MEMORY");
-    // 2 MiB: the hot ends of the B-trees (appends at one end, deletes at the
+    // 1 MiB: the hot ends of the B-trees (appends at one end, deletes at the
     // other) are a few hundred pages; more only raises peak RSS.
-    db.exec("PRAGMA cache_size = -2048");
+    db.exec("PRAGMA cache_size = -1024");
     if (impl->options.min_free_bytes > 0) {
       // A checkpoint needs free space for the WAL's new pages (the database
       // grows by them): keep the WAL well below the headroom kept free.
