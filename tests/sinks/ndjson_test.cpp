@@ -77,6 +77,9 @@ TEST_SUITE("sinks.ndjson") {
       lines.push_back(std::string(1, static_cast<char>(c)));
       lines.push_back("ab" + std::string(1, static_cast<char>(c)) + "cdefghijklmnop");
     }
+    for (size_t pos = 0; pos < 20; ++pos)   // every place in and across 8-byte blocks
+      for (char c : {'\x01', '\x1f', '"', '\\', '\n', ' ', '!', '#', '[', ']', '\x7f'})
+        lines.push_back(std::string(pos, 'a') + c + "\xC3\xA9" + std::string(20 - pos, 'b'));
     lines.push_back(std::string("nul\0inside", 10));
     lines.push_back("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80 \x7F end");
     lines.push_back(std::string(37, 'x') + "\"\\/\b\f\n\r\t\x01\x1f");
