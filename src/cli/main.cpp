@@ -1,4 +1,5 @@
 // tailbox: tails log files into an SQLite outbox and delivers every line once.
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -62,6 +63,10 @@ int usage(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // glibc gives each thread that allocates an arena of its own (up to 8 per
+  // core); the relay's few threads hand batches to each other, so the extra
+  // arenas only hold freed memory. One keeps peak RSS down at no measurable cost.
+  mallopt(M_ARENA_MAX, 1);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) return usage("no command given");
   if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {

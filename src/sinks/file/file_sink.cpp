@@ -10,6 +10,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "core/blocking.hpp"
 #include "core/record_key.hpp"
 #include "sinks/ndjson.hpp"
 
@@ -23,6 +24,7 @@ FileSink::FileSink(config::Settings& s) {
 }
 
 FileSink::~FileSink() {
+  pool_.join();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -165,6 +167,11 @@ std::string FileSink::state_string() const {
 }
 
 boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch) {
+  auto work = [this, batch] { return write_batch(batch); };
+  co_return co_await run_blocking(pool_, work);
+}
+
+Delivery FileSink::write_batch(std::span<const Record> batch) {
   buffer_.clear();
   int64_t skipped = 0;
   for (const Record& r : batch) {
@@ -187,14 +194,14 @@ boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch
       if (errno == EINTR) continue;
       std::string err = std::strerror(errno);
       (void)!ftruncate(fd_, committed_);
-      co_return Delivery::retry("write " + path_ + ": " + err);
+      return Delivery::retry("write " + path_ + ": " + err);
     }
     done += static_cast<size_t>(n);
   }
   if (fsync_ && fdatasync(fd_) != 0) {
     std::string err = std::strerror(errno);
     (void)!ftruncate(fd_, committed_);
-    co_return Delivery::retry("fsync " + path_ + ": " + err);
+    return Delivery::retry("fsync " + path_ + ": " + err);
   }
   committed_ += static_cast<int64_t>(buffer_.size());
   if (skipped > 0) {
@@ -204,7 +211,7 @@ boost::asio::awaitable<Delivery> FileSink::deliver(std::span<const Record> batch
     skipped_ += skipped;
   }
   if (buffer_.capacity() > (8u << 20)) std::string().swap(buffer_);
-  co_return Delivery::delivered(state_string());
+  return Delivery::delivered(state_string());
 }
 
 }  // namespace tailbox::sinks

@@ -5,6 +5,8 @@
 // state is read once for the keys it holds. The argument: docs/sinks/file.md.
 // Deliveries are serial. State format: "<dev>:<inode>:<size>[:<known>]".
 // Thread-safety: serial() is true, so deliver() is never called concurrently.
+// The blocking part of a delivery (encode, write, fdatasync) runs on a thread
+// of the sink's own, so a slow fsync does not hold one of the I/O threads.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +14,8 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include <boost/asio/thread_pool.hpp>
 
 #include "config/settings.hpp"
 #include "sinks/sink.hpp"
@@ -35,6 +39,8 @@ class FileSink : public Sink {
 
  private:
   std::string state_string() const;
+  // deliver()'s work, on pool_.
+  Delivery write_batch(std::span<const Record> batch);
   // Reads the keys of the complete NDJSON records in [0, size) of the output.
   void load_existing_keys(int64_t size, bool first_time);
   bool already_written(std::string_view key) const;
@@ -50,6 +56,7 @@ class FileSink : public Sink {
   std::unordered_map<std::string, std::vector<int64_t>> existing_;
   int64_t skipped_ = 0;
   int64_t known_end_ = 0;   // bytes [0, known_end_) held records tailbox had no state for
+  boost::asio::thread_pool pool_{1};
 };
 
 }  // namespace tailbox::sinks
