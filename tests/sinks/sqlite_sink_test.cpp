@@ -12,7 +12,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 #include <filesystem>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/sink_settings.hpp"
@@ -99,6 +101,45 @@ TEST_SUITE("sinks.sqlite") {
     REQUIRE(in.deliver({0, 10, 20}).outcome == Delivery::Outcome::delivered);
     REQUIRE(in.deliver({10, 20, 30}).outcome == Delivery::Outcome::delivered);
     CHECK(in.count() == 4);
+  }
+
+  TEST_CASE("batches delivered at once by several workers all arrive, each record once") {
+    // Workers deliver concurrently from several threads; the sink writes on
+    // its own strand, one transaction at a time.
+    Inbox in;
+    constexpr int kBatches = 16, kRows = 200;
+    std::vector<std::vector<std::string>> keys(kBatches);
+    std::vector<std::vector<Record>> batches(kBatches);
+    for (int b = 0; b < kBatches; ++b) {
+      for (int i = 0; i < kRows; ++i) keys[b].push_back("edge1/uid-" + std::to_string(b) + "/" + std::to_string(i));
+      for (int i = 0; i < kRows; ++i) {
+        Record r;
+        r.key = keys[b][i];
+        r.host = "edge1";
+        r.source = "app";
+        r.path = "/x";
+        r.offset = i;
+        r.line = keys[b][i];
+        batches[b].push_back(r);
+      }
+    }
+    std::vector<std::future<Delivery>> answers;
+    for (int b = 0; b < kBatches; ++b)
+      answers.push_back(boost::asio::co_spawn(in.ioc, in.sink->deliver(batches[b]), boost::asio::use_future));
+    in.ioc.restart();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) threads.emplace_back([&] { in.ioc.run(); });
+    for (auto& t : threads) t.join();
+    for (auto& a : answers) CHECK(a.get().outcome == Delivery::Outcome::delivered);
+    CHECK(in.count() == kBatches * kRows);
+    // Again, all at once: nothing added.
+    answers.clear();
+    for (int b = 0; b < kBatches; ++b)
+      answers.push_back(boost::asio::co_spawn(in.ioc, in.sink->deliver(batches[b]), boost::asio::use_future));
+    in.ioc.restart();
+    in.ioc.run();
+    for (auto& a : answers) CHECK(a.get().outcome == Delivery::Outcome::delivered);
+    CHECK(in.count() == kBatches * kRows);
   }
 
   TEST_CASE("an inbox that fails answers retry, and the batch arrives once it works again") {
