@@ -22,11 +22,7 @@ namespace {
 using Values = testing::SettingValues;
 using testing::has;
 
-Values base() {
-  Values v;
-  v["url"] = {std::string("http://127.0.0.1:9200/_bulk"), 2};
-  return v;
-}
+Values base() { return {{"url", {std::string("http://127.0.0.1:9200/_bulk"), 2}}}; }
 
 std::string build(const Values& v) { return testing::build_sink<sinks::HttpSink>(v, ""); }
 

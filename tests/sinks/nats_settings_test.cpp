@@ -18,11 +18,7 @@ using Values = testing::SettingValues;
 using testing::has;
 using testing::says;
 
-Values base() {
-  Values v;
-  v["stream"] = {std::string("LOGS"), 2};
-  return v;
-}
+Values base() { return {{"stream", {std::string("LOGS"), 2}}}; }
 
 std::string build(const Values& v) { return testing::build_sink<sinks::NatsSink>(v, "", "edge1"); }
 

@@ -18,11 +18,7 @@ namespace {
 using Values = testing::SettingValues;
 using testing::has;
 
-Values base() {
-  Values v;
-  v["conninfo"] = {std::string("host=127.0.0.1 port=5433 dbname=logs user=tailbox"), 2};
-  return v;
-}
+Values base() { return {{"conninfo", {std::string("host=127.0.0.1 port=5433 dbname=logs user=tailbox"), 2}}}; }
 
 std::string build(const Values& v) { return testing::build_sink<sinks::PostgresSink>(v, ""); }
 
