@@ -1,0 +1,1 @@
+"""Parts of tools/bench: what it measures (probes) and how it checks a destination (verify)."""
