@@ -2,8 +2,6 @@
 the tailbox config with a [sink] type = "nats" table, a writer of unique lines,
 and the exactness check that reads the STREAM back (nats_server.NatsClient)."""
 
-import base64
-import json
 import re
 import time
 
@@ -56,11 +54,7 @@ def read_records(ports, stream, token=None):
     recs, problems = [], []
     for m in msgs:
         try:
-            obj = json.loads(m["data"].decode("utf-8"))
-            line = (base64.b64decode(obj["message_base64"]) if "message_base64" in obj
-                    else obj["message"].encode("utf-8"))
-            rec = h.Rec(obj["_id"], obj["path"], int(obj["offset"]), line, obj.get("host"),
-                        obj.get("source"))
+            rec = h.rec_from_ndjson(m["data"])
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f"seq {m['seq']}: not a record ({e}): {m['data'][:100]!r}")
             continue

@@ -103,11 +103,7 @@ def read_records(port, queue, stream):
             continue
         body = base64.b64decode(m["body_b64"])
         try:
-            obj = json.loads(body.decode("utf-8"))
-            line = (base64.b64decode(obj["message_base64"]) if "message_base64" in obj
-                    else obj["message"].encode("utf-8"))
-            rec = h.Rec(obj["_id"], obj["path"], int(obj["offset"]), line, obj.get("host"),
-                        obj.get("source"))
+            rec = h.rec_from_ndjson(body)
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f"offset {m.get('offset')}: not a record ({e}): {body[:100]!r}")
             continue

@@ -3,7 +3,6 @@ JetStream cluster with one R3 stream; each can be stopped for a while (chaos) an
 back whole (the exactly-once check)."""
 
 import calendar
-import json
 import os
 import sys
 import threading
@@ -174,8 +173,6 @@ class NatsDest:
 
     def read(self):
         """[(Rec, stored epoch seconds)] of every message; problems raise TestFailure."""
-        import base64
-        import json
         c = nats_server.NatsClient(self.up_ports(), timeout=30)
         try:
             msgs = c.read_stream(STREAM)
@@ -184,11 +181,7 @@ class NatsDest:
         out, problems = [], []
         for m in msgs:
             try:
-                obj = json.loads(m["data"].decode("utf-8"))
-                line = (base64.b64decode(obj["message_base64"]) if "message_base64" in obj
-                        else obj["message"].encode("utf-8"))
-                rec = h.Rec(obj["_id"], obj["path"], int(obj["offset"]), line, obj.get("host"),
-                            obj.get("source"))
+                rec = h.rec_from_ndjson(m["data"])
             except (ValueError, KeyError, TypeError) as e:
                 problems.append(f"seq {m['seq']}: not a record ({e}): {m['data'][:100]!r}")
                 continue

@@ -33,7 +33,8 @@ from .outbox import (SCHEMA_DIR, InboxLock, caught_up, caught_up_reading, create
                      dead_rows, inbox_count, outbox_count, outbox_states, pending_rows,
                      schema_files, sqlite_connect)
 from .checks import (INBOX_TYPES, NewlineCounter, Rec, check_exact,
-                     expected_from_files, inbox_type_problems, read_inbox, read_ndjson)
+                     expected_from_files, inbox_type_problems, read_inbox, read_ndjson,
+                     rec_from_ndjson)
 from .workload import _WORDS, SourceFiles, Writer, _write_all, make_line
 from .net import TcpProxy, free_port, http_get, wait_server_ready
 from .case import Case, case, case_workdir, main, report_failure_context, run_cases, selected
@@ -78,6 +79,7 @@ __all__ = [
     "proc_status_kib",
     "read_inbox",
     "read_ndjson",
+    "rec_from_ndjson",
     "report_failure_context",
     "run_cases",
     "run_cli",

@@ -64,6 +64,20 @@ def inbox_type_problems(path):
     return problems
 
 
+def rec_from_ndjson(raw):
+    """The Rec of one NDJSON record (bytes): its key, path, offset, line (message or
+    message_base64), host and source. Raises ValueError, KeyError, TypeError or
+    UnicodeDecodeError on anything else."""
+    obj = json.loads(raw.decode("utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("not an object")
+    if "message_base64" in obj:
+        line = base64.b64decode(obj["message_base64"], validate=True)
+    else:
+        line = obj["message"].encode("utf-8")
+    return Rec(obj["_id"], obj["path"], int(obj["offset"]), line, obj.get("host"), obj.get("source"))
+
+
 def read_ndjson(path):
     """(records, problems): one Rec per NDJSON line; problems lists unparsable lines."""
     records, problems = [], []
@@ -76,15 +90,7 @@ def read_ndjson(path):
                         f"{data[-80:]!r})")
     for n, raw in enumerate(data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")):
         try:
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-            if "message_base64" in obj:
-                line = base64.b64decode(obj["message_base64"], validate=True)
-            else:
-                line = obj["message"].encode("utf-8")
-            records.append(Rec(obj["_id"], obj["path"], int(obj["offset"]), line,
-                               obj.get("host"), obj.get("source")))
+            records.append(rec_from_ndjson(raw))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             problems.append(f"NDJSON line {n + 1} is not a valid record ({e}): {raw[:120]!r}")
     return records, problems
