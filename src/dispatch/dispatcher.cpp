@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -83,6 +85,9 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   std::atomic<bool> stopping{false};
   std::atomic<bool> failed{false};
   std::atomic<int> running{0};
+  // run() waits on join_strand for the last worker to end (see join()).
+  asio::strand<asio::any_io_executor> join_strand;
+  asio::experimental::channel<void(boost::system::error_code)> workers_ended{join_strand, 1};
   std::vector<std::unique_ptr<Worker>> workers;
   int lanes = 1;
 
@@ -95,7 +100,8 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
 
   Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o, sinks::Sink& s)
       : executor(ex), cfg(c), outbox(o), sink(s), builder(c),
-        policy(c.delivery.backoff_min, c.delivery.backoff_max, c.delivery.jitter) {
+        policy(c.delivery.backoff_min, c.delivery.backoff_max, c.delivery.jitter),
+        join_strand(asio::make_strand(ex)) {
     int n = sink.serial() ? 1 : cfg.delivery.workers;
     lanes = cfg.delivery.ordering == config::Ordering::per_file ? n : 1;
     for (int i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(i, ex));
@@ -368,6 +374,14 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
     co_await wait_acks(w);
   }
 
+  // Runs on join_strand (the channel's only user) until every worker ended;
+  // the last one sends on the channel. A member coroutine, not a capturing
+  // lambda: its state must not live in a copied closure.
+  asio::awaitable<void> join() {
+    while (running.load() > 0)
+      co_await workers_ended.async_receive(asio::as_tuple(asio::use_awaitable));
+  }
+
   void wake_all() {
     for (auto& w : workers) {
       if (!w->idle.load()) continue;
@@ -415,17 +429,12 @@ asio::awaitable<void> Dispatcher::run() {
         // behind a relay that can no longer deliver.
         report_failure("delivery worker stopped: " + what);
       }
-      --impl->running;
+      if (--impl->running == 0)
+        asio::post(impl->join_strand,
+                   [impl] { (void)impl->workers_ended.try_send(boost::system::error_code{}); });
     });
   }
-  // Only notices that the workers have ended (after stop()): a slow look is
-  // enough, and an idle relay should not wake up 100 times a second for it.
-  asio::steady_timer t(co_await asio::this_coro::executor);
-  while (impl->running.load() > 0) {
-    t.expires_after(milliseconds(100));
-    boost::system::error_code ec;
-    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  }
+  co_await asio::co_spawn(impl->join_strand, impl->join(), asio::use_awaitable);
 }
 
 void Dispatcher::stop() { impl_->stop_all(); }
