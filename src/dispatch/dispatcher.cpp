@@ -39,14 +39,16 @@ struct Worker {
   bool woken = false;            // worker strand only
   int acks_pending = 0;          // worker strand only: 0 or 1
   bool ack_dropped = false;      // worker strand only
-  asio::steady_timer ack_done;   // cancelled when an ack finishes
+  // Signalled (on the strand) when an ack finishes; a stale signal only makes
+  // wait_acks() look at acks_pending again.
+  asio::experimental::channel<void(boost::system::error_code)> ack_done;
   std::mt19937_64 rng;
 
   Worker(int i, asio::any_io_executor ex)
       : index(i),
         strand(asio::make_strand(ex)),
         timer(strand),
-        ack_done(strand, asio::steady_timer::time_point::max()),
+        ack_done(strand, 1),
         rng(std::random_device{}()) {}
 };
 
@@ -188,10 +190,8 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // sink's acks (and the states they carry) still commit in delivery order, and
   // a crash in between only means both batches are delivered again.
   static asio::awaitable<void> wait_acks(Worker& w) {
-    while (w.acks_pending > 0) {
-      boost::system::error_code ec;
-      co_await w.ack_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    }
+    while (w.acks_pending > 0)
+      co_await w.ack_done.async_receive(asio::as_tuple(asio::use_awaitable));
   }
 
   // Runs the ack on the outbox strand, posted, so the worker goes on with its
@@ -226,7 +226,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
                          // that are still pending.
                          if (!ok) wp->ack_dropped = true;
                          --wp->acks_pending;
-                         wp->ack_done.cancel();
+                         (void)wp->ack_done.try_send(boost::system::error_code{});
                        });
                      });
     });
