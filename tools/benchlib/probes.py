@@ -1,10 +1,16 @@
 """tools/bench's measurements of a running relay: file sizes, peak RSS and CPU time from
-/proc, the outbox's progress (polled read-only), and the NDJSON output's line count."""
+/proc, the outbox's progress (polled read-only); the NDJSON output's line count is the
+tests' NewlineCounter."""
 
 import json
 import os
 import sqlite3
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "tests", "integration"))
+from harness import NewlineCounter  # noqa: E402,F401  (re-exported for tools/bench)
 
 
 def file_size(path):
@@ -54,26 +60,6 @@ class OutboxProbe:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-
-class NewlineCounter:
-    def __init__(self, path):
-        self.path, self.pos, self.count = path, 0, 0
-
-    def poll(self):
-        size = file_size(self.path)
-        if size < self.pos:
-            self.pos, self.count = 0, 0
-        if size > self.pos:
-            with open(self.path, "rb") as f:
-                f.seek(self.pos)
-                while self.pos < size:
-                    block = f.read(min(16 << 20, size - self.pos))
-                    if not block:
-                        break
-                    self.count += block.count(b"\n")
-                    self.pos += len(block)
-        return self.count
 
 
 def cpu_seconds(pid):
