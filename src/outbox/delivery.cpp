@@ -9,6 +9,17 @@
 
 namespace tailbox::outbox {
 
+namespace {
+
+// Binds a row's key to parameters 1-3 (file, inode, offset) of `q`.
+void bind_key(SQLite::Statement& q, const RowKey& key) {
+  q.bind(1, key.file);
+  q.bind(2, key.inode);
+  q.bind(3, key.offset);
+}
+
+}  // namespace
+
 Result<std::vector<LeasedRow>> Outbox::lease(LeaseCursor& cursor, int lane, int lanes,
                                              int64_t max_rows, int64_t max_bytes,
                                              const std::function<bool(const RowKey&)>& skip) {
@@ -112,17 +123,13 @@ int64_t Outbox::Impl::delete_rows(std::span<const RowKey> rows, bool ranges) {
         ++j;
     if (j - i == 1) {
       SQLite::Statement& del = *delete_row;
-      del.bind(1, rows[i].file);
-      del.bind(2, rows[i].inode);
-      del.bind(3, rows[i].offset);
+      bind_key(del, rows[i]);
       del.exec();
       del.reset();
       deleted += conn.getChanges();
     } else {
       SQLite::Statement& del = *delete_range;
-      del.bind(1, rows[i].file);
-      del.bind(2, rows[i].inode);
-      del.bind(3, rows[i].offset);
+      bind_key(del, rows[i]);
       del.bind(4, rows[j - 1].offset);
       del.exec();
       del.reset();
@@ -245,9 +252,7 @@ Result<std::vector<RowKey>> Outbox::fail(std::span<const RowKey> ids, std::strin
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& q = *impl_->fail_row;
     for (const RowKey& id : ids) {
-      q.bind(1, id.file);
-      q.bind(2, id.inode);
-      q.bind(3, id.offset);
+      bind_key(q, id);
       q.bind(4, std::string(error));
       q.bind(5, max_attempts);
       while (q.executeStep())
@@ -266,9 +271,7 @@ Status Outbox::bury(std::span<const RowKey> ids, std::string_view error) {
     SQLite::Transaction tx(*impl_->db);
     SQLite::Statement& q = *impl_->bury_row;
     for (const RowKey& id : ids) {
-      q.bind(1, id.file);
-      q.bind(2, id.inode);
-      q.bind(3, id.offset);
+      bind_key(q, id);
       q.bind(4, std::string(error));
       q.exec();
       q.reset();
