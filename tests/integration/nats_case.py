@@ -43,15 +43,11 @@ def delete_stream(ports, stream):
         c.close()
 
 
-def read_records(ports, stream, token=None):
-    """Every message of the stream as harness.Rec, from its NDJSON body; fails on
-    a message whose headers disagree with its body."""
-    c = client(ports, token)
-    try:
-        msgs = c.read_stream(stream)
-    finally:
-        c.close()
-    recs, problems = [], []
+def checked_records(msgs, stream, host=None):
+    """[(message, harness.Rec)] from the NDJSON bodies of `msgs` (NatsClient.read_stream);
+    fails on a message that is not a record, or whose headers or subject disagree with its
+    body (subject logs.<host>.<source>; `host`: the only host expected, else each record's)."""
+    pairs, problems = [], []
     for m in msgs:
         try:
             rec = h.rec_from_ndjson(m["data"])
@@ -63,12 +59,22 @@ def read_records(ports, stream, token=None):
                 or hd.get("Tailbox-Host") != rec.host or hd.get("Tailbox-Source") != rec.source):
             problems.append(f"seq {m['seq']}: headers {hd} disagree with the body's key "
                             f"{rec.key} / offset {rec.offset}")
-        if m["subject"] != f"logs.{HOST}.{rec.source}":
-            problems.append(f"seq {m['seq']}: subject {m['subject']}")
-        recs.append(rec)
+        if m["subject"] != f"logs.{host or rec.host}.{rec.source}":
+            problems.append(f"seq {m['seq']}: subject {m['subject']} for host {rec.host}")
+        pairs.append((m, rec))
     if problems:
         h.fail(f"{len(problems)} bad messages in stream {stream}, e.g.:\n  " + "\n  ".join(problems[:5]))
-    return recs
+    return pairs
+
+
+def read_records(ports, stream, token=None):
+    """Every message of the stream as harness.Rec (see checked_records)."""
+    c = client(ports, token)
+    try:
+        msgs = c.read_stream(stream)
+    finally:
+        c.close()
+    return [rec for _, rec in checked_records(msgs, stream, HOST)]
 
 
 def wait_all(ports, stream, wd, tb, expected, timeout, what):

@@ -11,6 +11,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tests", "integration"))
 import harness as h  # noqa: E402
+import nats_case  # noqa: E402
 import nats_server  # noqa: E402
 import pg_server  # noqa: E402
 from fleetlib.sampling import proc_ticks  # noqa: E402
@@ -178,24 +179,8 @@ class NatsDest:
             msgs = c.read_stream(STREAM)
         finally:
             c.close()
-        out, problems = [], []
-        for m in msgs:
-            try:
-                rec = h.rec_from_ndjson(m["data"])
-            except (ValueError, KeyError, TypeError) as e:
-                problems.append(f"seq {m['seq']}: not a record ({e}): {m['data'][:100]!r}")
-                continue
-            hd = m["headers"]
-            if hd.get("Nats-Msg-Id") != rec.key or hd.get("Tailbox-Host") != rec.host:
-                problems.append(f"seq {m['seq']}: headers {hd} disagree with the body's key "
-                                f"{rec.key}")
-            if m["subject"] != f"logs.{rec.host}.{rec.source}":
-                problems.append(f"seq {m['seq']}: subject {m['subject']} for host {rec.host}")
-            out.append((rec, rfc3339_seconds(m.get("time"))))
-        if problems:
-            h.fail(f"{len(problems)} bad messages in stream {STREAM}, e.g.:\n  "
-                   + "\n  ".join(problems[:5]))
-        return out
+        return [(rec, rfc3339_seconds(m.get("time")))
+                for m, rec in nats_case.checked_records(msgs, STREAM)]
 
     def cpu_ticks(self):
         with self.lock:
