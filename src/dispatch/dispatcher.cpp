@@ -37,9 +37,9 @@ struct Worker {
   asio::steady_timer timer;
   std::atomic<bool> idle{false};
   bool woken = false;            // worker strand only
-  int acks_pending = 0;          // worker strand only: 0 or 1
+  int acks_pending = 0;          // worker strand only: 0..kAcksAhead
   bool ack_dropped = false;      // worker strand only
-  // Signalled (on the strand) when an ack finishes; a stale signal only makes
+  // Signalled (on the strand) when its acks commit; a stale signal only makes
   // wait_acks() look at acks_pending again.
   asio::experimental::channel<void(boost::system::error_code)> ack_done;
   std::mt19937_64 rng;
@@ -54,6 +54,19 @@ struct Worker {
 
 using outbox::RowKey;
 using KeySet = std::unordered_set<RowKey, outbox::RowKeyHash>;
+
+// Delivered batches a worker may have waiting for their ack while it goes on
+// with the next ones. Their rows stay leased (and pending in the outbox) until
+// the ack commits: a crash meanwhile only means they are delivered again.
+constexpr int kAcksAhead = 4;
+
+// A delivered batch waiting for its rows to be deleted (ack_strand only).
+struct PendingAck {
+  Worker* worker;
+  std::vector<RowKey> ids;
+  int64_t bytes;
+  std::optional<std::string> state;
+};
 
 // The rows' keys in lease order: runs that joined their predecessor stay
 // runs, so the outbox deletes them as ranges.
@@ -93,6 +106,14 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   std::vector<std::unique_ptr<Worker>> workers;
   int lanes = 1;
 
+  // Acks of every worker, queued in delivery order and committed by one
+  // coroutine on ack_strand: all the acks that wait while one commits are
+  // committed together next, in one transaction (group commit).
+  asio::strand<asio::any_io_executor> ack_strand;
+  std::vector<PendingAck> ack_queue;   // ack_strand only
+  bool committing = false;             // ack_strand only
+  bool acks_dropped = false;           // ack_strand only: one ack given up, so all later ones
+
   // Lease bookkeeping, under lease_mu (leases happen on the lease strand, acks
   // on the outbox strand).
   std::mutex lease_mu;
@@ -103,7 +124,8 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   Impl(asio::any_io_executor ex, const config::Config& c, outbox::AsyncOutbox& o, sinks::Sink& s)
       : executor(ex), cfg(c), outbox(o), sink(s), builder(c),
         policy(c.delivery.backoff_min, c.delivery.backoff_max, c.delivery.jitter),
-        join_strand(asio::make_strand(ex)) {
+        join_strand(asio::make_strand(ex)),
+        ack_strand(asio::make_strand(ex)) {
     int n = sink.serial() ? 1 : cfg.delivery.workers;
     lanes = cfg.delivery.ordering == config::Ordering::per_file ? n : 1;
     for (int i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(i, ex));
@@ -186,50 +208,75 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
     }
   }
 
-  // Acks run beside the worker's next batch, one at a time per worker: a serial
-  // sink's acks (and the states they carry) still commit in delivery order, and
-  // a crash in between only means both batches are delivered again.
-  static asio::awaitable<void> wait_acks(Worker& w) {
-    while (w.acks_pending > 0)
+  // Acks run beside the worker's next batches, at most kAcksAhead of them
+  // waiting (limit: how many may still wait when this returns).
+  static asio::awaitable<void> wait_acks(Worker& w, int limit = 0) {
+    while (w.acks_pending > limit)
       co_await w.ack_done.async_receive(asio::as_tuple(asio::use_awaitable));
   }
 
-  // Runs the ack on the outbox strand, posted, so the worker goes on with its
-  // next batch meanwhile; reports back on the worker's strand.
+  // Queues the ack of a delivered batch; the worker goes on meanwhile. Acks
+  // commit in the order they were queued, so a serial sink's states (each one
+  // covering every batch before it) are stored in delivery order.
   void start_ack(Worker& w, std::span<const outbox::LeasedRow> rows, std::optional<std::string> state) {
     ++w.acks_pending;
     auto self = shared_from_this();
-    Worker* wp = &w;
-    asio::post(outbox.strand(), [self, wp, ids = ids_of(rows), bytes = bytes_of(rows),
-                                 state = std::move(state)]() mutable {
-      asio::co_spawn(self->outbox.strand(), self->ack(std::move(ids), bytes, std::move(state)),
-                     [self, wp](std::exception_ptr e, bool acked) {
-                       if (e) {
-                         // A bug, not an I/O failure (those are retried): going on
-                         // would deliver these rows again and again.
-                         std::string what = "unknown exception";
-                         try {
-                           std::rethrow_exception(e);
-                         } catch (const std::exception& ex) {
-                           what = ex.what();
-                         } catch (...) {
-                         }
-                         spdlog::error("acknowledging delivered rows failed: {}; stopping the relay",
-                                       what);
-                         self->failed = true;
-                         self->stop_all();
-                         report_failure("acknowledging delivered rows failed: " + what);
-                       }
-                       asio::post(wp->strand, [wp, ok = acked && !e] {
-                         // A dropped ack (only when stopping) must not be followed by
-                         // another: a serial sink's later state would cover rows
-                         // that are still pending.
-                         if (!ok) wp->ack_dropped = true;
-                         --wp->acks_pending;
-                         (void)wp->ack_done.try_send(boost::system::error_code{});
-                       });
-                     });
+    asio::post(ack_strand, [self, ack = PendingAck{&w, ids_of(rows), bytes_of(rows),
+                                                  std::move(state)}]() mutable {
+      self->ack_queue.push_back(std::move(ack));
+      if (self->committing) return;   // the running committer takes it next
+      self->committing = true;
+      asio::co_spawn(self->ack_strand, self->commit_acks(), [self](std::exception_ptr) {});
     });
+  }
+
+  // Runs on ack_strand while acks are queued: takes every queued ack, commits
+  // them as one (their rows, and the last state), then tells their workers.
+  // A member coroutine, not a capturing lambda (see join()).
+  asio::awaitable<void> commit_acks() {
+    while (!ack_queue.empty()) {
+      std::vector<PendingAck> group;
+      group.swap(ack_queue);
+      bool ok = false;
+      if (!acks_dropped) {
+        std::vector<RowKey> ids;
+        int64_t bytes = 0;
+        std::optional<std::string> state;
+        for (PendingAck& a : group) {
+          ids.insert(ids.end(), a.ids.begin(), a.ids.end());
+          bytes += a.bytes;
+          if (a.state) state = std::move(a.state);
+        }
+        std::string what;
+        try {
+          ok = co_await ack(std::move(ids), bytes, std::move(state));
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+          what = "unknown exception";
+        }
+        if (!what.empty()) {
+          // A bug, not an I/O failure (those are retried): going on would
+          // deliver these rows again and again.
+          spdlog::error("acknowledging delivered rows failed: {}; stopping the relay", what);
+          failed = true;
+          stop_all();
+          report_failure("acknowledging delivered rows failed: " + what);
+        }
+        // A dropped ack (only when stopping) must not be followed by another:
+        // a serial sink's later state would cover rows that are still pending.
+        if (!ok) acks_dropped = true;
+      }
+      for (PendingAck& a : group) {
+        Worker* wp = a.worker;
+        asio::post(wp->strand, [wp, ok] {
+          if (!ok) wp->ack_dropped = true;
+          --wp->acks_pending;
+          (void)wp->ack_done.try_send(boost::system::error_code{});
+        });
+      }
+    }
+    committing = false;
   }
 
   // Delivers rows[i..] until each is acked or dead; splits rejected batches.
@@ -248,7 +295,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         stats.set_last_error(d.detail);
       }
       if (d.outcome == Delivery::Outcome::delivered) {
-        co_await wait_acks(w);
+        co_await wait_acks(w, kAcksAhead - 1);
         if (w.ack_dropped) co_return false;   // stopping: these rows stay pending
         start_ack(w, rows, std::move(d.state));
         stats.delivered += static_cast<int64_t>(rows.size());

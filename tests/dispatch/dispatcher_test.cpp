@@ -6,6 +6,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <future>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -239,5 +240,42 @@ TEST_SUITE("dispatch.dispatcher") {
     CHECK(sink.delivered().size() == 50);
     for (const auto& [key, n] : sink.delivered()) CHECK(n == 1);
     CHECK(h.summary().pending == 0);
+  }
+
+  TEST_CASE("a serial sink goes on while its acks wait; they commit in order, the last state kept") {
+    Harness h(1, 1000);
+    h.cfg.delivery.batch_rows = 100;
+    std::atomic<int> batches{0};
+    testing::ScriptedSink sink(
+        [&](std::span<const Record>) { return Delivery::delivered("state " + std::to_string(++batches)); },
+        true);
+    // Hold the outbox's writer strand: no ack commits until it is released.
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    boost::asio::post(h.ob->strand(), [released] { released.wait(); });
+    bool held = true;
+    int while_held = 0;
+    auto held_since = std::chrono::steady_clock::now();
+    REQUIRE(h.run(sink, [&] {
+      if (held) {
+        // The worker delivers 4 batches whose acks then wait, and a 5th; then
+        // it waits for an ack. Give it time to (wrongly) go further.
+        if (std::chrono::steady_clock::now() - held_since < 1500ms) return false;
+        while_held = batches.load();
+        held = false;
+        release.set_value();
+        return false;
+      }
+      return h.ob->backlog().rows == 0;
+    }));
+    CHECK(while_held == 5);
+    CHECK(batches.load() == 10);
+    CHECK(sink.delivered().size() == 1000);
+    for (const auto& [key, n] : sink.delivered()) CHECK(n == 1);
+    CHECK(h.summary().pending == 0);
+    auto reader = outbox::Outbox::open({h.dir / "outbox.db", config::Synchronous::off, true});
+    auto state = testing::ok(reader->sink_state("scripted"));
+    REQUIRE(state);
+    CHECK(*state == "state 10");
   }
 }
