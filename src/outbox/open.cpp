@@ -244,6 +244,10 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
 
     impl->salt = db.execAndGet(sql::kInstanceSalt).getString();
     impl->insert_row = std::make_unique<SQLite::Statement>(db, sql::kInsertRow);
+    impl->insert_rows = std::make_unique<SQLite::Statement>(db, sql::insert_rows_sql(sql::kInsertBlock));
+    impl->savepoint = std::make_unique<SQLite::Statement>(db, "SAVEPOINT block");
+    impl->release_savepoint = std::make_unique<SQLite::Statement>(db, "RELEASE block");
+    impl->rollback_savepoint = std::make_unique<SQLite::Statement>(db, "ROLLBACK TO block");
     impl->update_offset = std::make_unique<SQLite::Statement>(db, sql::kUpdateOffset);
     impl->update_fingerprint = std::make_unique<SQLite::Statement>(db, sql::kUpdateFingerprint);
     impl->reader = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX, 5000);

@@ -144,18 +144,45 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
     std::optional<SyncScope> full;
     if (durable) full.emplace(*impl_->db, impl_->options.synchronous);
     SQLite::Transaction tx(*impl_->db);
-    SQLite::Statement& ins = *impl_->insert_row;
+    SQLite::Statement& one = *impl_->insert_row;
+    SQLite::Statement& block = *impl_->insert_rows;
     for (const Chunk* c : chunks) {
-      for (const Line& line : c->lines) {
-        ins.bind(1, c->file_id);
-        ins.bind(2, static_cast<int64_t>(c->inode));
-        ins.bind(3, line.offset);
-        ins.bind(4, line.length);
-        ins.bind(5, c->ingest_ms);
-        ins.bindNoCopy(6, static_cast<const void*>(line.text.data()),
+      const size_t n = c->lines.size();
+      auto bind_line = [&](SQLite::Statement& ins, int first, const Line& line) {
+        ins.bind(first, c->file_id);
+        ins.bind(first + 1, static_cast<int64_t>(c->inode));
+        ins.bind(first + 2, line.offset);
+        ins.bind(first + 3, line.length);
+        ins.bind(first + 4, c->ingest_ms);
+        ins.bindNoCopy(first + 5, static_cast<const void*>(line.text.data()),
                        static_cast<int>(line.text.size()));
-        ins.exec();
-        ins.reset();
+      };
+      size_t i = 0;
+      // Whole blocks of rows per statement, each in a savepoint. A block that
+      // meets rows already there (the key refused a second copy) is undone and
+      // the rest of the chunk inserted row by row, so that exactly the rows
+      // added are counted.
+      for (; i + sql::kInsertBlock <= n; i += sql::kInsertBlock) {
+        for (int k = 0; k < sql::kInsertBlock; ++k) bind_line(block, 6 * k + 1, c->lines[i + k]);
+        impl_->step(*impl_->savepoint);
+        block.exec();
+        block.reset();
+        if (impl_->db->getChanges() == sql::kInsertBlock) {
+          impl_->step(*impl_->release_savepoint);
+          added_rows += sql::kInsertBlock;
+          for (int k = 0; k < sql::kInsertBlock; ++k)
+            added_bytes += static_cast<int64_t>(c->lines[i + k].text.size());
+          continue;
+        }
+        impl_->step(*impl_->rollback_savepoint);
+        impl_->step(*impl_->release_savepoint);
+        break;
+      }
+      for (; i < n; ++i) {
+        const Line& line = c->lines[i];
+        bind_line(one, 1, line);
+        one.exec();
+        one.reset();
         if (impl_->db->getChanges() > 0) {
           ++added_rows;
           added_bytes += static_cast<int64_t>(line.text.size());
@@ -184,6 +211,10 @@ Status Outbox::append(std::span<const Chunk* const> chunks) {
   // A failed statement leaves its prepared statement mid-step: reset them all.
   if (!st) {
     impl_->insert_row->tryReset();
+    impl_->insert_rows->tryReset();
+    impl_->savepoint->tryReset();
+    impl_->release_savepoint->tryReset();
+    impl_->rollback_savepoint->tryReset();
     impl_->update_offset->tryReset();
     impl_->update_fingerprint->tryReset();
   } else {

@@ -96,6 +96,13 @@ struct Outbox::Impl {
   int lock_fd = -1;
   std::unique_ptr<SQLite::Database> db;       // the writer
   std::unique_ptr<SQLite::Database> reader;   // lease() only: reads run beside writes (WAL)
+  std::unique_ptr<SQLite::Statement> insert_rows;   // kInsertBlock rows
+  std::unique_ptr<SQLite::Statement> savepoint, release_savepoint, rollback_savepoint;
+  // Runs a prepared statement that returns no rows, ready to run again.
+  static void step(SQLite::Statement& s) {
+    s.exec();
+    s.reset();
+  }
   std::unique_ptr<SQLite::Statement> insert_row, update_offset, update_fingerprint, next_file,
       lease_file, delete_range, delete_row, fail_row, bury_row, put_state;
   std::atomic<int64_t> rows{0}, bytes{0};
@@ -265,6 +272,7 @@ struct Outbox::Impl {
 
   ~Impl() {
     // Statements must go before the database; the database before the lock.
+    insert_rows.reset(); savepoint.reset(); release_savepoint.reset(); rollback_savepoint.reset();
     insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); next_file.reset();
     lease_file.reset(); delete_range.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();
     reader.reset();

@@ -2,12 +2,28 @@
 // The tables are described in schema/*.sql (the outbox table: 003_outbox_one_btree.sql).
 #pragma once
 
+#include <string>
+
 namespace tailbox::outbox::sql {
 
 // The (file, inode, offset) primary key swallows a second copy of a line, silently.
 inline constexpr const char* kInsertRow =
     "INSERT INTO outbox (file, inode, offset, length, ingest_time, payload) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (file, inode, offset) DO NOTHING";
+
+// The same for kInsertBlock rows at once (one statement step instead of 32):
+// parameters 6*i+1 .. 6*i+6 are row i's, in kInsertRow's order.
+inline constexpr int kInsertBlock = 32;
+inline std::string insert_rows_sql(int rows) {
+  std::string sql = "INSERT INTO outbox (file, inode, offset, length, ingest_time, payload) VALUES ";
+  for (int i = 0; i < rows; ++i) {
+    int p = 6 * i;
+    sql += (i ? ",(?" : "(?") + std::to_string(p + 1);
+    for (int k = 2; k <= 6; ++k) sql += ",?" + std::to_string(p + k);
+    sql += ")";
+  }
+  return sql + " ON CONFLICT (file, inode, offset) DO NOTHING";
+}
 
 inline constexpr const char* kUpdateOffset =
     "UPDATE files SET read_offset = ?1, last_seen = ?2 WHERE id = ?3";

@@ -97,6 +97,41 @@ TEST_SUITE("outbox") {
     CHECK(f.ob->backlog().rows == 3);
   }
 
+  TEST_CASE("a chunk of many lines (inserted in blocks) keeps each line once, counted exactly") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    // 100 lines "line 0".."line 99": three whole blocks of 32 rows and a tail of 4.
+    std::string text;
+    std::vector<int64_t> offsets;
+    for (int i = 0; i < 100; ++i) {
+      offsets.push_back(static_cast<int64_t>(text.size()));
+      text += "line " + std::to_string(i) + "\n";
+    }
+    // Some lines are there already (read before a crash): lines 5..9 and 70.
+    std::string some = text.substr(static_cast<size_t>(offsets[5]),
+                                   static_cast<size_t>(offsets[10] - offsets[5]));
+    REQUIRE(f.append(f.chunk(id, some, offsets[5])).is_ok());
+    std::string l70 = "line 70\n";
+    REQUIRE(f.append(f.chunk(id, l70, offsets[70])).is_ok());
+    CHECK(f.ob->backlog().rows == 6);
+    REQUIRE(f.append(f.chunk(id, text, 0)).is_ok());
+    auto rows = f.lease_all();
+    REQUIRE(rows.size() == 100);
+    int64_t bytes = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      CHECK(rows[i].offset == offsets[i]);
+      CHECK(rows[i].payload == "line " + std::to_string(i));
+      bytes += static_cast<int64_t>(rows[i].payload.size());
+    }
+    CHECK(f.ob->backlog().rows == 100);
+    CHECK(f.ob->backlog().bytes == bytes);
+    // All of it again: nothing added, nothing counted.
+    REQUIRE(f.append(f.chunk(id, text, 0)).is_ok());
+    CHECK(f.ob->backlog().rows == 100);
+    CHECK(f.ob->backlog().bytes == bytes);
+    CHECK(f.offset_of(id) == static_cast<int64_t>(text.size()));
+  }
+
   TEST_CASE("ack deletes rows and stores the sink state in the same transaction") {
     Fixture f;
     int64_t id = f.add("a.log");
