@@ -48,6 +48,14 @@ void register_metrics(metrics::Registry& reg, const config::Config& cfg, tail::T
                });
   reg.counter_fn("tailbox_outbox_errors_total", "Outbox (SQLite) transactions that failed.", {},
                  [&outbox] { return double(outbox.health().errors); });
+  reg.counter_fn("tailbox_outbox_checkpoints_total",
+                 "WAL checkpoints, by who ran them: the checkpoint thread, or the writer when "
+                 "the thread was behind.", {{"by", "thread"}},
+                 [&outbox] { return double(outbox.health().checkpoints); });
+  reg.counter_fn("tailbox_outbox_checkpoints_total",
+                 "WAL checkpoints, by who ran them: the checkpoint thread, or the writer when "
+                 "the thread was behind.", {{"by", "writer"}},
+                 [&outbox] { return double(outbox.health().writer_checkpoints); });
   reg.gauge_fn("tailbox_outbox_max_rows", "Configured [outbox] max_rows.", {},
                [&cfg] { return double(cfg.outbox.max_rows); });
   const dispatch::DispatchStats& ds = dispatcher.stats();

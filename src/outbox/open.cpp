@@ -219,12 +219,13 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
     // 1 MiB: the hot ends of the B-tree (appends at one end, deletes at the
     // other) are a few hundred pages; more only raises peak RSS.
     db.exec("PRAGMA cache_size = -1024");
+    int64_t checkpoint_pages = 1000;   // SQLite's default
     if (impl->options.min_free_bytes > 0) {
       // A checkpoint needs free space for the WAL's new pages (the database
       // grows by them): keep the WAL well below the headroom kept free.
       int64_t quarter = impl->options.min_free_bytes / 4;
-      int64_t pages = std::clamp<int64_t>(quarter / 4096, 16, 1000);   // 1000: SQLite's default
-      db.exec("PRAGMA wal_autocheckpoint = " + std::to_string(pages));
+      checkpoint_pages = std::clamp<int64_t>(quarter / 4096, 16, 1000);
+      db.exec("PRAGMA wal_autocheckpoint = " + std::to_string(checkpoint_pages));
       db.exec("PRAGMA journal_size_limit = " +
               std::to_string(std::min<int64_t>(67108864, std::max<int64_t>(quarter, 65536))));
     }
@@ -241,6 +242,12 @@ std::unique_ptr<Outbox> Outbox::open(const OpenOptions& options) {
       db.exec("PRAGMA user_version = " + std::to_string(v + 1));
       tx.commit();
     }
+
+    // Checkpoints on a thread of their own from here on (see checkpointer.hpp);
+    // the writer still checkpoints itself at 4x the pages if the thread lags,
+    // and after_write() keeps the WAL small when disk space is short.
+    impl->checkpointer = std::make_unique<Checkpointer>(path, static_cast<int>(checkpoint_pages));
+    impl->checkpointer->install(db.getHandle());
 
     impl->salt = db.execAndGet(sql::kInstanceSalt).getString();
     impl->insert_row = std::make_unique<SQLite::Statement>(db, sql::kInsertRow);

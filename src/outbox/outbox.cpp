@@ -290,6 +290,10 @@ Outbox::Health Outbox::health() const {
   h.errors = impl_->errors.load();
   h.last_error_ms = impl_->last_error_ms.load();
   h.last_ok_ms = impl_->last_ok_ms.load();
+  if (impl_->checkpointer) {
+    h.checkpoints = impl_->checkpointer->runs();
+    h.writer_checkpoints = impl_->checkpointer->writer_runs();
+  }
   std::lock_guard lock(impl_->health_mu);
   h.last_error = impl_->last_error;
   return h;

@@ -254,6 +254,8 @@ class Outbox {
     int64_t last_error_ms = 0;   // when the last one failed (0: never)
     int64_t last_ok_ms = 0;      // when a write last succeeded
     std::string last_error;
+    int64_t checkpoints = 0;          // WAL checkpoints run by the checkpoint thread
+    int64_t writer_checkpoints = 0;   // ... by the writer, the thread being behind
   };
   Health health() const;
   // Ingest time of the oldest pending row (0 if none). Safe from any thread:

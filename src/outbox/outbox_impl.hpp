@@ -20,6 +20,7 @@
 #include <string>
 
 #include "core/clock.hpp"
+#include "outbox/checkpointer.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/statements.hpp"
 
@@ -95,6 +96,7 @@ struct Outbox::Impl {
   OpenOptions options;
   int lock_fd = -1;
   std::unique_ptr<SQLite::Database> db;       // the writer
+  std::unique_ptr<Checkpointer> checkpointer;  // the writer's WAL, copied back on a thread
   std::unique_ptr<SQLite::Database> reader;   // lease() only: reads run beside writes (WAL)
   std::unique_ptr<SQLite::Statement> insert_rows;   // kInsertBlock rows
   std::unique_ptr<SQLite::Statement> savepoint, release_savepoint, rollback_savepoint;
@@ -272,6 +274,7 @@ struct Outbox::Impl {
 
   ~Impl() {
     // Statements must go before the database; the database before the lock.
+    checkpointer.reset();
     insert_rows.reset(); savepoint.reset(); release_savepoint.reset(); rollback_savepoint.reset();
     insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); next_file.reset();
     lease_file.reset(); delete_range.reset(); delete_row.reset(); fail_row.reset(); bury_row.reset(); put_state.reset();

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <fstream>
@@ -130,6 +131,36 @@ TEST_SUITE("outbox") {
     CHECK(f.ob->backlog().rows == 100);
     CHECK(f.ob->backlog().bytes == bytes);
     CHECK(f.offset_of(id) == static_cast<int64_t>(text.size()));
+  }
+
+  TEST_CASE("the WAL is copied back on the checkpoint thread, and stays bounded") {
+    Fixture f;
+    int64_t id = f.add("a.log");
+    // ~40 MiB through the WAL (appends, then deletes): many times the 1000
+    // pages that wake the checkpoint thread.
+    std::string line(200, 'x');
+    std::string text;
+    for (int i = 0; i < 1000; ++i) text += line + "\n";
+    int64_t base = 0;
+    int64_t most_wal = 0;
+    for (int round = 0; round < 100; ++round) {
+      REQUIRE(f.append(f.chunk(id, text, base)).is_ok());
+      base += static_cast<int64_t>(text.size());
+      struct stat st {};
+      if (::stat((f.path + "-wal").c_str(), &st) == 0) most_wal = std::max<int64_t>(most_wal, st.st_size);
+      if (round % 10 == 9) {
+        auto rows = f.lease_all();
+        std::vector<RowKey> keys;
+        for (const auto& r : rows) keys.push_back(r.key());
+        REQUIRE(f.ob->ack(keys, 0, nullptr).is_ok());
+      }
+    }
+    Outbox::Health h = f.ob->health();
+    CHECK(h.checkpoints > 0);
+    CHECK(h.checkpoints > h.writer_checkpoints);
+    // Never more than the writer's own limit (4000 pages of 4 KiB) and a round.
+    CHECK(most_wal < (4000 + 600) * 4120);
+    CHECK(f.ob->backlog().rows == 0);
   }
 
   TEST_CASE("ack deletes rows and stores the sink state in the same transaction") {
