@@ -79,6 +79,13 @@ bool connection_lost(std::string_view sqlstate);
 // replace the T). nullopt otherwise (no fields, no such field, another format).
 std::optional<int64_t> event_time_us(std::string_view fields_json);
 
+// The batch as a COPY ... (FORMAT binary) stream for the 9 columns key, host,
+// source, path, file_offset (bigint), ingest_time, event_time (timestamptz:
+// microseconds since 2000-01-01 UTC), message, fields (jsonb: version 1, then
+// the JSON text), into `out` (cleared first). Text goes as its bytes: the
+// server checks the encoding, as it does for the INSERT's arrays.
+void copy_binary(std::span<const Record> batch, std::string& out);
+
 }  // namespace postgres
 
 }  // namespace tailbox::sinks
