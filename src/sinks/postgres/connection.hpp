@@ -307,6 +307,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
       Result r(PQgetResult(conn_));
       if (!r) break;
       ExecStatusType st = PQresultStatus(r.get());
+      // Still in a copy state (libpq would return it again and again): the
+      // caller drops the connection (its transaction status is "active").
+      if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH)
+        co_return first ? first : PgError::of("libpq: the connection is still in COPY state");
       if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !first) first = error_of(r.get(), conn_);
       if (value && !have_value && st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 &&
           PQnfields(r.get()) > 0) {
