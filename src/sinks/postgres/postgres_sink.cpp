@@ -309,9 +309,11 @@ struct PostgresSink::Impl {
   // The batch by COPY (see postgres::copy_binary), else by insert(). A COPY
   // the server refused (a key already there: a redelivery; anything else)
   // rolled back as a whole, and the batch goes again by insert(), whose
-  // outcome is the batch's. A refusal that insert() then does not share says
-  // that COPY does not fit this table (changed since the check): this
-  // connection stops trying it.
+  // outcome is the batch's. A refusal about the data's format or the table
+  // (class 22, 42, 0A) that insert() then does not share says that COPY does
+  // not fit this table (changed since the check): this connection stops
+  // trying it. Passing refusals (a lock or statement timeout, a deadlock)
+  // do not.
   asio::awaitable<PgError> write(Connection& c, std::span<const Record> batch) {
     if (!c.copy) co_return co_await insert(c, batch);
     postgres::copy_binary(batch, c.stream);
@@ -320,11 +322,12 @@ struct PostgresSink::Impl {
     if (e.timeout || postgres::connection_lost(e.sqlstate) || PQstatus(c.get()) != CONNECTION_OK ||
         PQtransactionStatus(c.get()) != PQTRANS_IDLE)
       co_return e;
-    bool redelivery = e.sqlstate == "23505";
+    std::string_view kind = std::string_view(e.sqlstate).substr(0, 2);
+    bool misfit = kind == "22" || kind == "42" || kind == "0A";
     spdlog::debug("{}: COPY refused ({}); inserting the batch with ON CONFLICT DO NOTHING", name,
                   e.describe());
     PgError again = co_await insert(c, batch);
-    if (!again && !redelivery) {
+    if (!again && misfit) {
       spdlog::info("{}: COPY refused ({}) where INSERT works: this connection inserts from now on",
                    name, e.describe());
       c.copy = false;
