@@ -38,7 +38,9 @@ offset, exact bytes) with the source files.
 9. A table whose columns are not the documented types (fields json, file_offset
    numeric, ingest_time timestamp): batches go by INSERT from the start; every
    line once, nothing dead.
-10. A documented table altered while tailbox runs (fields jsonb -> json): the
+10. A table partitioned by HASH (key) (the only partitioning the unique key
+   allows): batches go by COPY into its partitions.
+11. A documented table altered while tailbox runs (fields jsonb -> json): the
    first COPY refused is inserted instead, later batches go by INSERT; every
    line once, nothing dead.
 
@@ -553,6 +555,31 @@ def case_other_types(c, rng):
     check_exact(c.pg, c.db, w.paths)
 
 
+def case_partitioned(c, rng):
+    c.pg.psql(TABLE_DDL.format(table="tailbox_logs") + " PARTITION BY HASH (key);\n"
+              "CREATE TABLE tailbox_logs_0 PARTITION OF tailbox_logs "
+              "FOR VALUES WITH (MODULUS 2, REMAINDER 0);\n"
+              "CREATE TABLE tailbox_logs_1 PARTITION OF tailbox_logs "
+              "FOR VALUES WITH (MODULUS 2, REMAINDER 1)", c.db)
+    c.pg.psql(f"ALTER DATABASE {c.db} SET log_statement = 'all'")
+    log = ServerLog(c.pg)
+    write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False})
+    w = Writer(c.wd, rng, files=["a.log"])
+    w.burst(3_000)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 3_000, 60, "the lines into a table partitioned by hash")
+    h.stop_clean(c.tb)
+    w.close()
+    text = log.since_mark()
+    if "statement: COPY tailbox_logs" not in text or "duplicate key" in text:
+        h.fail("a table partitioned by HASH (key) should take COPY, without a refusal")
+    parts = c.pg.rows("SELECT count(*) FROM tailbox_logs_0 UNION ALL "
+                      "SELECT count(*) FROM tailbox_logs_1", c.db)
+    if any(int(n) == 0 for (n,) in parts):
+        h.fail(f"rows per partition: {parts}")
+    check_exact(c.pg, c.db, w.paths)
+
+
 def case_altered(c, rng):
     c.pg.psql(TABLE_DDL.format(table="tailbox_logs"), c.db)
     write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False},
@@ -594,7 +621,8 @@ def test():
                      ("pg_kill9", case_kill9), ("pg_poison", case_poison),
                      ("pg_password", case_password), ("pg_json", case_json),
                      ("pg_stall", case_stall), ("pg_redelivery", case_redelivery),
-                     ("pg_other_types", case_other_types), ("pg_altered", case_altered)),
+                     ("pg_other_types", case_other_types), ("pg_partitioned", case_partitioned),
+                     ("pg_altered", case_altered)),
                     seed, lambda c: (PgCase(pg, c), c.rng),
                     context=[("PostgreSQL server log", pg.server_log_tail)])
 
