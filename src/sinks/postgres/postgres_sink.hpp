@@ -1,7 +1,10 @@
 // PostgresSink (type = "postgres"): delivers records into a PostgreSQL table
 // whose PRIMARY KEY (or UNIQUE) column `key` holds the idempotency key. Each
-// batch is one INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT (key) DO NOTHING,
-// one binary array parameter per column: exactly-once, see docs/sinks/postgres.md.
+// batch is one binary COPY (all rows or none); a COPY the server refuses (a key
+// already there, after a lost confirmation) is sent again as one
+// INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT (key) DO NOTHING, one binary
+// array parameter per column, as is every batch for a table whose column types
+// COPY does not fit: exactly-once, see docs/sinks/postgres.md.
 //
 // libpq runs in non-blocking mode, driven by Asio: the connection's socket is
 // watched through a posix::stream_descriptor and every step (connect, send,
