@@ -25,6 +25,24 @@ offset, exact bytes) with the source files.
 7. A frozen server (SIGSTOP on the postmaster and every backend) for 6 s:
    deliveries and connects hit their deadline (timeout = "2s"), the connection
    is dropped and the batch retried; after SIGCONT every line is there once.
+8. Redelivery: lines with every byte a UTF-8 text can hold (0x01..0x7f, 2- to
+   4-byte characters up to U+10FFFF), JSON lines with event times, and one line
+   that is not UTF-8, wait in the outbox (no table yet); the outbox is saved,
+   then delivered (by COPY: the server's statement log shows no INSERT). A
+   third of the rows is deleted, a few others marked, and the saved outbox put
+   back: every batch is sent again; its COPY is refused (duplicate key) and it
+   goes again by INSERT ... ON CONFLICT DO NOTHING. The table then equals its
+   first state in every column (the deleted rows back, byte for byte, from the
+   other path), the marked rows are untouched, nothing twice; the non-UTF-8 line
+   is dead-lettered both times.
+9. A table whose columns are not the documented types (fields json, file_offset
+   numeric, ingest_time timestamp): batches go by INSERT from the start; every
+   line once, nothing dead.
+10. A table partitioned by HASH (key) (the only partitioning the unique key
+   allows): batches go by COPY into its partitions.
+11. A documented table altered while tailbox runs (fields jsonb -> json): the
+   first COPY refused is inserted instead, later batches go by INSERT; every
+   line once, nothing dead.
 
 Exit 77 (skip) when PostgreSQL 15 is not installed.
 Usage: TAILBOX_BIN=build/tailbox python3 tests/integration/postgres_sink_integration_test.py
@@ -376,6 +394,224 @@ def case_stall(c, rng):
     check_exact(c.pg, c.db, w.paths)
 
 
+class ServerLog:
+    """The server log from a point on (log_statement = 'all' for one database)."""
+
+    def __init__(self, pg):
+        self.path = pg.logfile
+        self.mark()
+
+    def mark(self):
+        self.at = os.path.getsize(self.path)
+
+    def since_mark(self):
+        with open(self.path, "rb") as f:
+            f.seek(self.at)
+            return f.read().decode("utf-8", "replace")
+
+
+def all_columns(pg, db):
+    """{key: every column as text (the message as hex)}."""
+    rows = pg.rows("SELECT key, host, source, path, file_offset, "
+                   "to_char(ingest_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), "
+                   "coalesce(to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), "
+                   "'NULL'), encode(convert_to(message, 'UTF8'), 'hex'), "
+                   "coalesce(fields::text, 'NULL') FROM tailbox_logs", db)
+    return {r[0]: r[1:] for r in rows}
+
+
+def every_text_byte_lines():
+    """Lines that hold every byte value a UTF-8 text line can: 0x01..0x7f but the
+    newline, and 2-, 3- and 4-byte characters at their edges."""
+    ascii_bytes = bytes(b for b in range(1, 0x80) if b not in (0x0A, 0x0D)) + b"\r in \r middle"
+    chars = "\u0080\u00ff\u07ff\u0800\u0fff\ud7ff\ue000\ufffd\uffff\U00010000\U0001F600\U0010FFFF"
+    return [b"all ascii " + ascii_bytes, ("all widths " + chars).encode("utf-8"),
+            b"\\N \\. \\x00 \\ copy escapes \t\t", b"", b"   ", b"\x7f" * 300]
+
+
+def case_redelivery(c, rng):
+    c.pg.psql(f"ALTER DATABASE {c.db} SET log_statement = 'all'")
+    write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False},
+                    source={"parser": "json"}, delivery={"backoff_min": "100ms", "backoff_max": "500ms"})
+    path = c.wd.log_path("r.log")
+    lines, bad = [], None
+    for i in range(4_000):
+        if i % 500 == 7:
+            lines += every_text_byte_lines()
+        if i % 400 == 3:
+            lines.append(json.dumps({"time": f"2026-11-27T10:{i % 60:02d}:00.{i:06d}Z", "i": i,
+                                     "s": "caf\u00e9 \"q\" \\"}, ensure_ascii=False).encode())
+            lines.append(json.dumps({"timestamp": "2026-11-27 11:00:00-02:30", "n": None}).encode())
+        if i == 2_345:
+            bad = sum(len(x) + 1 for x in lines)
+            lines.append(b"not UTF-8: \xc3\x28 \xff")
+        lines.append(good_line(rng, "r", i).rstrip(b"\n"))
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    expected_dead = {(path, bad)}
+
+    # No table yet: the set-up fails and every line waits in the outbox.
+    c.tb.start()
+    h.wait_until(lambda: h.caught_up_reading(c.wd, [path]), 30, "the file read into the outbox",
+                 tailbox=c.tb)
+    h.stop_clean(c.tb)
+    saved = {}
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(c.wd.outbox + suffix):
+            with open(c.wd.outbox + suffix, "rb") as f:
+                saved[suffix] = f.read()
+    total = len(lines) - 1
+
+    def deliver(what):
+        c.tb.start()
+        wait_all(c.pg, c.db, c.wd, c.tb, total, 90, what)
+        h.stop_clean(c.tb)
+        dead = {(p, off) for off, p, _ in h.dead_rows(c.wd)}
+        if dead != expected_dead:
+            h.fail(f"{what}: dead rows at {sorted(dead)}, expected {sorted(expected_dead)}")
+
+    c.pg.psql(TABLE_DDL.format(table="tailbox_logs"), c.db)
+    log = ServerLog(c.pg)
+    deliver("the first delivery")
+    first_log = log.since_mark()
+    check_exact(c.pg, c.db, [path], drop=expected_dead)
+    copies = first_log.count("statement: COPY tailbox_logs")
+    refused = first_log.count("STATEMENT:  COPY tailbox_logs")
+    # An INSERT is logged when it runs, or (STATEMENT:) when its parameters
+    # were refused already (the non-UTF-8 line, at Bind).
+    inserts = (first_log.count("execute <unnamed>: INSERT INTO tailbox_logs") +
+               first_log.count("STATEMENT:  INSERT INTO tailbox_logs"))
+    h.log(f"first delivery: {copies} COPY ({refused} refused: the non-UTF-8 line), {inserts} INSERT")
+    if copies < 4 or "duplicate key" in first_log or inserts > refused or refused < 1:
+        h.fail(f"the first delivery should go by COPY, with an INSERT only after a refused "
+               f"COPY: {copies} COPY, {refused} refused, {inserts} INSERT")
+    before = all_columns(c.pg, c.db)
+    event_times = sum(1 for v in before.values() if v[5] != "NULL")
+    if event_times < 10:
+        h.fail(f"only {event_times} rows have an event time")
+
+    # A third of the rows gone, a few marked; then every batch again.
+    c.pg.psql("DELETE FROM tailbox_logs WHERE abs(hashtext(key)) % 3 = 0", c.db)
+    marked = c.pg.rows("UPDATE tailbox_logs SET message = 'marked ' || key "
+                       "WHERE abs(hashtext(key)) % 50 = 1 RETURNING key", c.db)
+    marked = {k for (k,) in marked}
+    left = count_rows(c.pg, c.db)
+    h.log(f"{total - left} rows deleted, {len(marked)} marked; putting the saved outbox back")
+    if not marked or left >= total or left <= 0:
+        h.fail(f"test bug: {left} rows left, {len(marked)} marked")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(c.wd.outbox + suffix):
+            os.unlink(c.wd.outbox + suffix)
+    for suffix, data in saved.items():
+        with open(c.wd.outbox + suffix, "wb") as f:
+            f.write(data)
+    log.mark()
+    deliver("the redelivery")
+    second_log = log.since_mark()
+    dup = second_log.count("duplicate key value violates unique constraint")
+    inserts = second_log.count("execute <unnamed>: INSERT INTO tailbox_logs")
+    h.log(f"redelivery: {dup} COPY refused for a duplicate key, {inserts} INSERT")
+    if dup < 4 or inserts < dup:
+        h.fail(f"every batch sent again should have its COPY refused and go by INSERT: "
+               f"{dup} refused, {inserts} INSERT")
+
+    after = all_columns(c.pg, c.db)
+    if set(after) != set(before):
+        h.fail(f"keys differ after the redelivery: {len(set(before) - set(after))} missing, "
+               f"{len(set(after) - set(before))} new")
+    diff = []
+    for k, cols in after.items():
+        want = before[k]
+        if k in marked:
+            want = want[:6] + (("marked " + k).encode().hex(),) + want[7:]
+        if cols != want:
+            diff.append(k)
+    if diff:
+        k = diff[0]
+        h.fail(f"{len(diff)} rows differ after the redelivery, e.g. {k}: {after[k]} != {before[k]}")
+    h.log(f"redelivery: {total} rows equal to the first delivery in every column "
+          f"({total - left} back by INSERT, {len(marked)} marked rows untouched)")
+
+
+def case_other_types(c, rng):
+    c.pg.psql(TABLE_DDL.format(table="tailbox_logs")
+              .replace("fields      jsonb", "fields      json")
+              .replace("file_offset bigint", "file_offset numeric")
+              .replace("ingest_time timestamptz", "ingest_time timestamp"), c.db)
+    write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False},
+                    source={"parser": "json"})
+    w = Writer(c.wd, rng, files=["a.log"])
+    w.burst(2_000)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 2_000, 60, "the lines into a table of other types")
+    h.stop_clean(c.tb)
+    w.close()
+    with open(c.wd.tailbox_log, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    if "batches go by INSERT ... ON CONFLICT, not COPY" not in text:
+        h.fail("tailbox did not say that this table takes INSERT, not COPY")
+    if h.dead_rows(c.wd):
+        h.fail(f"dead rows: {h.dead_rows(c.wd)[:5]}")
+    check_exact(c.pg, c.db, w.paths)
+
+
+def case_partitioned(c, rng):
+    c.pg.psql(TABLE_DDL.format(table="tailbox_logs") + " PARTITION BY HASH (key);\n"
+              "CREATE TABLE tailbox_logs_0 PARTITION OF tailbox_logs "
+              "FOR VALUES WITH (MODULUS 2, REMAINDER 0);\n"
+              "CREATE TABLE tailbox_logs_1 PARTITION OF tailbox_logs "
+              "FOR VALUES WITH (MODULUS 2, REMAINDER 1)", c.db)
+    c.pg.psql(f"ALTER DATABASE {c.db} SET log_statement = 'all'")
+    log = ServerLog(c.pg)
+    write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False})
+    w = Writer(c.wd, rng, files=["a.log"])
+    w.burst(3_000)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 3_000, 60, "the lines into a table partitioned by hash")
+    h.stop_clean(c.tb)
+    w.close()
+    text = log.since_mark()
+    if "statement: COPY tailbox_logs" not in text or "duplicate key" in text:
+        h.fail("a table partitioned by HASH (key) should take COPY, without a refusal")
+    parts = c.pg.rows("SELECT count(*) FROM tailbox_logs_0 UNION ALL "
+                      "SELECT count(*) FROM tailbox_logs_1", c.db)
+    if any(int(n) == 0 for (n,) in parts):
+        h.fail(f"rows per partition: {parts}")
+    check_exact(c.pg, c.db, w.paths)
+
+
+def case_altered(c, rng):
+    c.pg.psql(TABLE_DDL.format(table="tailbox_logs"), c.db)
+    write_pg_config(c.wd, c.conninfo, sink_extra={"create_table": False},
+                    source={"parser": "json"})
+    path = c.wd.log_path("j.log")
+    n = 0
+
+    def json_lines(k):
+        nonlocal n
+        with open(path, "ab") as f:
+            for _ in range(k):
+                f.write(json.dumps({"time": "2026-11-27T10:00:00Z", "n": n}).encode() + b"\n")
+                n += 1
+    json_lines(1_000)
+    c.tb.start()
+    wait_all(c.pg, c.db, c.wd, c.tb, 1_000, 60, "the lines before the ALTER")
+    c.pg.psql("ALTER TABLE tailbox_logs ALTER COLUMN fields TYPE json", c.db)
+    json_lines(3_000)
+    wait_all(c.pg, c.db, c.wd, c.tb, 4_000, 60, "the lines after the ALTER")
+    h.stop_clean(c.tb)
+    with open(c.wd.tailbox_log, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    if "where INSERT works: this connection inserts from now on" not in text:
+        h.fail("tailbox did not say that COPY stopped fitting the altered table")
+    if h.dead_rows(c.wd):
+        h.fail(f"dead rows: {h.dead_rows(c.wd)[:5]}")
+    got = c.pg.scalar("SELECT count(DISTINCT (fields->>'n')) FROM tailbox_logs", c.db)
+    if int(got) != 4_000:
+        h.fail(f"{got} distinct JSON lines of 4,000 in the altered table")
+    check_exact(c.pg, c.db, [path])
+
+
 def test():
     seed = h.seed_from_env()
     h.tailbox_bin()
@@ -384,7 +620,9 @@ def test():
         h.run_cases((("pg_200k", case_200k), ("pg_outage", case_outage),
                      ("pg_kill9", case_kill9), ("pg_poison", case_poison),
                      ("pg_password", case_password), ("pg_json", case_json),
-                     ("pg_stall", case_stall)),
+                     ("pg_stall", case_stall), ("pg_redelivery", case_redelivery),
+                     ("pg_other_types", case_other_types), ("pg_partitioned", case_partitioned),
+                     ("pg_altered", case_altered)),
                     seed, lambda c: (PgCase(pg, c), c.rng),
                     context=[("PostgreSQL server log", pg.server_log_tail)])
 

@@ -126,6 +126,41 @@ TEST_SUITE("sinks.postgres.encoding") {
     }
   }
 
+  TEST_CASE("a batch as a binary COPY stream: header, 9 columns per row, NULLs, trailer") {
+    std::string fields = R"({"time":"2000-01-01T00:00:01.5Z"})";
+    std::string line("a\0\xff\\\t\r", 6);  // bytes as they are: the server judges them
+    Record with{"k1", "h", "s", "/p", 7, 946'684'800'001, line, fields, ""};
+    Record plain{"k2", "h", "s", "/p", 0x0102030405060708LL, 0, "", "", ""};
+    std::vector<Record> batch{with, plain};
+    std::string out = "left over";
+    pg::copy_binary(batch, out);
+    auto be32 = [](int32_t v) {
+      auto u = static_cast<uint32_t>(v);
+      return std::string{char(u >> 24), char(u >> 16), char(u >> 8), char(u)};
+    };
+    auto be64 = [&](int64_t v) {
+      auto u = static_cast<uint64_t>(v);
+      return be32(int32_t(u >> 32)) + be32(int32_t(u));
+    };
+    auto text = [&](std::string_view v) { return be32(int32_t(v.size())) + std::string(v); };
+    std::string want("PGCOPY\n\xff\r\n\0", 11);
+    want += be32(0) + be32(0);
+    want += std::string("\0\x09", 2) + text("k1") + text("h") + text("s") + text("/p");
+    want += be32(8) + be64(7);
+    want += be32(8) + be64(1'000);      // ingest_ms: 1 ms after 2000-01-01 UTC, in microseconds
+    want += be32(8) + be64(1'500'000);  // event_time, from the fields
+    want += text(line);
+    want += be32(int32_t(fields.size() + 1)) + "\x01" + fields;  // jsonb, version 1
+    want += std::string("\0\x09", 2) + text("k2") + text("h") + text("s") + text("/p");
+    want += be32(8) + be64(0x0102030405060708LL);
+    want += be32(8) + be64(-946'684'800'000'000LL);  // the Unix epoch
+    want += be32(-1);                                  // no event time
+    want += text("");                                  // an empty line is not NULL
+    want += be32(-1);                                  // no fields
+    want += "\xff\xff";
+    CHECK(out == want);
+  }
+
   TEST_CASE("table names") {
     CHECK(pg::valid_table_name("tailbox_logs"));
     CHECK(pg::valid_table_name("_x9.Logs"));

@@ -17,11 +17,13 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sinks/postgres/options.hpp"
@@ -89,6 +91,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool is_open() const { return conn_ != nullptr; }
   PGconn* get() const { return conn_; }
   std::vector<std::string> arrays;  // the batch's parameters (kept to reuse their capacity)
+  std::string stream;               // the batch as a binary COPY stream (likewise)
+  bool copy = false;                // this session's batches go by COPY (the table's
+                                    // columns checked at connect; see PostgresSink)
 
   void close() noexcept {
     disarm();
@@ -163,9 +168,56 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // Runs a simple-protocol query (one or more statements) and reads all its
-  // results. Returns the first error.
-  asio::awaitable<PgError> query(const std::string& sql) {
+  // results. Returns the first error; `value`, when given, receives the first
+  // row's first column of the first result that has one ("" if none).
+  asio::awaitable<PgError> query(const std::string& sql, std::string* value = nullptr) {
     if (!PQsendQuery(conn_, sql.c_str())) co_return connection_error();
+    co_return co_await finish(value);
+  }
+
+  // COPY ... FROM STDIN: sends the statement, then `data` (the whole copy
+  // stream, already in the statement's format) once the server asks for it,
+  // and reads the result. A COPY is one statement, so one transaction: every
+  // row or none; its result arrives after the commit.
+  asio::awaitable<PgError> copy_in(const std::string& sql, std::string_view data) {
+    if (!PQsendQuery(conn_, sql.c_str())) co_return connection_error();
+    if (PgError e = co_await flush()) co_return e;
+    // The server answers CopyInResponse, or an error when the statement
+    // failed before any data (no such table, no permission...).
+    if (PgError e = co_await wait_result()) co_return e;
+    Result r(PQgetResult(conn_));
+    if (!r) co_return PgError::of("COPY: no answer from the server");
+    if (PQresultStatus(r.get()) != PGRES_COPY_IN) {
+      PgError first = PQresultStatus(r.get()) == PGRES_COMMAND_OK
+                          ? PgError::of("COPY: the server did not ask for data")
+                          : error_of(r.get(), conn_);
+      r.reset();
+      PgError rest = co_await finish();
+      co_return first ? first : rest;
+    }
+    r.reset();
+    // In pieces, each sent (flush() also reads what the server says
+    // meanwhile) before the next is queued: libpq's buffer stays small.
+    constexpr size_t kPiece = 256 * 1024;
+    int put = 1;
+    for (size_t at = 0; at < data.size() && put > 0; at += kPiece) {
+      size_t n = std::min(kPiece, data.size() - at);
+      while ((put = PQputCopyData(conn_, data.data() + at, static_cast<int>(n))) == 0)
+        if (PgError e = co_await wait(Wait::wait_write)) co_return e;
+      if (put > 0)
+        if (PgError e = co_await flush()) co_return e;
+    }
+    if (put > 0)
+      while ((put = PQputCopyEnd(conn_, nullptr)) == 0)
+        if (PgError e = co_await wait(Wait::wait_write)) co_return e;
+    if (put < 0) {
+      // The server may have refused the stream already (an error mid-COPY
+      // ends the copy state in libpq): its error is the one to report.
+      if (PQstatus(conn_) != CONNECTION_OK) co_return connection_error();
+      PgError local = connection_error();
+      PgError e = co_await finish();
+      co_return e ? e : local;
+    }
     co_return co_await finish();
   }
 
@@ -237,19 +289,36 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   }
 
-  asio::awaitable<PgError> finish() {
+  // Waits until PQgetResult would not block.
+  asio::awaitable<PgError> wait_result() {
+    while (PQisBusy(conn_)) {
+      if (PgError e = co_await wait(Wait::wait_read)) co_return e;
+      if (!PQconsumeInput(conn_)) co_return connection_error();
+    }
+    co_return PgError{};
+  }
+
+  asio::awaitable<PgError> finish(std::string* value = nullptr) {
     if (PgError e = co_await flush()) co_return e;
     PgError first;
+    bool have_value = false;
     for (;;) {
-      while (PQisBusy(conn_)) {
-        if (PgError e = co_await wait(Wait::wait_read)) co_return e;
-        if (!PQconsumeInput(conn_)) co_return connection_error();
-      }
+      if (PgError e = co_await wait_result()) co_return e;
       Result r(PQgetResult(conn_));
       if (!r) break;
       ExecStatusType st = PQresultStatus(r.get());
+      // Still in a copy state (libpq would return it again and again): the
+      // caller drops the connection (its transaction status is "active").
+      if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH)
+        co_return first ? first : PgError::of("libpq: the connection is still in COPY state");
       if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !first) first = error_of(r.get(), conn_);
+      if (value && !have_value && st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 &&
+          PQnfields(r.get()) > 0) {
+        *value = PQgetvalue(r.get(), 0, 0);
+        have_value = true;
+      }
     }
+    if (value && !have_value) value->clear();
     co_return first;
   }
 

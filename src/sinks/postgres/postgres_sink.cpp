@@ -165,6 +165,49 @@ std::optional<int64_t> event_time_us(std::string_view fields) {
   return std::nullopt;
 }
 
+void copy_binary(std::span<const Record> batch, std::string& out) {
+  // Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+  constexpr int64_t kPgEpochUs = 946'684'800'000'000;
+  out.clear();
+  size_t bytes = 21;
+  for (const Record& r : batch)
+    bytes += 2 + 9 * 4 + 3 * 8 + r.key.size() + r.host.size() + r.source.size() + r.path.size() +
+             r.line.size() + 1 + r.fields.size();
+  out.reserve(bytes);
+  out.append("PGCOPY\n\377\r\n\0", 11);  // signature
+  put_u32(out, 0);                            // flags: no OIDs
+  put_u32(out, 0);                            // no header extension
+  auto text = [&](std::string_view v) {
+    put_u32(out, static_cast<uint32_t>(v.size()));
+    out.append(v);
+  };
+  auto int8 = [&](int64_t v) {
+    put_u32(out, 8);
+    put_i64(out, v);
+  };
+  for (const Record& r : batch) {
+    out.push_back(0);
+    out.push_back(9);  // columns
+    text(r.key);
+    text(r.host);
+    text(r.source);
+    text(r.path);
+    int8(r.offset);
+    int8(r.ingest_ms * 1000 - kPgEpochUs);
+    if (auto us = event_time_us(r.fields)) int8(*us - kPgEpochUs);
+    else put_u32(out, 0xFFFFFFFFu);
+    text(r.line);
+    if (r.fields.empty()) {
+      put_u32(out, 0xFFFFFFFFu);
+    } else {
+      put_u32(out, static_cast<uint32_t>(r.fields.size() + 1));
+      out.push_back(1);  // jsonb's binary format version
+      out.append(r.fields);
+    }
+  }
+  out.append("\377\377", 2);  // trailer: -1 columns
+}
+
 }  // namespace postgres
 
 struct PostgresSink::Impl {
@@ -173,6 +216,8 @@ struct PostgresSink::Impl {
 
   // Built once from the settings.
   std::string setup_sql;   // per connection: create the table if asked, check the INSERT
+  std::string copy_check_sql;  // per connection: may batches go by COPY?
+  std::string copy_sql;    // one batch, the usual way: COPY ... FROM STDIN (FORMAT binary)
   std::string insert_sql;  // one batch: INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT DO NOTHING
   const std::vector<Oid> insert_types{std::begin(postgres::kInsertTypes),
                                       std::end(postgres::kInsertTypes)};
@@ -184,6 +229,7 @@ struct PostgresSink::Impl {
   std::vector<std::shared_ptr<Connection>> idle;  // connections not in use (open or not yet)
   asio::steady_timer turn;                        // cancelled when one is given back
   bool lost = false;                              // a connection failed since the last connect
+  bool said_no_copy = false;                      // logged once that the table does not fit COPY
 
   explicit Impl(asio::any_io_executor ex) : strand(asio::make_strand(ex)), turn(strand) {
     turn.expires_at(asio::steady_timer::time_point::max());
@@ -191,6 +237,8 @@ struct PostgresSink::Impl {
 
   void build_sql() {
     insert_sql = postgres::insert_sql(o.table);
+    copy_sql = postgres::copy_sql(o.table);
+    copy_check_sql = postgres::copy_check_sql(o.table);
     setup_sql = postgres::setup_sql(o.table, o.create_table);
   }
 
@@ -212,10 +260,19 @@ struct PostgresSink::Impl {
     if (PgError e = co_await c.connect(keywords, values, limit)) co_return e;
     c.arm(limit);
     PgError e = co_await c.query(setup_sql);
+    std::string fits;
+    if (!e) e = co_await c.query(copy_check_sql, &fits);
     c.disarm();
     if (e) {
       c.close();
       co_return e;
+    }
+    c.copy = fits == "t";
+    if (!c.copy && !said_no_copy) {
+      spdlog::info("{}: the table's columns are not the documented ones (or it is a view, or has "
+                   "row-level security): batches go by INSERT ... ON CONFLICT, not COPY (slower)",
+                   name);
+      said_no_copy = true;
     }
     int v = PQserverVersion(c.get());
     spdlog::log(lost ? spdlog::level::info : spdlog::level::debug, "{}: {} (PostgreSQL {}.{})", name,
@@ -227,7 +284,7 @@ struct PostgresSink::Impl {
   // The batch as the INSERT's 9 parameters, in PostgreSQL's binary
   // array format: no quoting or escaping, and the bytes reach the server as
   // they are (the server, not tailbox, refuses NUL and invalid UTF-8, per row).
-  asio::awaitable<PgError> write(Connection& c, std::span<const Record> batch) {
+  asio::awaitable<PgError> insert(Connection& c, std::span<const Record> batch) {
     auto& a = c.arrays;
     a.resize(9);
     const Oid types[9] = {kTextOid, kTextOid, kTextOid, kTextOid, kInt8Oid,
@@ -247,6 +304,35 @@ struct PostgresSink::Impl {
       else array_text(a[8], r.fields);
     }
     co_return co_await c.query_params(insert_sql, insert_types, a);
+  }
+
+  // The batch by COPY (see postgres::copy_binary), else by insert(). A COPY
+  // the server refused (a key already there: a redelivery; anything else)
+  // rolled back as a whole, and the batch goes again by insert(), whose
+  // outcome is the batch's. A refusal about the data's format or the table
+  // (class 22, 42, 0A) that insert() then does not share says that COPY does
+  // not fit this table (changed since the check): this connection stops
+  // trying it. Passing refusals (a lock or statement timeout, a deadlock)
+  // do not.
+  asio::awaitable<PgError> write(Connection& c, std::span<const Record> batch) {
+    if (!c.copy) co_return co_await insert(c, batch);
+    postgres::copy_binary(batch, c.stream);
+    PgError e = co_await c.copy_in(copy_sql, c.stream);
+    if (!e) co_return e;
+    if (e.timeout || postgres::connection_lost(e.sqlstate) || PQstatus(c.get()) != CONNECTION_OK ||
+        PQtransactionStatus(c.get()) != PQTRANS_IDLE)
+      co_return e;
+    std::string_view kind = std::string_view(e.sqlstate).substr(0, 2);
+    bool misfit = kind == "22" || kind == "42" || kind == "0A";
+    spdlog::debug("{}: COPY refused ({}); inserting the batch with ON CONFLICT DO NOTHING", name,
+                  e.describe());
+    PgError again = co_await insert(c, batch);
+    if (!again && misfit) {
+      spdlog::info("{}: COPY refused ({}) where INSERT works: this connection inserts from now on",
+                   name, e.describe());
+      c.copy = false;
+    }
+    co_return again;
   }
 
   // After a failed batch: leave the connection usable (no transaction open) or closed.
@@ -343,7 +429,8 @@ const std::string& PostgresSink::name() const { return impl_->name; }
 
 std::string PostgresSink::guarantee() const {
   return "exactly-once: the table's unique key is the idempotency key; each batch is one "
-         "INSERT ... ON CONFLICT (key) DO NOTHING";
+         "COPY (all rows or none), sent again as INSERT ... ON CONFLICT (key) DO NOTHING when "
+         "a key is already there";
 }
 
 std::optional<std::string> PostgresSink::open(const OpenContext&) {

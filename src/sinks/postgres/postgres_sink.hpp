@@ -1,7 +1,10 @@
 // PostgresSink (type = "postgres"): delivers records into a PostgreSQL table
 // whose PRIMARY KEY (or UNIQUE) column `key` holds the idempotency key. Each
-// batch is one INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT (key) DO NOTHING,
-// one binary array parameter per column: exactly-once, see docs/sinks/postgres.md.
+// batch is one binary COPY (all rows or none); a COPY the server refuses (a key
+// already there, after a lost confirmation) is sent again as one
+// INSERT ... SELECT FROM unnest($1..$9) ON CONFLICT (key) DO NOTHING, one binary
+// array parameter per column, as is every batch for a table whose column types
+// COPY does not fit: exactly-once, see docs/sinks/postgres.md.
 //
 // libpq runs in non-blocking mode, driven by Asio: the connection's socket is
 // watched through a posix::stream_descriptor and every step (connect, send,
@@ -78,6 +81,13 @@ bool connection_lost(std::string_view sqlstate);
 // RFC 3339 timestamp ("2026-11-27T10:00:00.123Z", "...+01:00"; a space may
 // replace the T). nullopt otherwise (no fields, no such field, another format).
 std::optional<int64_t> event_time_us(std::string_view fields_json);
+
+// The batch as a COPY ... (FORMAT binary) stream for the 9 columns key, host,
+// source, path, file_offset (bigint), ingest_time, event_time (timestamptz:
+// microseconds since 2000-01-01 UTC), message, fields (jsonb: version 1, then
+// the JSON text), into `out` (cleared first). Text goes as its bytes: the
+// server checks the encoding, as it does for the INSERT's arrays.
+void copy_binary(std::span<const Record> batch, std::string& out);
 
 }  // namespace postgres
 

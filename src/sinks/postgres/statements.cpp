@@ -18,6 +18,27 @@ std::string insert_sql(const std::string& table) {
          "ON CONFLICT (key) DO NOTHING";
 }
 
+namespace {
+constexpr const char* kColumns =
+    "key, host, source, path, file_offset, ingest_time, event_time, message, fields";
+}
+
+std::string copy_sql(const std::string& table) {
+  return "COPY " + table + " (" + kColumns + ") FROM STDIN (FORMAT binary)";
+}
+
+std::string copy_check_sql(const std::string& table) {
+  // The name is a checked plain identifier (valid_table_name): safe in a literal.
+  return "SELECT c.relkind IN ('r', 'p') AND NOT c.relrowsecurity AND (\n"
+         "  SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0\n"
+         "    AND NOT a.attisdropped AND (a.attname, a.atttypid) IN (\n"
+         "      ('key', 25), ('key', 1043), ('host', 25), ('host', 1043), ('source', 25),\n"
+         "      ('source', 1043), ('path', 25), ('path', 1043), ('file_offset', 20),\n"
+         "      ('ingest_time', 1184), ('event_time', 1184), ('message', 25),\n"
+         "      ('message', 1043), ('fields', 3802))) = 9\n"
+         "FROM pg_class c WHERE c.oid = '" + table + "'::regclass";
+}
+
 std::string setup_sql(const std::string& table, bool create_table) {
   std::string s;
   if (create_table)

@@ -77,5 +77,9 @@ TEST_SUITE("sinks.postgres.options") {
     std::string setup = pg::setup_sql("app.logs", true);
     CHECK(setup.starts_with("CREATE TABLE IF NOT EXISTS app.logs ("));
     CHECK(has(setup, "AS " + insert + ";\nEXPLAIN (COSTS OFF) EXECUTE tailbox_check"));
+    CHECK(pg::copy_sql("app.logs") ==
+          "COPY app.logs (key, host, source, path, file_offset, ingest_time, event_time, message, "
+          "fields) FROM STDIN (FORMAT binary)");
+    CHECK(pg::copy_check_sql("app.logs").ends_with("WHERE c.oid = 'app.logs'::regclass"));
   }
 }
