@@ -103,6 +103,30 @@ TEST_SUITE("sinks.sqlite") {
     CHECK(in.count() == 4);
   }
 
+  TEST_CASE("a batch of many records (written in blocks) keeps each one's columns; a redelivery adds only new keys") {
+    Inbox in;
+    std::vector<int64_t> first, second;
+    for (int64_t i = 0; i < 100; ++i) first.push_back(i * 10);          // 3 blocks of 32 and 4 more
+    for (int64_t i = 50; i < 150; ++i) second.push_back(i * 10);        // half of them again
+    REQUIRE(in.deliver(first).outcome == Delivery::Outcome::delivered);
+    CHECK(in.count() == 100);
+    REQUIRE(in.deliver(second).outcome == Delivery::Outcome::delivered);
+    CHECK(in.count() == 150);
+    SQLite::Database db(in.path, SQLite::OPEN_READONLY);
+    SQLite::Statement q(db, "SELECT key, offset, ingest_time, line, fields FROM inbox ORDER BY offset");
+    int64_t n = 0;
+    while (q.executeStep()) {
+      int64_t offset = n * 10;
+      CHECK(q.getColumn(0).getString() == "edge1/uid-a/" + std::to_string(offset));
+      CHECK(q.getColumn(1).getInt64() == offset);
+      CHECK(q.getColumn(2).getInt64() == 1000 + offset);
+      CHECK(q.getColumn(3).getString() == "line at " + std::to_string(offset));
+      CHECK(q.getColumn(4).isNull() == (offset % 3 != 0));
+      ++n;
+    }
+    CHECK(n == 150);
+  }
+
   TEST_CASE("batches delivered at once by several workers all arrive, each record once") {
     // Workers deliver concurrently from several threads; the sink writes on
     // its own strand, one transaction at a time.
