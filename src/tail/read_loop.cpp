@@ -70,6 +70,7 @@ asio::awaitable<bool> Reader::Reading::run_text() {
         continue;
       }
       buf_.resize(got);
+      if (read_pos_ + static_cast<int64_t>(got) >= size) last_read_ = std::chrono::steady_clock::now();
       // Checked after reading: a truncation followed by new writes (size back
       // above read_pos_) must not pass the new bytes off as the old file's.
       if (got == 0) continue;   // it shrank since fstat: the next look sees it
@@ -115,8 +116,12 @@ asio::awaitable<bool> Reader::Reading::run_text() {
       if (!co_await commit(next, size)) {
         start_over();
         if (draining) break;   // the outbox fails: what is left is read after a restart, if it can be
+        continue;
       }
-      continue;   // more may be there already
+      // More may be there already: read on at once after a full chunk (a
+      // backlog); after a read to the end, let the writer add more first.
+      if (at_end && !draining) co_await coalesce();
+      continue;
     }
     if (progressed) continue;
 

@@ -24,6 +24,13 @@ namespace asio = boost::asio;
 // backstop only.
 constexpr std::chrono::milliseconds kWokenOnly{3'600'000};
 
+// A reader that has read a file to its end waits this long before it looks
+// again, when its last read was this recent: an application that writes line
+// by line would otherwise cost a wake-up, a read and an outbox transaction per
+// write. It adds at most this much to a line's latency; a file read in full
+// chunks (a backlog) never waits.
+constexpr std::chrono::milliseconds kReadCoalesce{10};
+
 int64_t mtime_ms(const struct stat& st);
 // Reads buf.size() bytes at `offset` (fewer at the end of the file): false on
 // an I/O error.
@@ -45,7 +52,8 @@ class Reader::Reading {
         last_size_(r_->size_seen_.load()),
         last_mtime_(r_->mtime_seen_.load()),
         last_change_ms_(r_->last_change_ms_.load() > 0 ? r_->last_change_ms_.load() : unix_ms()),
-        timer_(r_->strand_) {
+        timer_(r_->strand_),
+        coalesce_timer_(r_->strand_) {
     r_->timer_ = &timer_;
   }
   ~Reading() { r_->timer_ = nullptr; }
@@ -65,6 +73,9 @@ class Reader::Reading {
   asio::awaitable<void> sleep(std::chrono::milliseconds d);
   // Waits for an event or `d`.
   asio::awaitable<void> idle(std::chrono::milliseconds d);
+  // Waits out the rest of kReadCoalesce since the last read that reached the
+  // end of the file (returns at once otherwise, or when stopping).
+  asio::awaitable<void> coalesce();
   std::chrono::milliseconds idle_time(bool partial_waits, int64_t now) const;
   // The file shrank below what was read, or its first bytes changed.
   asio::awaitable<void> restart_truncated(int64_t size);
@@ -123,7 +134,9 @@ class Reader::Reading {
   // too, whatever ends it later (a start line, multiline.max_bytes).
   bool timer_held_ = false;
   std::chrono::milliseconds backoff_{0};
-  ReaderTimer timer_;
+  std::chrono::steady_clock::time_point last_read_{};   // when a read last reached the end
+  ReaderTimer timer_;            // sleep(): cut short by Reader::wake()
+  ReaderTimer coalesce_timer_;   // coalesce(): not cut short by events
 };
 
 }  // namespace tailbox::tail

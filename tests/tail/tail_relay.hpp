@@ -15,6 +15,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -60,6 +61,8 @@ struct Relay {
   std::string source_settings;
   std::string source_name = "app";
   std::string outbox_settings;
+  // Called on the outbox before the tailer starts (e.g. to set a fault hook).
+  std::function<void(outbox::Outbox&)> on_outbox;
   config::Config cfg;
   boost::asio::io_context ioc;
   std::unique_ptr<outbox::AsyncOutbox> ob;
@@ -84,6 +87,7 @@ struct Relay {
     ob.reset();   // a restart: the previous run's outbox lets go of its lock first
     ob = std::make_unique<outbox::AsyncOutbox>(
         ioc.get_executor(), outbox::Outbox::open({dir / "outbox.db", config::Synchronous::off, false}));
+    if (on_outbox) on_outbox(ob->unsafe_sync());
     tailer = std::make_unique<tail::Tailer>(ioc.get_executor(), cfg, *ob);
     ioc.restart();
     boost::asio::co_spawn(ioc, tailer->run(), [](std::exception_ptr) {});

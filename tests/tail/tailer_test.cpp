@@ -34,6 +34,37 @@ TEST_SUITE("tail.tailer") {
     CHECK(relay.tailer->stats().evented.load());
   }
 
+  TEST_CASE("a file written line by line is read in a few transactions, not one per write") {
+    Relay r(kEventsOnly);
+    std::atomic<int> commits{0};
+    r.on_outbox = [&](outbox::Outbox& o) {
+      o.set_fault_hook([&](std::string_view stage) {
+        if (stage.starts_with("append-commit")) ++commits;
+      });
+    };
+    r.start();
+    const std::string path = r.log("app.log");
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    REQUIRE(fd >= 0);
+    REQUIRE(r.wait_rows(0));
+    // 300 lines, each its own write(), about 1 ms apart: an application logging.
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 300; ++i) {
+      std::string line = "line " + std::to_string(i) + "\n";
+      REQUIRE(::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    ::close(fd);
+    REQUIRE(r.wait_rows(300));
+    auto rows = r.stop_and_read();
+    REQUIRE(rows.size() == 300);
+    for (int i = 0; i < 300; ++i) CHECK(rows[static_cast<size_t>(i)].payload == "line " + std::to_string(i));
+    // At most one read (and transaction) per 10 ms of writing, plus a few.
+    INFO("writing took " << ms << " ms; transactions: " << commits.load());
+    CHECK(commits.load() <= static_cast<int>(ms / 10) + 10);
+  }
+
   TEST_CASE("inotify wakes discovery: new and renamed files are followed at once") {
     Relay relay(kEventsOnly);
     relay.start("*.log*");
