@@ -43,16 +43,18 @@ bool exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// "libpq.so.5: cannot open shared object file: ..." -> " (libpq.so.5 is in the
-// Debian package libpq5: apt-get install libpq5)", or "".
+// "libpq.so.5: cannot open shared object file: ..." -> "; libpq.so.5 is
+// missing: Debian 12 ships libpq.so in the package libpq5 (...)", or "" for
+// other errors.
 std::string package_hint(const std::string& error) {
   const auto colon = error.find(": cannot open shared object file");
   if (colon == std::string::npos) return "";
   const std::string lib = error.substr(0, colon);
   for (const auto& [prefix, package] : kPackages)
     if (lib.starts_with(prefix))
-      return "; " + lib + " is in the Debian package " + std::string(package) +
-             " (apt-get install " + std::string(package) + ")";
+      return "; " + lib + " is missing: Debian 12 ships " + std::string(prefix) +
+             " in the package " + std::string(package) + " (apt-get install " +
+             std::string(package) + ")";
   return "; find the package that ships " + lib + " with: apt-file search " + lib;
 }
 
