@@ -2,13 +2,9 @@
 
 #include <SQLiteCpp/SQLiteCpp.h>
 
-#include <algorithm>
-#include <chrono>
 #include <fstream>
 #include <stdexcept>
 #include <string_view>
-#include <unordered_map>
-#include <utility>
 
 #include "sinks/module_loader.hpp"
 #include "sinks/ndjson.hpp"
