@@ -370,14 +370,10 @@ Result<Outbox::Summary> Outbox::summary() {
   Summary s;
   SQLite::Database& db = *impl_->db;
   SQLite::Statement counts(db, sql::kCountsByState);
-  while (counts.executeStep()) {
-    std::string state = counts.getColumn(0).getString();
-    if (state == "pending") {
-      s.pending = counts.getColumn(1).getInt64();
-      s.pending_bytes = counts.getColumn(2).getInt64();
-    } else if (state == "dead") {
-      s.dead = counts.getColumn(1).getInt64();
-    }
+  if (counts.executeStep()) {
+    s.pending = counts.getColumn(0).getInt64();
+    s.pending_bytes = counts.getColumn(1).getInt64();
+    s.dead = counts.getColumn(2).getInt64();
   }
   SQLite::Statement oldest(db, sql::kOldestPending);
   if (oldest.executeStep()) s.oldest_pending_ms = oldest.getColumn(0).getInt64();

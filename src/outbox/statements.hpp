@@ -103,8 +103,12 @@ inline constexpr const char* kInstanceSalt = "SELECT value FROM meta WHERE key =
 inline constexpr const char* kReleaseFile =
     "UPDATE files SET state = 'released', last_seen = ?1 WHERE id = ?2";
 
+// One pass, no GROUP BY: grouping sorted every row with its payload in memory
+// (temp_store = MEMORY): ~125 MiB at the stop of a relay with 1M rows waiting.
 inline constexpr const char* kCountsByState =
-    "SELECT state, count(*), coalesce(sum(length(payload)), 0) FROM outbox GROUP BY state";
+    "SELECT coalesce(sum(state = 'pending'), 0), "
+    "coalesce(sum(CASE WHEN state = 'pending' THEN length(payload) END), 0), "
+    "coalesce(sum(state = 'dead'), 0) FROM outbox";
 
 // Lines of a file are stored in the order they were read: the oldest pending
 // line is the first pending row of some file (one seek per file with rows).

@@ -5,8 +5,11 @@
 // Thread-safety: one thread at a time.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "config/config.hpp"
@@ -30,10 +33,30 @@ class KeyReader {
   virtual std::string remark() const { return {}; }
 };
 
+// A destination read whole by load() (the file sink's output, streams and
+// topics): the keys of this host, with their copies.
+class CountedKeys : public KeyReader {
+ public:
+  explicit CountedKeys(const std::string& host_id) : prefix_(host_id + "/") {}
+  std::vector<int64_t> count(const std::vector<std::string>& keys) override;
+
+ protected:
+  // One record (message) read; `key` empty when it carries none.
+  void add(std::string_view key);
+  // "<read> <what> read from <where>, <ours> of this host[, <keyless> without a key]".
+  std::string summary(const std::string& what, const std::string& where) const;
+
+ private:
+  const std::string prefix_;
+  std::unordered_map<std::string, int64_t> counts_;
+  int64_t read_ = 0, ours_ = 0, keyless_ = 0;
+};
+
 // The reader for the configured sink of host `host_id` (its connection
 // opened), or nullptr with `why_not` saying why the destination cannot be
-// audited. Throws config::ConfigError on settings it cannot read,
-// std::runtime_error when it cannot connect.
+// audited. The network sinks' readers live in their modules (module.hpp),
+// loaded here. Throws config::ConfigError on settings it cannot read or a
+// module it cannot load, std::runtime_error when it cannot connect.
 std::unique_ptr<KeyReader> make_key_reader(const config::SinkConfig& sink,
                                            const std::string& host_id, std::string& why_not);
 

@@ -2,7 +2,6 @@
 
 #include "core/utf8.hpp"
 
-#include <openssl/evp.h>
 
 #include <algorithm>
 #include <charconv>
@@ -120,19 +119,29 @@ std::string ndjson_record_key(std::string_view line) {
   return std::string(id->as_string().data(), id->as_string().size());
 }
 
+// Standard base64 (RFC 4648, padded). Not OpenSSL's EVP_EncodeBlock: the
+// relay would then map libcrypto for one function (1.4 MiB of RSS).
 std::string base64(std::string_view bytes) {
-  const size_t len = (bytes.size() + 2) / 3 * 4;
-  std::string out(len + 1, '\0');   // EVP_EncodeBlock writes a NUL after its output
-  // It takes an int length: a longer input goes in pieces of a multiple of 3 bytes.
-  constexpr size_t kPiece = size_t(3) << 28;
-  size_t at = 0;
-  for (size_t i = 0; i < bytes.size(); i += kPiece) {
-    const size_t n = std::min(kPiece, bytes.size() - i);
-    at += static_cast<size_t>(
-        EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data() + at),
-                        reinterpret_cast<const unsigned char*>(bytes.data() + i), static_cast<int>(n)));
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    const uint32_t v = uint32_t(p[i]) << 16 | uint32_t(p[i + 1]) << 8 | p[i + 2];
+    out += kAlphabet[v >> 18];
+    out += kAlphabet[(v >> 12) & 63];
+    out += kAlphabet[(v >> 6) & 63];
+    out += kAlphabet[v & 63];
   }
-  out.resize(len);
+  if (const size_t rest = bytes.size() - i; rest > 0) {
+    const uint32_t v = uint32_t(p[i]) << 16 | (rest == 2 ? uint32_t(p[i + 1]) << 8 : 0);
+    out += kAlphabet[v >> 18];
+    out += kAlphabet[(v >> 12) & 63];
+    out += rest == 2 ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
   return out;
 }
 

@@ -51,7 +51,8 @@ EXPECTED_FILES = [
     "./usr/share/doc/tailbox/docs/configuration.md.gz",
     "./usr/share/doc/tailbox/docs/operations.md.gz",
     "./usr/share/doc/tailbox/docs/sinks/kafka.md.gz",
-]
+] + [f"./usr/lib/tailbox/sinks/tailbox-sink-{s}.so" for s in ("postgres", "http", "kafka", "nats",
+                                                                "rabbitmq")]
 
 
 def run(cmd, timeout=120, check=True, **kw):
@@ -180,6 +181,27 @@ def undo_install(had_user, had_group, had_state):
         shutil.rmtree(STATE, ignore_errors=True)
 
 
+def check_installed_modules(wd):
+    """The installed binary finds each network sink's module in /usr/lib/tailbox/sinks."""
+    sinks = {
+        "postgres": 'conninfo = "host=127.0.0.1 port=1 dbname=logs"\n',
+        "http": 'url = "http://127.0.0.1:1/logs"\n',
+        "kafka": 'brokers = "127.0.0.1:1"\ntopic = "logs"\n',
+        "nats": 'url = "nats://127.0.0.1:1"\nstream = "LOGS"\n',
+        "rabbitmq": 'port = 1\nqueue = "logs"\nqueue_type = "quorum"\npassword_env = "PW"\n',
+    }
+    env = {k: v for k, v in os.environ.items() if k != "TAILBOX_SINK_DIR"}
+    for sink, settings in sinks.items():
+        cfg = os.path.join(wd.root, f"{sink}.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[[source]]\nname = "a"\npaths = ["{wd.logs}/*.log"]\n'
+                    f'[outbox]\npath = "{wd.outbox}"\n[sink]\ntype = "{sink}"\n{settings}')
+        r = run(["/usr/bin/tailbox", "check", "-c", cfg], check=False, env=env)
+        if r.returncode != 0 or "is valid" not in r.stdout:
+            h.fail(f"the installed tailbox cannot load its {sink} module: {r.stdout}{r.stderr}")
+    h.log(f"the installed tailbox loads its {len(sinks)} sink modules from /usr/lib/tailbox/sinks")
+
+
 def test():
     if os.geteuid() != 0:
         print("SKIP: installing a package needs root")
@@ -221,6 +243,7 @@ def test():
         if "is valid" not in r.stdout:
             h.fail(f"tailbox check on the packaged config: {r.stdout}")
         h.log(f"installed: {r.stdout.strip()}")
+        check_installed_modules(c.wd)
 
         pw = pwd.getpwnam("tailbox")
         if pw.pw_uid >= 1000 or pw.pw_dir != STATE or not pw.pw_shell.endswith("nologin"):

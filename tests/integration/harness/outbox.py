@@ -88,8 +88,13 @@ def dead_rows(wd):
 
 
 def caught_up(wd, paths):
-    """Every file read to its end (read_offset = size) and no row pending."""
-    return pending_rows(wd) == 0 and caught_up_reading(wd, paths)
+    """Every file read to its end (read_offset = size) and no row pending.
+
+    In that order: rows pending counted after the offsets were seen at the end
+    include every row read. (Counted first, a relay that read the files between
+    the two looks caught up with all its rows still pending.)
+    """
+    return caught_up_reading(wd, paths) and pending_rows(wd) == 0
 
 
 def caught_up_reading(wd, paths):
