@@ -177,13 +177,14 @@ asio::awaitable<void> Reader::Reading::sleep(milliseconds d) {
 }
 
 asio::awaitable<void> Reader::Reading::idle(milliseconds d) {
-  if (!r_->woken_.load()) co_await sleep(d);   // else an event arrived while we were reading
-  co_await coalesce();
+  if (r_->woken_.load()) co_return;   // an event arrived while we were reading
+  co_await sleep(d);
 }
 
 asio::awaitable<void> Reader::Reading::coalesce() {
-  const auto since = std::chrono::steady_clock::now() - last_read_;
-  if (since >= kReadCoalesce || env_->stopping.load()) co_return;
+  const auto since = std::chrono::steady_clock::now() - r_->last_read_end_;
+  if (!rapid_ || since >= kReadCoalesce || env_->stopping.load()) co_return;
+  coalesced_ = true;
   coalesce_timer_.expires_after(kReadCoalesce - since);
   boost::system::error_code ec;
   co_await coalesce_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));

@@ -28,6 +28,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -138,6 +139,9 @@ class Reader : public std::enable_shared_from_this<Reader> {
   outbox::TrackedFile file_;
   std::atomic<int64_t> size_seen_{-1}, mtime_seen_{-1}, offset_now_{0};
   std::atomic<int64_t> last_change_ms_{0};   // when its size or mtime last changed
+  // When a read last reached the end of the file (the reader's strand only;
+  // kept while parked: see kReadCoalesce).
+  std::chrono::steady_clock::time_point last_read_end_{};
   std::atomic<bool> gone_{false};     // no glob path names this file any more
   std::atomic<bool> closed_{false};   // fd closed for close_inactive: reopened when it changes
   std::atomic<bool> parked_{false};   // no coroutine: wake() starts one (on the strand only)

@@ -70,7 +70,13 @@ asio::awaitable<bool> Reader::Reading::run_text() {
         continue;
       }
       buf_.resize(got);
-      if (read_pos_ + static_cast<int64_t>(got) >= size) last_read_ = std::chrono::steady_clock::now();
+      if (read_pos_ + static_cast<int64_t>(got) >= size) {
+        const auto t = std::chrono::steady_clock::now();
+        const auto gap = t - r_->last_read_end_;
+        rapid_ = gap < kReadCoalesce || (coalesced_ && gap < 2 * kReadCoalesce);
+        coalesced_ = false;
+        r_->last_read_end_ = t;
+      }
       // Checked after reading: a truncation followed by new writes (size back
       // above read_pos_) must not pass the new bytes off as the old file's.
       if (got == 0) continue;   // it shrank since fstat: the next look sees it

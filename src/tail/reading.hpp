@@ -24,11 +24,12 @@ namespace asio = boost::asio;
 // backstop only.
 constexpr std::chrono::milliseconds kWokenOnly{3'600'000};
 
-// A reader that has read a file to its end waits this long before it looks
-// again, when its last read was this recent: an application that writes line
-// by line would otherwise cost a wake-up, a read and an outbox transaction per
-// write. It adds at most this much to a line's latency; a file read in full
-// chunks (a backlog) never waits.
+// A reader that read a file to its end twice within this interval (the file
+// is written in pieces faster than that) waits out the interval before it
+// looks again, and goes on so while each wait finds more written: an application that writes line by line would otherwise cost a
+// wake-up, a read and an outbox transaction per write. It adds at most this
+// much to a line's latency; a file written less often, or read in full chunks
+// (a backlog), never waits.
 constexpr std::chrono::milliseconds kReadCoalesce{10};
 
 int64_t mtime_ms(const struct stat& st);
@@ -74,7 +75,8 @@ class Reader::Reading {
   // Waits for an event or `d`.
   asio::awaitable<void> idle(std::chrono::milliseconds d);
   // Waits out the rest of kReadCoalesce since the last read that reached the
-  // end of the file (returns at once otherwise, or when stopping).
+  // end of the file, when that read came rapid_ly after the one before
+  // (returns at once otherwise, or when stopping).
   asio::awaitable<void> coalesce();
   std::chrono::milliseconds idle_time(bool partial_waits, int64_t now) const;
   // The file shrank below what was read, or its first bytes changed.
@@ -134,7 +136,8 @@ class Reader::Reading {
   // too, whatever ends it later (a start line, multiline.max_bytes).
   bool timer_held_ = false;
   std::chrono::milliseconds backoff_{0};
-  std::chrono::steady_clock::time_point last_read_{};   // when a read last reached the end
+  bool rapid_ = false;       // the last two reads reached the end within kReadCoalesce
+  bool coalesced_ = false;   // coalesce() waited before the last read
   ReaderTimer timer_;            // sleep(): cut short by Reader::wake()
   ReaderTimer coalesce_timer_;   // coalesce(): not cut short by events
 };
