@@ -111,6 +111,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // committed together next, in one transaction (group commit).
   asio::strand<asio::any_io_executor> ack_strand;
   std::vector<PendingAck> ack_queue;   // ack_strand only
+  std::vector<PendingAck> in_commit;   // ack_strand only: the group being committed
   bool committing = false;             // ack_strand only
   bool acks_dropped = false;           // ack_strand only: one ack given up, so all later ones
 
@@ -185,7 +186,10 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // retried: the rows are at the destination, and sending them again would only
   // add work (or, for a serial sink, a duplicate). Gives up only when stopping;
   // the rows then stay pending and are delivered again (and dropped by key).
-  asio::awaitable<bool> ack(std::vector<RowKey> ids, int64_t bytes, std::optional<std::string> state) {
+  // `states`: the sink states of the acked batches, in delivery order; the
+  // last is stored, and the sink is told of each in turn once committed.
+  asio::awaitable<bool> ack(std::vector<RowKey> ids, int64_t bytes, std::vector<std::string> states) {
+    const std::string* state = states.empty() ? nullptr : &states.back();
     asio::steady_timer retry(co_await asio::this_coro::executor);
     std::mt19937_64 rng(static_cast<uint64_t>(ids.empty() ? 0 : ids[0].offset));
     for (int attempt = 1;; ++attempt) {
@@ -196,7 +200,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       });
       if (st) {
         release(ids);
-        if (state) sink.committed(*state);
+        for (const std::string& each : states) sink.committed(each);
         co_return true;
       }
       spdlog::error("cannot delete {} delivered rows from the outbox: {}; retrying", ids.size(),
@@ -226,7 +230,40 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
       self->ack_queue.push_back(std::move(ack));
       if (self->committing) return;   // the running committer takes it next
       self->committing = true;
-      asio::co_spawn(self->ack_strand, self->commit_acks(), [self](std::exception_ptr) {});
+      asio::co_spawn(self->ack_strand, self->commit_acks(), [self](std::exception_ptr e) {
+        if (e) self->commit_failed(e);
+      });
+    });
+  }
+
+  // commit_acks() ended with an exception (a bug): stop the relay, and tell
+  // every worker whose ack was in hand or queued that it was dropped, so none
+  // waits for it. Runs on ack_strand (co_spawn's completion).
+  void commit_failed(std::exception_ptr e) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      what = ex.what();
+    } catch (...) {
+    }
+    spdlog::error("acknowledging delivered rows failed: {}; stopping the relay", what);
+    failed = true;
+    stop_all();
+    report_failure("acknowledging delivered rows failed: " + what);
+    acks_dropped = true;
+    for (auto* list : {&in_commit, &ack_queue}) {
+      for (PendingAck& a : *list) tell_worker(a.worker, false);
+      list->clear();
+    }
+    committing = false;
+  }
+
+  static void tell_worker(Worker* wp, bool ok) {
+    asio::post(wp->strand, [wp, ok] {
+      if (!ok) wp->ack_dropped = true;
+      --wp->acks_pending;
+      (void)wp->ack_done.try_send(boost::system::error_code{});
     });
   }
 
@@ -234,47 +271,27 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // them as one (their rows, and the last state), then tells their workers.
   // A member coroutine, not a capturing lambda (see join()).
   asio::awaitable<void> commit_acks() {
+    // An exception (a bug, not an I/O failure: those are retried) ends this
+    // coroutine; commit_failed() then stops the relay and frees the workers.
     while (!ack_queue.empty()) {
-      std::vector<PendingAck> group;
-      group.swap(ack_queue);
+      in_commit.swap(ack_queue);
       bool ok = false;
       if (!acks_dropped) {
         std::vector<RowKey> ids;
         int64_t bytes = 0;
-        std::optional<std::string> state;
-        for (PendingAck& a : group) {
+        std::vector<std::string> states;
+        for (PendingAck& a : in_commit) {
           ids.insert(ids.end(), a.ids.begin(), a.ids.end());
           bytes += a.bytes;
-          if (a.state) state = std::move(a.state);
+          if (a.state) states.push_back(std::move(*a.state));
         }
-        std::string what;
-        try {
-          ok = co_await ack(std::move(ids), bytes, std::move(state));
-        } catch (const std::exception& e) {
-          what = e.what();
-        } catch (...) {
-          what = "unknown exception";
-        }
-        if (!what.empty()) {
-          // A bug, not an I/O failure (those are retried): going on would
-          // deliver these rows again and again.
-          spdlog::error("acknowledging delivered rows failed: {}; stopping the relay", what);
-          failed = true;
-          stop_all();
-          report_failure("acknowledging delivered rows failed: " + what);
-        }
+        ok = co_await ack(std::move(ids), bytes, std::move(states));
         // A dropped ack (only when stopping) must not be followed by another:
         // a serial sink's later state would cover rows that are still pending.
         if (!ok) acks_dropped = true;
       }
-      for (PendingAck& a : group) {
-        Worker* wp = a.worker;
-        asio::post(wp->strand, [wp, ok] {
-          if (!ok) wp->ack_dropped = true;
-          --wp->acks_pending;
-          (void)wp->ack_done.try_send(boost::system::error_code{});
-        });
-      }
+      for (PendingAck& a : in_commit) tell_worker(a.worker, ok);
+      in_commit.clear();
     }
     committing = false;
   }

@@ -17,6 +17,7 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -32,10 +33,17 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  // Replaces the writer's automatic checkpoint with this one.
+  // Replaces the writer's automatic checkpoint with this one; uninstall()
+  // puts none back (before the writer closes).
   void install(sqlite3* writer);
+  void uninstall(sqlite3* writer);
 
-  // Checkpoints run by the thread, and by the writer (WAL too far behind).
+  // Keeps the thread from checkpointing while held, after its current run:
+  // a checkpoint of the writer's own (which SQLite refuses at once while
+  // another runs) takes this first.
+  std::unique_lock<std::mutex> hold() { return std::unique_lock<std::mutex>(run_mu_); }
+
+  // Checkpoints completed by the thread, and by the writer (WAL too far behind).
   int64_t runs() const;
   int64_t writer_runs() const;
 
@@ -45,7 +53,8 @@ class Checkpointer {
 
   std::string path_;
   int pages_;
-  int writer_pages_;
+  std::atomic<int> writer_pages_;   // pages_ if the thread has no connection
+  std::mutex run_mu_;               // held by a checkpoint run on the thread
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool wanted_ = false;

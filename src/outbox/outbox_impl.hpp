@@ -227,6 +227,10 @@ struct Outbox::Impl {
     // and may fail on a full disk): the checkpoint then shortens the file.
     if (incremental_vacuum && (disk_low.load() || give_back_pages) && reusable_bytes.load() > 0)
       (void)guarded([&] { db->exec("PRAGMA incremental_vacuum"); });
+    // The checkpoint thread's run first: SQLite refuses a second checkpoint
+    // at once (BUSY), without waiting.
+    std::unique_lock<std::mutex> held;
+    if (checkpointer) held = checkpointer->hold();
     Status st = guarded([&] {
       int log = 0, done = 0;
       // Wait briefly for readers (leasing), not the connection's 5 s: a
@@ -274,6 +278,7 @@ struct Outbox::Impl {
 
   ~Impl() {
     // Statements must go before the database; the database before the lock.
+    if (checkpointer && db) checkpointer->uninstall(db->getHandle());
     checkpointer.reset();
     insert_rows.reset(); savepoint.reset(); release_savepoint.reset(); rollback_savepoint.reset();
     insert_row.reset(); update_offset.reset(); update_fingerprint.reset(); next_file.reset();

@@ -87,7 +87,9 @@ class Sink {
   virtual boost::asio::awaitable<Delivery> deliver(std::span<const Record> batch) = 0;
   // Called after the outbox committed the ack that carried `state` (rows
   // deleted, state stored): from then on a restart hands that state to open().
-  // Called from the outbox's strand, in delivery order; must not block.
+  // Acks committed together (one transaction) call it for each of their
+  // states, in delivery order, one call at a time (the dispatcher's ack
+  // strand); must not block.
   virtual void committed(const std::string& state) { (void)state; }
 };
 

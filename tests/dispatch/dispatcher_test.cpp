@@ -242,7 +242,7 @@ TEST_SUITE("dispatch.dispatcher") {
     CHECK(h.summary().pending == 0);
   }
 
-  TEST_CASE("a serial sink goes on while its acks wait; they commit in order, the last state kept") {
+  TEST_CASE("a serial sink goes on while its acks wait; they commit in order, every state told") {
     Harness h(1, 1000);
     h.cfg.delivery.batch_rows = 100;
     std::atomic<int> batches{0};
@@ -277,5 +277,9 @@ TEST_SUITE("dispatch.dispatcher") {
     auto state = testing::ok(reader->sink_state("scripted"));
     REQUIRE(state);
     CHECK(*state == "state 10");
+    // Acks committed together still tell the sink of every state, in order.
+    std::vector<std::string> expected;
+    for (int i = 1; i <= 10; ++i) expected.push_back("state " + std::to_string(i));
+    CHECK(sink.committed_states() == expected);
   }
 }

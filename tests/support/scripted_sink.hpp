@@ -51,6 +51,15 @@ class ScriptedSink : public sinks::Sink {
     co_return d;
   }
 
+  void committed(const std::string& state) override {
+    std::lock_guard lock(mu_);
+    committed_.push_back(state);
+  }
+  // The states committed() was told of, in order.
+  std::vector<std::string> committed_states() {
+    std::lock_guard lock(mu_);
+    return committed_;
+  }
   size_t distinct_delivered() {
     std::lock_guard lock(mu_);
     return delivered_.size();
@@ -80,6 +89,7 @@ class ScriptedSink : public sinks::Sink {
   std::set<std::string> in_flight_;
   std::map<std::string, int> delivered_;
   std::map<std::string, std::vector<int64_t>> order_;
+  std::vector<std::string> committed_;
   bool overlap_ = false;
   int concurrent_ = 0, max_concurrent_ = 0, calls_ = 0;
 };
