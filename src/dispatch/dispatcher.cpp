@@ -240,13 +240,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
   // every worker whose ack was in hand or queued that it was dropped, so none
   // waits for it. Runs on ack_strand (co_spawn's completion).
   void commit_failed(std::exception_ptr e) {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      what = ex.what();
-    } catch (...) {
-    }
+    const std::string what = what_of(e);
     spdlog::error("acknowledging delivered rows failed: {}; stopping the relay", what);
     failed = true;
     stop_all();
@@ -479,13 +473,7 @@ asio::awaitable<void> Dispatcher::run() {
     Worker* wp = w.get();
     asio::co_spawn(wp->strand, impl->work(*wp), [impl](std::exception_ptr e) {
       if (e) {
-        std::string what = "unknown exception";
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          what = ex.what();
-        } catch (...) {
-        }
+        const std::string what = what_of(e);
         spdlog::error("delivery worker stopped: {}; stopping the relay", what);
         impl->failed = true;
         impl->stop_all();
