@@ -47,3 +47,15 @@ struct SinkModule {
 // The one symbol a module exports (its name is TAILBOX_SINK_MODULE_ENTRY).
 extern "C" const tailbox::sinks::SinkModule* tailbox_sink_module_v1();
 #define TAILBOX_SINK_MODULE_ENTRY "tailbox_sink_module_v1"
+
+// Defines a module's table and its entry point; at file scope, after the
+// module's make and key_reader (in tailbox::sinks, e.g. in its unnamed namespace):
+//   TAILBOX_SINK_MODULE("postgres", make, key_reader)
+#define TAILBOX_SINK_MODULE(type, make, key_reader)                                         \
+  extern "C" const tailbox::sinks::SinkModule* tailbox_sink_module_v1() {                  \
+    static const tailbox::sinks::SinkModule table = {tailbox::sinks::kSinkModuleAbi,        \
+                                                     TAILBOX_VERSION, type,                  \
+                                                     tailbox::sinks::make,                   \
+                                                     tailbox::sinks::key_reader};            \
+    return &table;                                                                          \
+  }

@@ -18,11 +18,7 @@ std::unique_ptr<Sink> make(config::SinkConfig& config, boost::asio::any_io_execu
   return std::make_unique<HttpSink>(config.settings, executor);
 }
 
-const SinkModule kModule = {kSinkModuleAbi, TAILBOX_VERSION, "http", make, key_reader};
-
 }  // namespace
 }  // namespace tailbox::sinks
 
-extern "C" const tailbox::sinks::SinkModule* tailbox_sink_module_v1() {
-  return &tailbox::sinks::kModule;
-}
+TAILBOX_SINK_MODULE("http", make, key_reader)

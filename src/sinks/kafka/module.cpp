@@ -52,11 +52,7 @@ std::unique_ptr<Sink> make(config::SinkConfig& config, boost::asio::any_io_execu
   return std::make_unique<KafkaSink>(config.settings, config.host_id, executor);
 }
 
-const SinkModule kModule = {kSinkModuleAbi, TAILBOX_VERSION, "kafka", make, key_reader};
-
 }  // namespace
 }  // namespace tailbox::sinks
 
-extern "C" const tailbox::sinks::SinkModule* tailbox_sink_module_v1() {
-  return &tailbox::sinks::kModule;
-}
+TAILBOX_SINK_MODULE("kafka", make, key_reader)

@@ -96,11 +96,7 @@ std::unique_ptr<Sink> make(config::SinkConfig& config, boost::asio::any_io_execu
   return std::make_unique<RabbitmqSink>(config.settings, config.host_id, executor);
 }
 
-const SinkModule kModule = {kSinkModuleAbi, TAILBOX_VERSION, "rabbitmq", make, key_reader};
-
 }  // namespace
 }  // namespace tailbox::sinks
 
-extern "C" const tailbox::sinks::SinkModule* tailbox_sink_module_v1() {
-  return &tailbox::sinks::kModule;
-}
+TAILBOX_SINK_MODULE("rabbitmq", make, key_reader)
